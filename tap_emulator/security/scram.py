@@ -347,7 +347,9 @@ def check_plain_login(credential: Credential | None, password_field: bytes) -> b
     """
     if len(password_field) != MAX_LOGIN_PASSWORD_LENGTH:
         return False
-    candidate = _hash_password_bytes(bytes(password_field).rstrip(b"\0"))
+    # The password is the PBKDF2 key, and HMAC zero-pads keys shorter than its block: the padded field
+    # hashes exactly like the bare password, so the padding needs no stripping.
+    candidate = _hash_password_bytes(bytes(password_field))
     stored, present = _stored_hash(credential)
     return hmac.compare_digest(candidate, stored) and present
 
