@@ -1,0 +1,276 @@
+"""The shared management store: PostgreSQL through psycopg 3 (async), for several emulator processes.
+
+psycopg is the optional extra `tap-emulator[postgres]`, so it is imported only when a PostgreSQL store is
+opened. Correctness across processes comes from the database alone: the version-guarded upsert makes
+writes idempotent, records of a batch are written in key order so two batches cannot deadlock, and
+migrations are claimed by inserting their row (a concurrent opener blocks on it, then skips).
+Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are retried, as CockroachDB requires.
+
+One store object owns one connection, used by one operation at a time. A lost connection fails the
+current operation with StoreError and is reopened by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from . import schema
+from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
+from .urls import redact_url
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_OPERATION_TIMEOUT", "PostgresStore"]
+
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets one
+DEFAULT_OPERATION_TIMEOUT = 30.0  # seconds for one whole operation, retries included
+_RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+_ATTEMPTS = 5
+_FIRST_BACKOFF = 0.02  # seconds, doubled after each retried attempt
+
+_T = TypeVar("_T")
+
+DIALECT = schema.Dialect(
+    placeholder="%({})s",
+    timestamp_type="TIMESTAMPTZ",
+    encode_timestamp=as_utc,
+    decode_timestamp=as_utc,
+)
+
+
+def _import_psycopg() -> ModuleType:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            "a PostgreSQL store needs psycopg: install the extra with pip install 'tap-emulator[postgres]'"
+        ) from None
+    return psycopg
+
+
+def _url_password(url: str) -> str | None:
+    """The password in the URL, if any, so that driver messages echoing it can be scrubbed."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        password = conninfo_to_dict(url).get("password")
+    except Exception:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+    return str(password) if password else None
+
+
+def _rejection_reason(error: psycopg.Error) -> str:
+    constraint = error.diag.constraint_name
+    if constraint:
+        return f"violates {constraint}"
+    return error.diag.message_primary or f"SQLSTATE {error.sqlstate}"
+
+
+class PostgresStore:
+    """A ManagementStore in a PostgreSQL database (tables in the connection's current schema)."""
+
+    def __init__(self, url: str, *, operation_timeout: float = DEFAULT_OPERATION_TIMEOUT) -> None:
+        self._psycopg = _import_psycopg()
+        self._url = url
+        self._label = redact_url(url)
+        self._password = _url_password(url)
+        self._operation_timeout = operation_timeout
+        self._connection: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._label!r})"
+
+    @classmethod
+    async def open(cls, url: str, *, operation_timeout: float = DEFAULT_OPERATION_TIMEOUT) -> PostgresStore:
+        """Connect to `url` (postgresql://...) and apply pending migrations."""
+        store = cls(url, operation_timeout=operation_timeout)
+        try:
+            await store._migrate()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _scrub(self, message: str) -> str:
+        return message.replace(self._password, "***") if self._password else message
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        if self._connection is not None and not (self._connection.closed or self._connection.broken):
+            return self._connection
+        await self._drop_connection()
+        options: dict[str, Any] = {"autocommit": True}
+        try:
+            given = self._psycopg.conninfo.conninfo_to_dict(self._url)
+            options.setdefault("connect_timeout", given.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+            options.setdefault("application_name", given.get("application_name", "tap-emulator"))
+            self._connection = await self._psycopg.AsyncConnection.connect(self._url, **options)
+        except self._psycopg.Error as error:
+            # from None: the driver's own exception may quote the URL, password included.
+            message = self._scrub(str(error).strip())
+            raise StoreError(f"cannot connect to PostgreSQL store {self._label}: {message}") from None
+        return self._connection
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _run(
+        self,
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]],
+        retried_sqlstates: Collection[str] = _RETRIED_SQLSTATES,
+    ) -> _T:
+        """Run `work` in one transaction, retrying transient conflicts; map driver errors to ours."""
+        if self._closed:
+            raise StoreError(f"PostgreSQL store {self._label} is closed")
+        errors = self._psycopg.errors
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._operation_timeout):
+                    backoff = _FIRST_BACKOFF
+                    for attempt in range(1, _ATTEMPTS + 1):
+                        connection = await self._connect()
+                        try:
+                            async with connection.transaction():
+                                return await work(connection)
+                        except self._psycopg.Error as error:
+                            if error.sqlstate not in retried_sqlstates or attempt == _ATTEMPTS:
+                                raise
+                        await asyncio.sleep(backoff)
+                        backoff *= 2
+                    raise AssertionError("unreachable: the last attempt returns or raises")
+            except TimeoutError:
+                await self._drop_connection()  # the connection may be mid-query
+                raise StoreError(
+                    f"PostgreSQL store {self._label}: no answer within {self._operation_timeout} s"
+                ) from None
+            except (errors.IntegrityError, errors.DataError) as error:
+                raise StoreRejected(_rejection_reason(error)) from error
+            except self._psycopg.Error as error:
+                if isinstance(error, self._psycopg.OperationalError):
+                    await self._drop_connection()
+                message = self._scrub(str(error).strip())
+                raise StoreError(f"PostgreSQL store {self._label}: {message}") from error
+
+    async def _migrate(self) -> None:
+        async def create_table(connection: psycopg.AsyncConnection[Any]) -> int:
+            await connection.execute(DIALECT.sql(schema.CREATE_MIGRATIONS_TABLE))
+            cursor = await connection.execute(schema.SCHEMA_VERSION)
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        # Two openers creating the table at once collide in the catalog (unique violation, or
+        # "relation already exists"); the loser's retry then finds the table.
+        current = await self._run(create_table, _RETRIED_SQLSTATES | {"23505", "42P07"})
+        latest = schema.MIGRATIONS[-1].version
+        if current > latest:
+            raise StoreError(
+                f"PostgreSQL store {self._label} has schema version {current}, newer than this "
+                f"tap-emulator knows ({latest}); upgrade tap-emulator"
+            )
+        for migration in schema.MIGRATIONS:
+
+            async def apply(
+                connection: psycopg.AsyncConnection[Any], migration: schema.Migration = migration
+            ) -> None:
+                claim = {
+                    "version": migration.version,
+                    "name": migration.name,
+                    "applied_at": datetime.now(UTC),
+                }
+                cursor = await connection.execute(DIALECT.sql(schema.CLAIM_MIGRATION), claim)
+                if await cursor.fetchone() is None:
+                    return  # applied by this or another opener
+                for statement in migration.statements:
+                    await connection.execute(DIALECT.sql(statement))
+
+            await self._run(apply)
+
+    async def _query(self, text: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async def work(connection: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cursor = await connection.execute(DIALECT.sql(text), params)
+            return await cursor.fetchall()
+
+        return await self._run(work)
+
+    async def upsert_device(self, device: DeviceRecord) -> None:
+        check_device(device)
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute(DIALECT.sql(schema.UPSERT_DEVICE), DIALECT.device_params(device))
+
+        await self._run(work)
+
+    async def upsert_groups(self, groups: Sequence[GroupRecord]) -> list[bool]:
+        for index, group in enumerate(groups):
+            check_group(group, index)
+        if not groups:
+            return []
+        # Key order (stable, so records of one key keep theirs) means two batches never wait on each other
+        # in a cycle; results are put back in the caller's order.
+        order = sorted(
+            range(len(groups)), key=lambda index: (groups[index].device_serial, groups[index].group_id)
+        )
+        rejected = (self._psycopg.errors.IntegrityError, self._psycopg.errors.DataError)
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> list[bool]:
+            applied = [False] * len(groups)
+            known_devices: set[str] = set()
+            for index in order:
+                group = groups[index]
+                try:
+                    if group.device_serial not in known_devices:
+                        ensure = {"serial": group.device_serial, "last_seen": schema.NEVER_SEEN}
+                        await connection.execute(DIALECT.sql(schema.ENSURE_DEVICE), ensure)
+                        known_devices.add(group.device_serial)
+                    cursor = await connection.execute(
+                        DIALECT.sql(schema.UPSERT_GROUP), DIALECT.group_params(group)
+                    )
+                except rejected as error:
+                    raise StoreRejected(_rejection_reason(error), index) from error
+                applied[index] = await cursor.fetchone() is not None
+            return applied
+
+        return await self._run(work)
+
+    async def get_group(self, device_serial: str, group_id: int) -> GroupRecord | None:
+        rows = await self._query(schema.GET_GROUP, {"device_serial": device_serial, "group_id": group_id})
+        return DIALECT.group_from_row(rows[0]) if rows else None
+
+    async def list_groups(
+        self, device_serial: str, limit: int = 100, after_group_id: int | None = None
+    ) -> list[GroupRecord]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        params = {
+            "device_serial": device_serial,
+            "after_group_id": -1 if after_group_id is None else after_group_id,
+            "limit": limit,
+        }
+        return [DIALECT.group_from_row(row) for row in await self._query(schema.LIST_GROUPS, params)]
+
+    async def group_versions(self, device_serial: str) -> dict[int, int]:
+        rows = await self._query(schema.GROUP_VERSIONS, {"device_serial": device_serial})
+        return {group_id: version for group_id, version in rows}
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        return [DIALECT.device_from_row(row) for row in await self._query(schema.LIST_DEVICES, {})]
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._lock:
+            await self._drop_connection()

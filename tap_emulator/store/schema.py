@@ -1,0 +1,193 @@
+"""The one SQL text per operation, and the numbered migrations, shared by the SQLite and PostgreSQL engines.
+
+Every statement is written once with named `:param` placeholders in the subset both databases accept
+(UPSERT with a guarded DO UPDATE and RETURNING needs SQLite >= 3.35). An engine only swaps the
+placeholder style (`Dialect.sql`) and the timestamp column type; nothing else differs.
+
+The schema is the store-side validation: CHECK constraints refuse out-of-range values, so a bad record
+is rejected instead of silently stored. No column can hold a password, a hash or a key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .records import DeviceRecord, GroupRecord
+
+__all__ = [
+    "CLAIM_MIGRATION",
+    "CREATE_MIGRATIONS_TABLE",
+    "DEVICE_COLUMNS",
+    "ENSURE_DEVICE",
+    "GET_GROUP",
+    "GROUP_COLUMNS",
+    "GROUP_VERSIONS",
+    "LIST_DEVICES",
+    "LIST_GROUPS",
+    "MIGRATIONS",
+    "NEVER_SEEN",
+    "SCHEMA_VERSION",
+    "UPSERT_DEVICE",
+    "UPSERT_GROUP",
+    "Dialect",
+    "Migration",
+]
+
+# last_seen of a device known only through its groups (a group arrived before its device record).
+NEVER_SEEN = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema step; `statements` run in one transaction with the row recording it."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the engines: placeholder style and how timestamps are stored."""
+
+    placeholder: str  # format string taking the parameter name, e.g. ":{}" or "%({})s"
+    timestamp_type: str
+    encode_timestamp: Callable[[datetime], object]
+    decode_timestamp: Callable[[Any], datetime]
+
+    def sql(self, text: str) -> str:
+        """The shared text with `{timestamp}` and `:name` placeholders swapped for this engine."""
+        text = text.replace("{timestamp}", self.timestamp_type)
+        return _PARAM.sub(lambda match: self.placeholder.format(match.group(1)), text)
+
+    def device_params(self, device: DeviceRecord) -> dict[str, object]:
+        return {
+            "serial": device.serial,
+            "model": device.model,
+            "firmware": device.firmware,
+            "last_seen": self.encode_timestamp(device.last_seen),
+        }
+
+    def device_from_row(self, row: Sequence[Any]) -> DeviceRecord:
+        serial, model, firmware, last_seen = row
+        return DeviceRecord(serial, model, firmware, self.decode_timestamp(last_seen))
+
+    def group_params(self, group: GroupRecord) -> dict[str, object]:
+        params: dict[str, object] = {column: getattr(group, column) for column in GROUP_COLUMNS}
+        params["updated_at"] = self.encode_timestamp(group.updated_at)
+        return params
+
+    def group_from_row(self, row: Sequence[Any]) -> GroupRecord:
+        value: dict[str, Any] = dict(zip(GROUP_COLUMNS, row, strict=True))
+        for flag in ("is_profile", "password_set", "deleted"):
+            value[flag] = bool(value[flag])  # SQLite hands back 0 / 1
+        value["updated_at"] = self.decode_timestamp(value["updated_at"])
+        return GroupRecord(**value)
+
+
+# A named parameter: a colon followed by a lowercase identifier (the SQL texts contain no other colon).
+_PARAM = re.compile(r":([a-z_]+)")
+
+DEVICE_COLUMNS = ("serial", "model", "firmware", "last_seen")
+GROUP_COLUMNS = (
+    "device_serial",
+    "group_id",
+    "version",
+    "name",
+    "alias",
+    "session_lifetime",
+    "is_profile",
+    "password_set",
+    "scram_salt",
+    "scram_iteration",
+    "deleted",
+    "updated_at",
+)
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at {timestamp} NOT NULL
+)"""
+
+# Claims a migration: the row appears only for the one opener whose insert did not conflict, and only
+# once its transaction (which also runs the migration) commits; a concurrent opener waits, then skips.
+CLAIM_MIGRATION = """
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at)
+ON CONFLICT (version) DO NOTHING
+RETURNING version"""
+
+SCHEMA_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+
+_INITIAL_DEVICES = """
+CREATE TABLE devices (
+    serial TEXT PRIMARY KEY CONSTRAINT devices_serial_length CHECK (length(serial) BETWEEN 1 AND 64),
+    model TEXT NOT NULL CONSTRAINT devices_model_length CHECK (length(model) <= 128),
+    firmware TEXT NOT NULL CONSTRAINT devices_firmware_length CHECK (length(firmware) <= 128),
+    last_seen {timestamp} NOT NULL
+)"""
+
+# Booleans are checked against (FALSE, TRUE): a no-op on PostgreSQL, and 0/1 only on SQLite.
+# A live group is a profile exactly when its alias is its own id (object 1025, resource 5).
+_INITIAL_ACCESS_GROUPS = """
+CREATE TABLE access_groups (
+    device_serial TEXT NOT NULL REFERENCES devices (serial),
+    group_id INTEGER NOT NULL CONSTRAINT access_groups_group_id_range CHECK (group_id BETWEEN 0 AND 65535),
+    version BIGINT NOT NULL CONSTRAINT access_groups_version_positive CHECK (version >= 1),
+    name TEXT NOT NULL CONSTRAINT access_groups_name_length CHECK (length(name) <= 16),
+    alias INTEGER NOT NULL CONSTRAINT access_groups_alias_range CHECK (alias BETWEEN 0 AND 65535),
+    session_lifetime INTEGER NOT NULL
+        CONSTRAINT access_groups_session_lifetime_range CHECK (session_lifetime BETWEEN 0 AND 65535),
+    is_profile BOOLEAN NOT NULL CONSTRAINT access_groups_is_profile_bool CHECK (is_profile IN (FALSE, TRUE)),
+    password_set BOOLEAN NOT NULL
+        CONSTRAINT access_groups_password_set_bool CHECK (password_set IN (FALSE, TRUE)),
+    scram_salt BIGINT CONSTRAINT access_groups_scram_salt_uint32 CHECK (scram_salt BETWEEN 0 AND 4294967295),
+    scram_iteration BIGINT
+        CONSTRAINT access_groups_scram_iteration_uint32 CHECK (scram_iteration BETWEEN 0 AND 4294967295),
+    deleted BOOLEAN NOT NULL CONSTRAINT access_groups_deleted_bool CHECK (deleted IN (FALSE, TRUE)),
+    updated_at {timestamp} NOT NULL,
+    PRIMARY KEY (device_serial, group_id),
+    CONSTRAINT access_groups_profile_is_own_alias CHECK (deleted OR is_profile = (alias = group_id))
+)"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "devices and access groups", (_INITIAL_DEVICES, _INITIAL_ACCESS_GROUPS)),
+)
+
+UPSERT_DEVICE = """
+INSERT INTO devices (serial, model, firmware, last_seen) VALUES (:serial, :model, :firmware, :last_seen)
+ON CONFLICT (serial) DO UPDATE SET
+    model = excluded.model, firmware = excluded.firmware, last_seen = excluded.last_seen
+WHERE devices.last_seen <= excluded.last_seen"""
+
+# A group may arrive before its device: create the parent row, which upsert_device later fills in.
+ENSURE_DEVICE = """
+INSERT INTO devices (serial, model, firmware, last_seen) VALUES (:serial, '', '', :last_seen)
+ON CONFLICT (serial) DO NOTHING"""
+
+# No row comes back when the stored version is the same or newer: a duplicate or stale record.
+UPSERT_GROUP = f"""
+INSERT INTO access_groups ({", ".join(GROUP_COLUMNS)})
+VALUES ({", ".join(":" + column for column in GROUP_COLUMNS)})
+ON CONFLICT (device_serial, group_id) DO UPDATE SET
+    {", ".join(f"{column} = excluded.{column}" for column in GROUP_COLUMNS[2:])}
+WHERE access_groups.version < excluded.version
+RETURNING version"""
+
+_SELECT_GROUPS = f"SELECT {', '.join(GROUP_COLUMNS)} FROM access_groups"
+
+GET_GROUP = f"{_SELECT_GROUPS} WHERE device_serial = :device_serial AND group_id = :group_id"
+
+LIST_GROUPS = f"""{_SELECT_GROUPS}
+WHERE device_serial = :device_serial AND group_id > :after_group_id
+ORDER BY group_id
+LIMIT :limit"""
+
+GROUP_VERSIONS = "SELECT group_id, version FROM access_groups WHERE device_serial = :device_serial"
+
+LIST_DEVICES = f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices ORDER BY serial"

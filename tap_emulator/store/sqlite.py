@@ -1,0 +1,218 @@
+"""The embedded management store: SQLite through the stdlib driver, one dedicated worker thread per store.
+
+sqlite3 connections are blocking and tied to their thread, so every call runs on a single-thread executor
+that owns the connection; the event loop never blocks and statements are serialised for free.
+Writes use BEGIN IMMEDIATE: a deferred transaction that reads before it writes can fail at once with
+"database is locked" whatever the busy timeout, while an immediate one waits for the writer lock.
+WAL lets readers (e.g. `store show`) run beside the writer; synchronous=NORMAL is enough because the
+sync task replays anything a power loss might roll back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from . import schema
+from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SqliteStore"]
+
+DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's write lock
+
+_T = TypeVar("_T")
+
+
+def _encode_timestamp(moment: datetime) -> str:
+    # Fixed width, always UTC with microseconds, so text comparison orders like time does.
+    return as_utc(moment).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _decode_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+DIALECT = schema.Dialect(
+    placeholder=":{}",
+    timestamp_type="TEXT",
+    encode_timestamp=_encode_timestamp,
+    decode_timestamp=_decode_timestamp,
+)
+
+
+def _rejection_reason(error: sqlite3.IntegrityError) -> str:
+    # SQLite names the violated constraint ("CHECK constraint failed: access_groups_name_length").
+    return str(error)
+
+
+class SqliteStore:
+    """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`."""
+
+    def __init__(self, path: str, connection: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._path = path
+        self._connection = connection
+        self._worker = worker
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self._path!r})"
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> SqliteStore:
+        """Open (creating if needed) the database at `path` (":memory:" for a private in-memory one)."""
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tap-store-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await loop.run_in_executor(worker, _connect, path, busy_timeout)
+        except sqlite3.Error as error:
+            worker.shutdown(wait=False)
+            raise StoreError(f"cannot open SQLite store {path!r}: {error}") from error
+        store = cls(path, connection, worker)
+        try:
+            await store._call(store._migrate)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _call(self, work: Callable[[], _T]) -> _T:
+        """Run `work` on the store's thread, turning driver errors into StoreError."""
+        if self._closed:
+            raise StoreError(f"SQLite store {self._path!r} is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._worker, work)
+        except sqlite3.IntegrityError as error:
+            raise StoreRejected(_rejection_reason(error)) from error
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite store {self._path!r}: {error}") from error
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+    def _query(self, text: str, params: dict[str, Any]) -> list[Any]:
+        return self._connection.execute(DIALECT.sql(text), params).fetchall()
+
+    def _migrate(self) -> None:
+        with self._write_transaction() as connection:
+            connection.execute(DIALECT.sql(schema.CREATE_MIGRATIONS_TABLE))
+            (current,) = connection.execute(schema.SCHEMA_VERSION).fetchone()
+        latest = schema.MIGRATIONS[-1].version
+        if current > latest:
+            raise StoreError(
+                f"SQLite store {self._path!r} has schema version {current}, newer than this "
+                f"tap-emulator knows ({latest}); upgrade tap-emulator"
+            )
+        for migration in schema.MIGRATIONS:
+            with self._write_transaction() as connection:
+                claim = {
+                    "version": migration.version,
+                    "name": migration.name,
+                    "applied_at": _encode_timestamp(datetime.now(UTC)),
+                }
+                if connection.execute(DIALECT.sql(schema.CLAIM_MIGRATION), claim).fetchone() is None:
+                    continue  # already applied
+                for statement in migration.statements:
+                    connection.execute(DIALECT.sql(statement))
+
+    async def upsert_device(self, device: DeviceRecord) -> None:
+        check_device(device)
+
+        def work() -> None:
+            with self._write_transaction() as connection:
+                connection.execute(DIALECT.sql(schema.UPSERT_DEVICE), DIALECT.device_params(device))
+
+        await self._call(work)
+
+    async def upsert_groups(self, groups: Sequence[GroupRecord]) -> list[bool]:
+        for index, group in enumerate(groups):
+            check_group(group, index)
+        if not groups:
+            return []
+
+        def work() -> list[bool]:
+            applied: list[bool] = []
+            known_devices: set[str] = set()
+            with self._write_transaction() as connection:
+                for index, group in enumerate(groups):
+                    try:
+                        if group.device_serial not in known_devices:
+                            ensure = {
+                                "serial": group.device_serial,
+                                "last_seen": _encode_timestamp(schema.NEVER_SEEN),
+                            }
+                            connection.execute(DIALECT.sql(schema.ENSURE_DEVICE), ensure)
+                            known_devices.add(group.device_serial)
+                        cursor = connection.execute(
+                            DIALECT.sql(schema.UPSERT_GROUP), DIALECT.group_params(group)
+                        )
+                    except sqlite3.IntegrityError as error:
+                        raise StoreRejected(_rejection_reason(error), index) from error
+                    applied.append(cursor.fetchone() is not None)
+            return applied
+
+        return await self._call(work)
+
+    async def get_group(self, device_serial: str, group_id: int) -> GroupRecord | None:
+        params = {"device_serial": device_serial, "group_id": group_id}
+        rows = await self._call(lambda: self._query(schema.GET_GROUP, params))
+        return DIALECT.group_from_row(rows[0]) if rows else None
+
+    async def list_groups(
+        self, device_serial: str, limit: int = 100, after_group_id: int | None = None
+    ) -> list[GroupRecord]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        params = {
+            "device_serial": device_serial,
+            "after_group_id": -1 if after_group_id is None else after_group_id,
+            "limit": limit,
+        }
+        rows = await self._call(lambda: self._query(schema.LIST_GROUPS, params))
+        return [DIALECT.group_from_row(row) for row in rows]
+
+    async def group_versions(self, device_serial: str) -> dict[int, int]:
+        params = {"device_serial": device_serial}
+        rows = await self._call(lambda: self._query(schema.GROUP_VERSIONS, params))
+        return {group_id: version for group_id, version in rows}
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        rows = await self._call(lambda: self._query(schema.LIST_DEVICES, {}))
+        return [DIALECT.device_from_row(row) for row in rows]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._worker, self._connection.close)
+        finally:
+            self._worker.shutdown(wait=False)
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; every write opens its own BEGIN IMMEDIATE.
+    # timeout= is SQLite's busy timeout: how long a writer waits for another connection's lock.
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
