@@ -1,0 +1,136 @@
+"""Wiring: one emulated device = state + tree + the faces and tasks the options ask for.
+
+Kept apart from the CLI so tests and benchmarks start a whole device in-process with the same code
+path as ``tap-emulator serve``, and stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tap_emulator.config import Profile, SecurityMode, load_profile
+from tap_emulator.model import DeviceModel, default_model
+from tap_emulator.state import MEMORY, DeviceState
+from tap_emulator.tree import DeviceTree
+
+__all__ = ["Emulator", "Endpoint", "ServeOptions", "default_state_path", "open_device", "parse_endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+def parse_endpoint(text: str, default_port: int) -> Endpoint | None:
+    """``HOST:PORT``, ``HOST``, ``:PORT`` or ``off``; ``[::1]:PORT`` for IPv6. ValueError if malformed."""
+    if text == "off":
+        return None
+    host, port_text = text, str(default_port)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number in 0..65535")
+    return Endpoint(host, int(port_text))
+
+
+def default_state_path(profile: Profile) -> Path:
+    """One state file per device under the working directory: ``state/{serial}.sqlite3``."""
+    return Path("state") / f"{profile.device.serial_number}.sqlite3"
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    profile: str = "default"
+    state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
+    coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 5683))
+    security: SecurityMode | None = None  # overrides the profile's mode when given
+
+
+def open_device(
+    profile: Profile,
+    state_path: str,
+    *,
+    model: DeviceModel | None = None,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+) -> DeviceTree:
+    """Open (and seed, if fresh) the state of a device and build its tree."""
+    state = DeviceState(state_path, clock=time.time)
+    try:
+        tree = DeviceTree(
+            model or default_model(),
+            state,
+            access=profile.access,
+            random_bytes=random_bytes,
+            clock_ms=clock_ms,
+        )
+        if tree.is_fresh:
+            tree.seed(profile)
+    except BaseException:
+        state.close()
+        raise
+    return tree
+
+
+class Emulator:
+    """A running device. ``start`` binds every endpoint or fails with nothing left open."""
+
+    def __init__(self, options: ServeOptions, *, announce: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.announce = announce
+        profile = load_profile(options.profile)
+        if options.security is not None:
+            profile = profile.with_security_mode(options.security)
+        self.profile = profile
+        self.tree: DeviceTree | None = None
+        self.coap_address: tuple[str, int] | None = None
+        self._closers: list[Callable[[], object]] = []
+
+    async def start(self) -> None:
+        from tap_emulator.faces.coap import start_coap_server
+
+        state_path = self.options.state or str(default_state_path(self.profile))
+        tree = open_device(self.profile, state_path)
+        self.tree = tree
+        self._closers.append(tree.state.close)
+        try:
+            if self.options.security is not None and tree.security_mode is not self.options.security:
+                await tree.set_security_mode(self.options.security)
+            if self.options.coap is not None:
+                coap = await start_coap_server(tree, self.options.coap.host, self.options.coap.port)
+                self._closers.append(coap.close)
+                self.coap_address = coap.address
+                self.announce(f"listening coap udp {coap.address[0]}:{coap.address[1]}")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path)
+
+    async def stop(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                result = closer()
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                log.exception("error while stopping")

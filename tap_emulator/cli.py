@@ -1,0 +1,138 @@
+"""Command line: ``tap-emulator serve | reset``.
+
+``main(argv) -> int`` so tests call it in-process; every user error is one line on stderr and a
+non-zero exit (2 for bad usage or configuration, 1 for a runtime failure such as a busy port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from tap_emulator.app import Emulator, ServeOptions, default_state_path, open_device, parse_endpoint
+from tap_emulator.config import ConfigError, SecurityMode, load_profile
+from tap_emulator.model import ModelError
+from tap_emulator.state import StateError
+
+__all__ = ["main"]
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _endpoint(default_port: int) -> object:
+    def parse(text: str) -> object:
+        try:
+            return parse_endpoint(text, default_port)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tap-emulator", description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default="default", help="device profile: a name in resources/profiles or a TOML path")
+        p.add_argument(
+            "--state",
+            default=None,
+            help="state file (default: state/{serial}.sqlite3 under the working directory; ':memory:' keeps nothing)",
+        )
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
+        p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+
+    serve = commands.add_parser("serve", help="run the emulated device")
+    common(serve)
+    serve.add_argument(
+        "--coap", type=_endpoint(5683), default=parse_endpoint("127.0.0.1:5683", 5683),
+        metavar="HOST:PORT", help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
+    )
+    serve.add_argument(
+        "--security", choices=[m.value for m in SecurityMode], default=None,
+        help="override the profile's login mode",
+    )
+    reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
+    common(reset)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+async def _serve(options: ServeOptions) -> int:
+    emulator = Emulator(options, announce=lambda line: print(line, flush=True))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await emulator.start()
+    except OSError as exc:
+        print(f"tap-emulator: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    path = args.state or str(default_state_path(profile))
+    tree = open_device(profile, path)
+    try:
+        tree.seed(profile, reset=True)
+    finally:
+        tree.state.close()
+    print(f"reset {profile.device.serial_number} to profile {profile.name} ({path})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "serve":
+            options = ServeOptions(
+                profile=args.profile,
+                state=args.state,
+                coap=args.coap,
+                security=None if args.security is None else SecurityMode(args.security),
+            )
+            return asyncio.run(_serve(options))
+        if args.command == "reset":
+            return _reset(args)
+    except (ConfigError, ModelError) as exc:
+        print(f"tap-emulator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateError as exc:
+        print(f"tap-emulator: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

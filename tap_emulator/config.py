@@ -1,0 +1,200 @@
+"""Device profiles: the TOML files in ``resources/profiles`` that seed a fresh (or factory-reset) device.
+
+A profile is data, not code: identity (object 3), security mode and login policy (object 1024), access
+rules and the initial groups of object 1025. Loading validates every field and reports the file and the
+key on error, so a typo in a hand-written profile is a clear message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tap_emulator.model import RESOURCES_DIR
+
+__all__ = [
+    "AccessPolicy",
+    "ConfigError",
+    "DeviceIdentity",
+    "GroupSeed",
+    "Profile",
+    "SecurityMode",
+    "SecurityPolicy",
+    "load_profile",
+]
+
+PROFILES_DIR = RESOURCES_DIR / "profiles"
+ADMIN_GROUP = 0xFFFF
+SUPERVISOR_GROUP = 0xFFFE
+ANONYMOUS_GROUP = 0
+
+
+class ConfigError(Exception):
+    """A profile or an option is invalid; the message says where."""
+
+
+class SecurityMode(enum.Enum):
+    NONE = "none"
+    HASH = "hash"
+    SCRAM = "scram"
+
+    @property
+    def options(self) -> int:
+        """The /1024//6 security options word (tap-protocol.md B.1); SCRAM implies hashed passwords."""
+        return {SecurityMode.NONE: 0x0000, SecurityMode.HASH: 0x0008, SecurityMode.SCRAM: 0x0018}[self]
+
+    @classmethod
+    def from_options(cls, options: int) -> SecurityMode:
+        if options & 0x0010:
+            return cls.SCRAM
+        if options & 0x0008:
+            return cls.HASH
+        return cls.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    manufacturer: str
+    model: str
+    serial_number: str
+    firmware_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    mode: SecurityMode = SecurityMode.SCRAM
+    hash_iteration: int = 5000
+    max_failed_logins: int = 3
+    lockout_seconds: float = 60.0
+    session_lifetime_unit_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may do what to object 1025 (and the device settings of object 1024)."""
+
+    writers: frozenset[int] = frozenset({ADMIN_GROUP, SUPERVISOR_GROUP})
+    anonymous_read: bool = True
+    admin_group: int = ADMIN_GROUP
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSeed:
+    id: int
+    name: str
+    password: str | None = field(default=None, repr=False)
+    session_lifetime: int = 300
+    alias: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    device: DeviceIdentity
+    security: SecurityPolicy
+    access: AccessPolicy
+    groups: tuple[GroupSeed, ...]
+
+    def with_security_mode(self, mode: SecurityMode) -> Profile:
+        security = SecurityPolicy(
+            mode,
+            self.security.hash_iteration,
+            self.security.max_failed_logins,
+            self.security.lockout_seconds,
+            self.security.session_lifetime_unit_seconds,
+        )
+        return Profile(self.name, self.device, security, self.access, self.groups)
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}: '{key}' is missing")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: '{key}' must be of type {kind.__name__}")
+    return value
+
+
+def _uint(value: int, high: int, what: str) -> int:
+    if not 0 <= value <= high:
+        raise ConfigError(f"{what} must be in 0..{high}")
+    return value
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    """``default`` -> resources/profiles/default.toml; anything with a slash or .toml is a path."""
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        return Path(name_or_path)
+    return PROFILES_DIR / f"{name_or_path}.toml"
+
+
+def load_profile(name_or_path: str = "default") -> Profile:
+    path = resolve_profile_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
+        raise ConfigError(f"profile {name_or_path!r} not found ({path}); known profiles: {known}") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    where = path.name
+    device_t = _get(data, "device", dict, where)
+    device = DeviceIdentity(
+        manufacturer=_get(device_t, "manufacturer", str, f"{where} [device]", "IOTIZE"),
+        model=_get(device_t, "model", str, f"{where} [device]"),
+        serial_number=_get(device_t, "serial_number", str, f"{where} [device]"),
+        firmware_version=_get(device_t, "firmware_version", str, f"{where} [device]"),
+    )
+    if not device.serial_number or not device.serial_number.isprintable() or "/" in device.serial_number:
+        raise ConfigError(f"{where} [device]: serial_number must be non-empty printable text without '/'")
+    sec_t = _get(data, "security", dict, where, {})
+    sw = f"{where} [security]"
+    try:
+        mode = SecurityMode(_get(sec_t, "mode", str, sw, "scram"))
+    except ValueError:
+        raise ConfigError(f"{sw}: 'mode' must be none, hash or scram") from None
+    unit = _get(sec_t, "session_lifetime_unit", str, sw, "s")
+    if unit not in ("s", "min"):
+        raise ConfigError(f"{sw}: 'session_lifetime_unit' must be 's' or 'min'")
+    security = SecurityPolicy(
+        mode=mode,
+        hash_iteration=_uint(_get(sec_t, "hash_iteration", int, sw, 5000), 0xFFFFFFFF, f"{sw} hash_iteration"),
+        max_failed_logins=_uint(_get(sec_t, "max_failed_logins", int, sw, 3), 1000, f"{sw} max_failed_logins"),
+        lockout_seconds=_get(sec_t, "lockout_seconds", float, sw, 60.0),
+        session_lifetime_unit_seconds=1.0 if unit == "s" else 60.0,
+    )
+    if security.hash_iteration == 0:
+        raise ConfigError(f"{sw}: hash_iteration must be at least 1")
+    acc_t = _get(data, "access", dict, where, {})
+    aw = f"{where} [access]"
+    writers = _get(acc_t, "writers", list, aw, [ADMIN_GROUP, SUPERVISOR_GROUP])
+    if not all(isinstance(w, int) and 0 <= w <= 0xFFFF for w in writers):
+        raise ConfigError(f"{aw}: 'writers' must be a list of group ids (0..65535)")
+    access = AccessPolicy(frozenset(writers), _get(acc_t, "anonymous_read", bool, aw, True))
+    groups: list[GroupSeed] = []
+    for index, g in enumerate(_get(data, "groups", list, where, [])):
+        gw = f"{where} [[groups]] #{index + 1}"
+        if not isinstance(g, dict):
+            raise ConfigError(f"{gw}: must be a table")
+        gid = _uint(_get(g, "id", int, gw), 0xFFFF, f"{gw} id")
+        if any(s.id == gid for s in groups):
+            raise ConfigError(f"{gw}: group id {gid} is declared twice")
+        alias = _get(g, "alias", int, gw, None)
+        groups.append(
+            GroupSeed(
+                id=gid,
+                name=_get(g, "name", str, gw),
+                password=_get(g, "password", str, gw, None),
+                session_lifetime=_uint(_get(g, "session_lifetime", int, gw, 300), 0xFFFF, f"{gw} session_lifetime"),
+                alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
+            )
+        )
+    return Profile(path.stem, device, security, access, tuple(groups))

@@ -1,0 +1,381 @@
+"""Durable device state: one SQLite file per emulated device, written by one thread, with an outbox.
+
+Why a dedicated module: the tree must never acknowledge a write that a crash could lose. Every change is
+committed here (``BEGIN IMMEDIATE``, WAL, ``synchronous=FULL``) before the tree answers, and every change
+to an instance writes its outbox row in the same transaction, so the sync task can deliver it later
+without a dual-write gap. Concurrent writers are committed together (group commit): the writer thread
+drains everything queued while the previous transaction was being synced into the next one, so durable
+writes cost one fsync per batch, not one per request.
+
+The module knows nothing of CoAP, Tap frames or SCRAM: credentials arrive as opaque bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DeviceState",
+    "DeviceValueWrite",
+    "InstanceRow",
+    "InstanceWrite",
+    "OutboxRow",
+    "Snapshot",
+    "StateError",
+]
+
+MEMORY = ":memory:"
+
+_SCHEMA = (
+    # version 1
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE device_value (
+        object_id INTEGER NOT NULL, resource_id INTEGER NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (object_id, resource_id));
+    CREATE TABLE instance (
+        object_id INTEGER NOT NULL, instance_id INTEGER NOT NULL,
+        version INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
+        resource_values TEXT NOT NULL, credential BLOB,
+        PRIMARY KEY (object_id, instance_id));
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        object_id INTEGER NOT NULL, instance_id INTEGER NOT NULL, version INTEGER NOT NULL,
+        payload TEXT NOT NULL, created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'rejected')),
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT, settled_at REAL);
+    CREATE INDEX outbox_pending ON outbox (status, id);
+    """,
+)
+
+
+class StateError(Exception):
+    """The state file cannot be opened, read or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """One stored instance: public resource values, an opaque credential and a version."""
+
+    object_id: int
+    instance_id: int
+    version: int
+    deleted: bool
+    values: Mapping[int, Any]
+    credential: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceWrite:
+    """Replace an instance row; ``outbox_payload`` (public data only) is queued for the sync task."""
+
+    row: InstanceRow
+    outbox_payload: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceValueWrite:
+    object_id: int
+    resource_id: int
+    value: Any
+
+
+Change = InstanceWrite | DeviceValueWrite
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the tree needs at start-up."""
+
+    meta: Mapping[str, str]
+    device_values: Mapping[tuple[int, int], Any]
+    instances: Mapping[tuple[int, int], InstanceRow]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    object_id: int
+    instance_id: int
+    version: int
+    payload: Mapping[str, Any]
+    created_at: float
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+def _encode_value(value: Any) -> str:
+    if isinstance(value, bytes):
+        return json.dumps({"hex": value.hex()})
+    return json.dumps(value)
+
+
+def _decode_value(text: str) -> Any:
+    value = json.loads(text)
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        return bytes.fromhex(value["hex"])
+    return value
+
+
+def _encode_values(values: Mapping[int, Any]) -> str:
+    return json.dumps({str(k): json.loads(_encode_value(v)) for k, v in sorted(values.items())})
+
+
+def _decode_values(text: str) -> dict[int, Any]:
+    return {int(k): _decode_value(json.dumps(v)) for k, v in json.loads(text).items()}
+
+
+_STOP = object()
+
+
+class DeviceState:
+    """The SQLite state file of one device, owned by one writer thread.
+
+    All SQL runs on that thread (sqlite3 connections are not shared across threads). Coroutines submit
+    work and await its future; writes queued together are committed in one transaction.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float]) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._opened: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, name=f"state:{Path(self.path).name}", daemon=True)
+        self._closed = False
+        self._thread.start()
+        self._opened.result()
+
+    # ------------------------------------------------------------------ thread side
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != MEMORY:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if self.path != MEMORY:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StateError(f"{self.path}: cannot switch to WAL journal mode")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate(conn)
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(_SCHEMA):
+                raise StateError(f"state schema version {current} is newer than this emulator knows")
+            for version in range(current, len(_SCHEMA)):
+                for statement in _SCHEMA[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, OSError, StateError) as exc:
+            self._opened.set_exception(
+                exc if isinstance(exc, StateError) else StateError(f"{self.path}: {exc}")
+            )
+            return
+        self._opened.set_result(None)
+        carried: Any = None
+        try:
+            while True:
+                job = carried if carried is not None else self._jobs.get()
+                carried = None
+                if job is _STOP:
+                    return
+                if job[0] != "write":
+                    _, fn, fut = job
+                    try:
+                        fut.set_result(fn(conn))
+                    except BaseException as exc:
+                        fut.set_exception(exc)
+                    continue
+                # Group commit: every write already waiting joins this transaction.
+                batch = [job]
+                while True:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP or nxt[0] != "write":
+                        carried = nxt
+                        break
+                    batch.append(nxt)
+                self._commit_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for _, changes, _fut in batch:
+                    self._apply(conn, changes)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            error = exc if isinstance(exc, StateError) else StateError(f"state write failed: {exc}")
+            for _, _changes, fut in batch:
+                fut.set_exception(error)
+            return
+        for _, _changes, fut in batch:
+            fut.set_result(None)
+
+    def _apply(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
+        now = self._clock()
+        for change in changes:
+            if isinstance(change, DeviceValueWrite):
+                conn.execute(
+                    "INSERT INTO device_value (object_id, resource_id, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (object_id, resource_id) DO UPDATE SET value = excluded.value",
+                    (change.object_id, change.resource_id, _encode_value(change.value)),
+                )
+                continue
+            row = change.row
+            conn.execute(
+                "INSERT INTO instance (object_id, instance_id, version, deleted, resource_values, credential) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_id, instance_id) DO UPDATE SET "
+                "version = excluded.version, deleted = excluded.deleted, "
+                "resource_values = excluded.resource_values, credential = excluded.credential",
+                (
+                    row.object_id,
+                    row.instance_id,
+                    row.version,
+                    int(row.deleted),
+                    _encode_values(row.values),
+                    row.credential,
+                ),
+            )
+            if change.outbox_payload is not None:
+                conn.execute(
+                    "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (row.object_id, row.instance_id, row.version, json.dumps(change.outbox_payload), now),
+                )
+
+    # ------------------------------------------------------------------ caller side
+
+    def _submit(self, job: tuple[Any, ...]) -> Future[Any]:
+        if self._closed:
+            raise StateError("the state is closed")
+        self._jobs.put(job)
+        return job[-1]  # type: ignore[no-any-return]
+
+    def call_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(connection)`` on the writer thread and wait (for start-up and the CLI)."""
+        return self._submit(("call", fn, Future())).result()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(connection)`` on the writer thread (inside no transaction: fn opens its own)."""
+        return await asyncio.wrap_future(self._submit(("call", fn, Future())))
+
+    async def commit(self, changes: Iterable[Change]) -> None:
+        """Durably apply ``changes`` (all or nothing); returns once they are on disk."""
+        await asyncio.wrap_future(self._submit(("write", tuple(changes), Future())))
+
+    def commit_sync(self, changes: Iterable[Change]) -> None:
+        self._submit(("write", tuple(changes), Future())).result()
+
+    def load(self) -> Snapshot:
+        def read(conn: sqlite3.Connection) -> Snapshot:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            device_values = {
+                (o, r): _decode_value(v)
+                for o, r, v in conn.execute("SELECT object_id, resource_id, value FROM device_value")
+            }
+            instances = {
+                (o, i): InstanceRow(o, i, ver, bool(d), _decode_values(vals), cred)
+                for o, i, ver, d, vals, cred in conn.execute(
+                    "SELECT object_id, instance_id, version, deleted, resource_values, credential FROM instance"
+                )
+            }
+            return Snapshot(meta, device_values, instances)
+
+        result: Snapshot = self.call_sync(read)
+        return result
+
+    def set_meta_sync(self, items: Mapping[str, str]) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with _immediate(conn):
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    list(items.items()),
+                )
+
+        self.call_sync(write)
+
+    def reset_sync(self, changes: Iterable[Change], meta: Mapping[str, str]) -> None:
+        """Factory reset: drop device values, rewrite instances, in one transaction (outbox kept)."""
+        changes = tuple(changes)
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _immediate(conn):
+                conn.execute("DELETE FROM device_value")
+                conn.execute("DELETE FROM meta")
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                self._apply(conn, changes)
+
+        self.call_sync(write)
+
+    # outbox, for the sync task and `store status`
+
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        def read(conn: sqlite3.Connection) -> list[OutboxRow]:
+            return [
+                OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8], r[9])
+                for r in conn.execute(
+                    "SELECT id, object_id, instance_id, version, payload, created_at, status, attempts, "
+                    "next_attempt_at, last_error FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?",
+                    (limit,),
+                )
+            ]
+
+        rows: list[OutboxRow] = await self.call(read)
+        return rows
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=30)
+
+
+class _immediate:
+    """``with _immediate(conn):`` runs the block in a BEGIN IMMEDIATE transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
