@@ -173,9 +173,9 @@ class PostgresStore:
             assert row is not None
             return int(row[0])
 
-        # Two openers creating the table at once collide in the catalog (unique violation, or
-        # "relation already exists"); the loser's retry then finds the table.
-        current = await self._run(create_table, _RETRIED_SQLSTATES | {"23505", "42P07"})
+        # Two openers creating the table at once collide in the catalog ("duplicate key", "type ...
+        # already exists" or "relation ... already exists"); the loser's retry then finds the table.
+        current = await self._run(create_table, _RETRIED_SQLSTATES | {"23505", "42710", "42P07"})
         latest = schema.MIGRATIONS[-1].version
         if current > latest:
             raise StoreError(

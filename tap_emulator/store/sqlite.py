@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -209,10 +210,24 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     # timeout= is SQLite's busy timeout: how long a writer waits for another connection's lock.
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
-        connection.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(connection, busy_timeout)
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA foreign_keys = ON")
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> None:
+    # Switching a new file to WAL needs an exclusive lock and reports SQLITE_BUSY at once, without
+    # SQLite's busy handler, when several openers create the file together: wait here instead.
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
