@@ -18,18 +18,18 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import schema
 from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
+from .urls import PASSWORD_PARAMETER as _PASSWORD_PARAMETER
 from .urls import redact_url
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_OPERATION_TIMEOUT", "PostgresStore"]
+__all__ = ["DEFAULT_OPERATION_TIMEOUT", "PostgresStore"]
 
-DEFAULT_CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets one
 DEFAULT_OPERATION_TIMEOUT = 30.0  # seconds for one whole operation, retries included
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 _ATTEMPTS = 5
@@ -55,18 +55,21 @@ def _import_psycopg() -> ModuleType:
     return psycopg
 
 
-def _url_password(url: str) -> str | None:
-    """The password in the URL, if any, so that driver messages echoing it can be scrubbed."""
-    try:
+def _url_secrets(url: str) -> list[str]:
+    """Every form of the URL's password that a driver message might echo, longest first.
+
+    Found without trusting the URL to parse: libpq quotes a malformed token whole
+    ('invalid percent-encoded token: "<password>"'), so raw and decoded forms are both listed.
+    """
+    found = [match.group(2) for match in _PASSWORD_PARAMETER.finditer(url)]
+    with contextlib.suppress(ValueError):
+        found.append(urlsplit(url).password or "")
+    with contextlib.suppress(Exception):
         from psycopg.conninfo import conninfo_to_dict
 
-        password = conninfo_to_dict(url).get("password")
-    except Exception:
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-    return str(password) if password else None
+        found.append(str(conninfo_to_dict(url).get("password") or ""))
+    secrets = {form for raw in found for form in (raw, raw.strip("'"), unquote(raw)) if form}
+    return sorted(secrets, key=len, reverse=True)
 
 
 def _rejection_reason(error: psycopg.Error) -> str:
@@ -82,8 +85,8 @@ class PostgresStore:
     def __init__(self, url: str, *, operation_timeout: float = DEFAULT_OPERATION_TIMEOUT) -> None:
         self._psycopg = _import_psycopg()
         self._url = url
-        self._label = redact_url(url)
-        self._password = _url_password(url)
+        self._secrets = _url_secrets(url)
+        self._label = self._scrub(redact_url(url))
         self._operation_timeout = operation_timeout
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
@@ -104,18 +107,18 @@ class PostgresStore:
         return store
 
     def _scrub(self, message: str) -> str:
-        return message.replace(self._password, "***") if self._password else message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         if self._connection is not None and not (self._connection.closed or self._connection.broken):
             return self._connection
         await self._drop_connection()
-        options: dict[str, Any] = {"autocommit": True}
         try:
-            given = self._psycopg.conninfo.conninfo_to_dict(self._url)
-            options.setdefault("connect_timeout", given.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-            options.setdefault("application_name", given.get("application_name", "tap-emulator"))
-            self._connection = await self._psycopg.AsyncConnection.connect(self._url, **options)
+            # autocommit: transactions are explicit, one per operation. The operation timeout bounds
+            # connecting too, so libpq's connect_timeout is only needed if the URL wants a shorter one.
+            self._connection = await self._psycopg.AsyncConnection.connect(self._url, autocommit=True)
         except self._psycopg.Error as error:
             # from None: the driver's own exception may quote the URL, password included.
             message = self._scrub(str(error).strip())

@@ -18,7 +18,7 @@ __all__ = ["open_store", "redact_url", "sqlite_path"]
 _SUPPORTED = "sqlite:///PATH, sqlite://:memory: or postgresql://..."
 
 # password=... as a URL query parameter or in a libpq key=value string (quoted or not).
-_PASSWORD_PARAMETER = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s#]+)")
+PASSWORD_PARAMETER = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s#]+)")
 
 
 def redact_url(url: str) -> str:
@@ -32,7 +32,7 @@ def redact_url(url: str) -> str:
             user = userinfo.split(":", 1)[0]
             before_query = f"{user}:***@{host_and_path}"
         url = f"{scheme}{separator}{before_query}{question}{query}"
-    return _PASSWORD_PARAMETER.sub(r"\g<1>***", url)
+    return PASSWORD_PARAMETER.sub(r"\g<1>***", url)
 
 
 def sqlite_path(url: str) -> str:

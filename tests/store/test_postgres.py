@@ -3,6 +3,7 @@ waits, scrubbed secrets, and a package that works without the optional psycopg e
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,10 @@ async def test_password_never_shows_in_repr_or_errors(pg_url: str) -> None:
         "postgresql://tap:hunter2-secret@127.0.0.1:1/test",
         "postgresql://tap:hunter2-secret@127.0.0.1:notaport/test",
         "postgresql://127.0.0.1:1/test?password=hunter2-secret",
+        # libpq quotes a malformed token whole in its message
+        "postgresql://tap:hunter2-secret%zz@127.0.0.1:1/test",
+        "postgresql://127.0.0.1:1/test?password=hunter2-secret%zz",
+        "postgresql://tap:hunter2-secret@127.0.0.1:1/test?sslmode=hunter2-secret",
     ],
 )
 async def test_unreachable_server_is_a_store_error_without_the_password(url: str) -> None:
@@ -190,3 +195,22 @@ def test_package_works_without_psycopg_and_says_which_extra_to_install() -> None
         check=True,
     )
     assert "tap-emulator[postgres]" in done.stdout
+
+
+@pytest.mark.postgres
+async def test_cancelled_operation_leaves_no_transaction_behind(pg_url: str) -> None:
+    import psycopg
+
+    store = await open_store(pg_url)
+    try:
+        await store.upsert_groups([group(version=1)])
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("SELECT * FROM access_groups FOR UPDATE")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.upsert_groups([group(version=2)]), 0.3)
+            blocker.rollback()
+        assert await store.upsert_groups([group(version=3)]) == [True]
+        # Committed, hence visible to another connection.
+        assert raw_rows(pg_url, "SELECT version FROM access_groups") == [(3,)]
+    finally:
+        await store.close()
