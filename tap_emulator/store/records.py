@@ -18,6 +18,7 @@ __all__ = [
     "ManagementStore",
     "StoreError",
     "StoreRejected",
+    "as_utc",
     "check_device",
     "check_group",
 ]

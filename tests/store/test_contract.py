@@ -221,9 +221,9 @@ async def test_value_too_wide_for_its_column_is_rejected(store: ManagementStore)
         group(updated_at=datetime(2024, 1, 1)),  # naive: no way to know which instant
         group(True),  # a bool is not a group id
         group(version=2**63),  # wider than any BIGINT
-        group(session_lifetime="30"),  # type: ignore[arg-type]
-        group(deleted=1),  # type: ignore[arg-type]
-        group(name=None),  # type: ignore[arg-type]
+        group(session_lifetime="30"),
+        group(deleted=1),
+        group(name=None),
     ],
 )
 async def test_record_of_the_wrong_type_is_rejected_before_the_database(
@@ -334,7 +334,7 @@ async def test_concurrent_writers_on_several_connections_keep_only_the_newest(st
 
     async def push(writer: ManagementStore, seed: int) -> list[tuple[GroupRecord, bool]]:
         shuffle = random.Random(seed)
-        results = []
+        results: list[tuple[GroupRecord, bool]] = []
         for version in range(1, top + 1):
             batch = [profile(gid, version) for gid in group_ids]
             shuffle.shuffle(batch)  # different key orders in concurrent transactions
