@@ -123,7 +123,9 @@ class Emulator:
         except BaseException:
             await self.stop()
             raise
-        log.info("device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path)
+        log.info(
+            "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
+        )
 
     async def stop(self) -> None:
         while self._closers:

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from tap_emulator.app import Emulator, ServeOptions, default_state_path, open_device, parse_endpoint
+from tap_emulator.app import Emulator, Endpoint, ServeOptions, default_state_path, open_device, parse_endpoint
 from tap_emulator.config import ConfigError, SecurityMode, load_profile
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
@@ -28,8 +28,8 @@ class _UsageError(Exception):
     pass
 
 
-def _endpoint(default_port: int) -> object:
-    def parse(text: str) -> object:
+def _endpoint(default_port: int) -> Callable[[str], Endpoint | None]:
+    def parse(text: str) -> Endpoint | None:
         try:
             return parse_endpoint(text, default_port)
         except ValueError as exc:
@@ -40,16 +40,19 @@ def _endpoint(default_port: int) -> object:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tap-emulator", description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames)."
+        prog="tap-emulator",
+        description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default="default", help="device profile: a name in resources/profiles or a TOML path")
+        p.add_argument(
+            "--profile", default="default", help="device profile: a name in resources/profiles or a TOML path"
+        )
         p.add_argument(
             "--state",
             default=None,
-            help="state file (default: state/{serial}.sqlite3 under the working directory; ':memory:' keeps nothing)",
+            help="state file (default: state/{serial}.sqlite3 here; ':memory:' keeps nothing)",
         )
         p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
         p.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -57,11 +60,16 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the emulated device")
     common(serve)
     serve.add_argument(
-        "--coap", type=_endpoint(5683), default=parse_endpoint("127.0.0.1:5683", 5683),
-        metavar="HOST:PORT", help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
+        "--coap",
+        type=_endpoint(5683),
+        default=parse_endpoint("127.0.0.1:5683", 5683),
+        metavar="HOST:PORT",
+        help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
     )
     serve.add_argument(
-        "--security", choices=[m.value for m in SecurityMode], default=None,
+        "--security",
+        choices=[m.value for m in SecurityMode],
+        default=None,
         help="override the profile's login mode",
     )
     reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
@@ -71,7 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 async def _serve(options: ServeOptions) -> int:
@@ -130,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command}")
+    print(f"tap-emulator: unknown command {args.command}", file=sys.stderr)
     return EXIT_USAGE
 
 

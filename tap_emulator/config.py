@@ -166,8 +166,12 @@ def load_profile(name_or_path: str = "default") -> Profile:
         raise ConfigError(f"{sw}: 'session_lifetime_unit' must be 's' or 'min'")
     security = SecurityPolicy(
         mode=mode,
-        hash_iteration=_uint(_get(sec_t, "hash_iteration", int, sw, 5000), 0xFFFFFFFF, f"{sw} hash_iteration"),
-        max_failed_logins=_uint(_get(sec_t, "max_failed_logins", int, sw, 3), 1000, f"{sw} max_failed_logins"),
+        hash_iteration=_uint(
+            _get(sec_t, "hash_iteration", int, sw, 5000), 0xFFFFFFFF, f"{sw} hash_iteration"
+        ),
+        max_failed_logins=_uint(
+            _get(sec_t, "max_failed_logins", int, sw, 3), 1000, f"{sw} max_failed_logins"
+        ),
         lockout_seconds=_get(sec_t, "lockout_seconds", float, sw, 60.0),
         session_lifetime_unit_seconds=1.0 if unit == "s" else 60.0,
     )
@@ -193,7 +197,9 @@ def load_profile(name_or_path: str = "default") -> Profile:
                 id=gid,
                 name=_get(g, "name", str, gw),
                 password=_get(g, "password", str, gw, None),
-                session_lifetime=_uint(_get(g, "session_lifetime", int, gw, 300), 0xFFFF, f"{gw} session_lifetime"),
+                session_lifetime=_uint(
+                    _get(g, "session_lifetime", int, gw, 300), 0xFFFF, f"{gw} session_lifetime"
+                ),
                 alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
             )
         )

@@ -1,1 +1,4 @@
-"""Sans-IO codecs: resource values (``values``), Tap APDU frames (``apdu``), encrypted frames (``secure_frame``)."""
+"""Sans-IO codecs: resource values (``values``), APDU frames (``apdu``), encrypted frames.
+
+The encrypted-channel codec is ``secure_frame``.
+"""

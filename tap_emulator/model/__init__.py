@@ -39,7 +39,7 @@ class ModelError(Exception):
     """A model file is malformed; the message names the file and the offending element."""
 
 
-class ValueError_(ValueError):  # noqa: N801 - distinct from the builtin on purpose
+class ValueError_(ValueError):
     """A value breaks the limits its form declares; the message is a short, secret-free diagnostic."""
 
 
@@ -251,7 +251,7 @@ def _enum(kind: type[enum.Enum], text: str, what: str, source: str) -> enum.Enum
     try:
         return kind(text)
     except ValueError:
-        allowed = ", ".join(repr(m.value) for m in kind)  # type: ignore[var-annotated]
+        allowed = ", ".join(repr(m.value) for m in kind)
         raise ModelError(f"{source}: {what} {text!r} is not one of {allowed}") from None
 
 
@@ -275,9 +275,9 @@ def _make_form(
     }
     if encoding not in compatible[value_type]:
         raise ModelError(f"{source}: encoding {encoding.value!r} does not fit type {value_type.value!r}")
-    if encoding is Encoding.UINT16 and int_range and not (0 <= int_range[0] and int_range[1] <= 0xFFFF):
+    if encoding is Encoding.UINT16 and int_range and not (int_range[0] >= 0 and int_range[1] <= 0xFFFF):
         raise ModelError(f"{source}: range {range_text!r} does not fit uint16")
-    if encoding is Encoding.UINT32 and int_range and not (0 <= int_range[0] and int_range[1] <= 0xFFFFFFFF):
+    if encoding is Encoding.UINT32 and int_range and not (int_range[0] >= 0 and int_range[1] <= 0xFFFFFFFF):
         raise ModelError(f"{source}: range {range_text!r} does not fit uint32")
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", alias):
         raise ModelError(f"{source}: alias {alias!r} must be a lower-case slug")

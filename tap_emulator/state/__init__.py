@@ -258,8 +258,8 @@ class DeviceState:
                 continue
             row = change.row
             conn.execute(
-                "INSERT INTO instance (object_id, instance_id, version, deleted, resource_values, credential) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_id, instance_id) DO UPDATE SET "
+                "INSERT INTO instance (object_id, instance_id, version, deleted, resource_values, "
+                "credential) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (object_id, instance_id) DO UPDATE SET "
                 "version = excluded.version, deleted = excluded.deleted, "
                 "resource_values = excluded.resource_values, credential = excluded.credential",
                 (
@@ -311,7 +311,8 @@ class DeviceState:
             instances = {
                 (o, i): InstanceRow(o, i, ver, bool(d), _decode_values(vals), cred)
                 for o, i, ver, d, vals, cred in conn.execute(
-                    "SELECT object_id, instance_id, version, deleted, resource_values, credential FROM instance"
+                    "SELECT object_id, instance_id, version, deleted, resource_values, credential "
+                    "FROM instance"
                 )
             }
             return Snapshot(meta, device_values, instances)

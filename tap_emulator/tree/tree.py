@@ -221,13 +221,17 @@ def factory_changes(
         values[_resource(group_obj, SALT).id] = salt
         values[_resource(group_obj, ITERATION).id] = iteration
         inst = _Instance(values, credential, next_version(seed.id))
-        writes.append(InstanceWrite(_row(group_obj.id, seed.id, inst), public_payload(group_obj, seed.id, inst)))
+        writes.append(
+            InstanceWrite(_row(group_obj.id, seed.id, inst), public_payload(group_obj, seed.id, inst))
+        )
         seeded.add(seed.id)
     for (object_id, instance_id), row in previous.items():
         if object_id == group_obj.id and instance_id not in seeded and not row.deleted:
             tomb = _Instance({}, None, next_version(instance_id), deleted=True)
             writes.append(
-                InstanceWrite(_row(object_id, instance_id, tomb), public_payload(group_obj, instance_id, tomb))
+                InstanceWrite(
+                    _row(object_id, instance_id, tomb), public_payload(group_obj, instance_id, tomb)
+                )
             )
     return device_values, writes
 
@@ -340,7 +344,9 @@ class DeviceTree:
 
     def device_identity(self) -> dict[str, str]:
         return {
-            attr: str(self._device_values.get((self.device_object.id, _resource(self.device_object, slug).id), ""))
+            attr: str(
+                self._device_values.get((self.device_object.id, _resource(self.device_object, slug).id), "")
+            )
             for slug, attr in DEVICE_IDENTITY.items()
         }
 
@@ -443,14 +449,14 @@ class DeviceTree:
             assert req.instance_id is not None
             inst = self._live(obj, req.instance_id)
             if inst is None:
-                return Response(Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist")
+                return Response(
+                    Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
+                )
         denied = self._authorize(req, obj, res)
         if denied is not None:
             return denied
         if req.operation is Operation.READ:
-            values = inst.values if inst is not None else {
-                res.id: self._device_values.get((obj.id, res.id))
-            }
+            values = inst.values if inst is not None else {res.id: self._device_values.get((obj.id, res.id))}
             return Response(Status.CONTENT, values.get(res.id, res.default_value(req.instance_id)))
         if res.behaviour is Behaviour.CREDENTIAL:
             return await self._set_credential(req, obj, res)
@@ -462,7 +468,9 @@ class DeviceTree:
 
     def _read_container(self, req: Request, obj: ObjectDef) -> Response:
         if req.operation is not Operation.READ:
-            return Response(Status.METHOD_NOT_ALLOWED, diagnostic="only GET is allowed on an instance or object")
+            return Response(
+                Status.METHOD_NOT_ALLOWED, diagnostic="only GET is allowed on an instance or object"
+            )
         denied = self._authorize(req, obj, None)
         if denied is not None:
             return denied
@@ -480,7 +488,9 @@ class DeviceTree:
             )
         inst = self._live(obj, req.instance_id)
         if inst is None:
-            return Response(Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist")
+            return Response(
+                Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
+            )
         return Response(Status.CONTENT, {r.id: inst.values.get(r.id) for r in readable})
 
     def _authorize(self, req: Request, obj: ObjectDef, res: ResourceDef | None) -> Response | None:
@@ -521,7 +531,9 @@ class DeviceTree:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name} does not take this kind of value")
         return form
 
-    async def _write(self, req: Request, obj: ObjectDef, res: ResourceDef, inst: _Instance | None) -> Response:
+    async def _write(
+        self, req: Request, obj: ObjectDef, res: ResourceDef, inst: _Instance | None
+    ) -> Response:
         form = self._pick_form(req, res)
         if isinstance(form, Response):
             return form
@@ -531,7 +543,9 @@ class DeviceTree:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
         value: Any = req.value
         if res.behaviour is Behaviour.REFERENCE and self._live(obj, value) is None:
-            return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {obj.name.lower()} {value} does not exist")
+            return Response(
+                Status.BAD_REQUEST, diagnostic=f"{res.name}: {obj.name.lower()} {value} does not exist"
+            )
         if inst is None:
             key = (obj.id, res.id)
             await self._state.commit([DeviceValueWrite(obj.id, res.id, value)])
@@ -542,12 +556,14 @@ class DeviceTree:
         values = dict(inst.values)
         values[res.id] = value
         credential = inst.credential
-        if credential is not None and credential.scram is not None:
+        scram = None if credential is None else credential.scram
+        if credential is not None and scram is not None:
             # A low-level write of salt or iteration changes what the login announces, keys unchanged.
             if res.id == self._salt_id:
-                credential = Credential(credential.password_hash, credential.scram.with_salt(value.to_bytes(4, "big")))
+                scram = scram.with_salt(value.to_bytes(4, "big"))
             elif res.id == self._iteration_id:
-                credential = Credential(credential.password_hash, credential.scram.with_iterations(value))
+                scram = scram.with_iterations(value)
+            credential = Credential(credential.password_hash, scram)
         return await self._commit_instance(obj, req.instance_id, values, credential, frozenset({res.id}))
 
     async def _set_credential(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Response:
@@ -575,7 +591,9 @@ class DeviceTree:
         assert req.instance_id is not None
         inst = self._live(obj, req.instance_id)
         if inst is None:  # reset while deriving
-            return Response(Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist")
+            return Response(
+                Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
+            )
         values = dict(inst.values)
         values[self._salt_id], values[self._iteration_id] = _scram_fields(credential)
         changed = frozenset({res.id, self._salt_id, self._iteration_id})
@@ -633,4 +651,3 @@ class DeviceTree:
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._emit(ChangeEvent(obj.id, instance_id, changed, version, created=created))
         return Response(Status.CHANGED)
-

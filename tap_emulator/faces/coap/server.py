@@ -20,14 +20,14 @@ from typing import Any
 # be an error instead (coap-notes.md, "Traps"). Read by aiocoap when a transport binds.
 os.environ["AIOCOAP_REUSE_PORT"] = "0"
 
-import aiocoap  # noqa: E402
-import aiocoap.error  # noqa: E402
-import aiocoap.interfaces  # noqa: E402
-import aiocoap.resource  # noqa: E402
-from aiocoap.numbers.codes import Code  # noqa: E402
-from aiocoap.numbers.types import Type  # noqa: E402
+import aiocoap
+import aiocoap.error
+import aiocoap.interfaces
+import aiocoap.resource
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
 
-from tap_emulator.codec.values import (  # noqa: E402
+from tap_emulator.codec.values import (
     CONTAINER_FORMATS,
     LINK_FORMAT,
     SENML_JSON,
@@ -39,8 +39,8 @@ from tap_emulator.codec.values import (  # noqa: E402
     encode_representation,
     encode_senml,
 )
-from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef  # noqa: E402
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Response, Status  # noqa: E402
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
+from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Response, Status
 
 __all__ = ["CoapFace", "start_coap_server"]
 
@@ -92,7 +92,7 @@ def _error(status: Status, diagnostic: str) -> aiocoap.Message:
     return _message(status, diagnostic.encode("utf-8"))
 
 
-class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource):
+class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource):  # type: ignore[misc]
     """The root resource: parses paths from the model and forwards to the tree."""
 
     def __init__(self, tree: DeviceTree, *, con_every: int = 10) -> None:
@@ -174,7 +174,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(Status.METHOD_NOT_ALLOWED, "only GET is allowed on an instance or object")
         accept = request.opt.accept if request.opt.accept is not None else SENML_JSON
         if int(accept) not in CONTAINER_FORMATS:
-            return _error(Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)")
+            return _error(
+                Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
+            )
         response = await self.tree.handle(Request(Operation.READ, target.obj.id, target.instance_id))
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
@@ -237,7 +239,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                     for form in res.forms:
                         rt = f'"tap.{obj.alias}.{form.alias}"'
                         links.append(
-                            f'</{obj.alias}/{instance if obj.multiple else "0"}/{form.alias}>;'
+                            f"</{obj.alias}/{instance if obj.multiple else '0'}/{form.alias}>;"
                             f'rt={rt};if="{interfaces}";ct={ct}{obs}'
                         )
             if obj.multiple:
@@ -254,8 +256,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         instances = []
         for obj in self.model.objects.values():
             if obj.multiple:
-                instances += [f'</{obj.id}/{i}>;rt="tap.{obj.alias}.instance";ct="110 112";obs'
-                              for i in self.tree.instance_ids(obj.id)]
+                instances += [
+                    f'</{obj.id}/{i}>;rt="tap.{obj.alias}.instance";ct="110 112";obs'
+                    for i in self.tree.instance_ids(obj.id)
+                ]
         payload = self._link_format + ("," + ",".join(instances) if instances else "").encode("utf-8")
         return _message(Status.CONTENT, payload, LINK_FORMAT)
 
@@ -284,7 +288,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         serverobservation.accept(cancel)
 
     def _on_change(self, event: ChangeEvent) -> None:
-        keys = [(event.object_id, event.instance_id, rid) for rid in event.resource_ids]
+        keys: list[tuple[int, int | None, int | None]] = [
+            (event.object_id, event.instance_id, rid) for rid in event.resource_ids
+        ]
         keys.append((event.object_id, event.instance_id, None))
         if event.instance_id is not None:
             keys.append((event.object_id, None, None))
@@ -332,7 +338,9 @@ def _bound_address(context: aiocoap.Context, fallback_host: str) -> tuple[str, i
     """The (host, port) the UDP transport actually bound (port 0 resolves to a free port)."""
     for interface in context.request_interfaces:
         message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
-        transport = getattr(message_interface, "transport", None) or getattr(message_interface, "_transport", None)
+        transport = getattr(message_interface, "transport", None) or getattr(
+            message_interface, "_transport", None
+        )
         if transport is None:
             continue
         sockname = transport.get_extra_info("socket").getsockname()
@@ -340,16 +348,15 @@ def _bound_address(context: aiocoap.Context, fallback_host: str) -> tuple[str, i
     raise RuntimeError("the CoAP server has no UDP transport")
 
 
-async def start_coap_server(
-    tree: DeviceTree, host: str, port: int, *, con_every: int = 10
-) -> CoapServer:
+async def start_coap_server(tree: DeviceTree, host: str, port: int, *, con_every: int = 10) -> CoapServer:
     """Bind a UDP CoAP server; raises OSError (EADDRINUSE ...) with the address in the message."""
     face = CoapFace(tree, con_every=con_every)
     bind_host = "::ffff:" + host if host.count(".") == 3 else host
     try:
-        context = await aiocoap.Context.create_server_context(face, bind=(bind_host, port), transports=["udp6"])
+        context = await aiocoap.Context.create_server_context(
+            face, bind=(bind_host, port), transports=["udp6"]
+        )
     except OSError as exc:
         face.close()
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     return CoapServer(context, face, _bound_address(context, host))
-
