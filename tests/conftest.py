@@ -1,0 +1,146 @@
+"""Shared fixtures: a running emulator on 127.0.0.1 port 0, an aiocoap client, and emulator subprocesses.
+
+Every fixture stops what it starts, and every network wait is bounded, so a hung server fails a test
+instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REQUEST_TIMEOUT = 5.0
+
+
+@dataclass
+class CoapCall:
+    """A client bound to one server: ``await coap.request("GET", "/1025/0/0", accept=42)``."""
+
+    context: object
+    host: str
+    port: int
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        payload: bytes = b"",
+        *,
+        content_format: int | None = None,
+        accept: int | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> object:
+        import aiocoap
+
+        message = aiocoap.Message(
+            code=getattr(aiocoap, method), uri=f"coap://{self.host}:{self.port}{path}", payload=payload
+        )
+        if content_format is not None:
+            message.opt.content_format = content_format
+        if accept is not None:
+            message.opt.accept = accept
+        return await asyncio.wait_for(self.context.request(message).response, timeout)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[object]:
+    """An in-process emulator (default profile) with a state file in tmp_path, CoAP on 127.0.0.1:0."""
+    from tap_emulator.app import Emulator, Endpoint, ServeOptions
+
+    emu = Emulator(
+        ServeOptions(state=str(tmp_path / "device.sqlite3"), coap=Endpoint("127.0.0.1", 0)),
+        announce=lambda _line: None,
+    )
+    await emu.start()
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+async def coap_client() -> AsyncIterator[object]:
+    import aiocoap
+
+    context = await aiocoap.Context.create_client_context()
+    try:
+        yield context
+    finally:
+        await context.shutdown()
+
+
+@pytest.fixture
+def coap(emulator: object, coap_client: object) -> CoapCall:
+    """An aiocoap client aimed at the ``emulator`` fixture."""
+    address = emulator.coap_address  # type: ignore[attr-defined]
+    assert address is not None
+    return CoapCall(coap_client, "127.0.0.1", address[1])
+
+
+@dataclass
+class ServerProcess:
+    """A ``tap-emulator serve`` subprocess and the CoAP port it announced."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def emulator_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tap_emulator", *args]
+
+
+@pytest.fixture
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``tap-emulator serve --coap 127.0.0.1:0 ARGS`` and wait for its ``listening`` line."""
+    started: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str, cwd: Path | None = None, timeout: float = 20.0) -> ServerProcess:
+        process = subprocess.Popen(
+            emulator_command("serve", "--coap", "127.0.0.1:0", *args),
+            cwd=cwd or tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        started.append(process)
+        assert process.stdout is not None
+        line = _readline_with_timeout(process, timeout)
+        prefix = "listening coap udp "
+        if not line.startswith(prefix):
+            process.kill()
+            _, err = process.communicate(timeout=5)
+            raise AssertionError(f"server did not start: {line!r} {err!r}")
+        return ServerProcess(process, int(line.rsplit(":", 1)[1]))
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def _readline_with_timeout(process: subprocess.Popen[str], timeout: float) -> str:
+    import selectors
+
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            process.kill()
+            raise AssertionError("server printed nothing in time")
+    return process.stdout.readline().strip()
