@@ -1,0 +1,58 @@
+"""Cloud sync: every change of a group (object 1025) reaches the management store, exactly once in effect.
+
+`SyncTask` (asyncio) drains the device's outbox into a `ManagementStore`; `core` holds its decisions
+as plain functions. `store_url_for` chooses the store a `serve` reports to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tap_emulator.state import MEMORY
+
+from .core import (
+    PUBLIC_VALUES,
+    PendingGroup,
+    ReconcilePlan,
+    UnsafePayload,
+    backoff_delay,
+    coalesce,
+    group_record,
+    plan_reconcile,
+    tombstone_payload,
+)
+from .task import KILL_AFTER_ACK_ENV, SyncSettings, SyncStats, SyncTask
+
+__all__ = [
+    "DEFAULT_STORE_NAME",
+    "KILL_AFTER_ACK_ENV",
+    "PUBLIC_VALUES",
+    "PendingGroup",
+    "ReconcilePlan",
+    "SyncSettings",
+    "SyncStats",
+    "SyncTask",
+    "UnsafePayload",
+    "backoff_delay",
+    "coalesce",
+    "group_record",
+    "plan_reconcile",
+    "store_url_for",
+    "tombstone_payload",
+]
+
+DEFAULT_STORE_NAME = "management-store.sqlite3"
+
+
+def store_url_for(option: str | None, state_path: str) -> str | None:
+    """The store URL `serve` uses: `option` as given, None for "off" (no sync).
+
+    Without an option the store is a SQLite file beside the state file (state/management-store.sqlite3
+    by default, shared by every device whose state lives in that directory). A device kept in memory
+    (`--state :memory:`) leaves no files behind, so it syncs only when a store is named explicitly.
+    """
+    if option is not None:
+        return None if option == "off" else option
+    if state_path == MEMORY:
+        return None
+    return f"sqlite:///{Path(state_path).parent / DEFAULT_STORE_NAME}"
