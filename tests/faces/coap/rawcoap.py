@@ -1,0 +1,129 @@
+"""A minimal CoAP (RFC 7252) message encoder/decoder for tests that must see message types on the wire.
+
+aiocoap hides whether a notification arrived CON or NON and answers malformed input politely; the
+Observe and fuzzing tests need the raw datagrams, so they build and read them with this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+CON, NON, ACK, RST = 0, 1, 2, 3
+GET, POST, PUT, DELETE = 1, 2, 3, 4
+OBSERVE, URI_PATH, CONTENT_FORMAT, ACCEPT = 6, 11, 12, 17
+
+
+def _option_nibble(value: int) -> tuple[int, bytes]:
+    if value < 13:
+        return value, b""
+    if value < 269:
+        return 13, bytes([value - 13])
+    return 14, (value - 269).to_bytes(2, "big")
+
+
+def encode(
+    mtype: int,
+    code: int,
+    mid: int,
+    token: bytes = b"",
+    options: list[tuple[int, bytes]] | None = None,
+    payload: bytes = b"",
+) -> bytes:
+    out = bytearray([0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF])
+    out += token
+    previous = 0
+    for number, value in sorted(options or [], key=lambda item: item[0]):
+        delta, delta_ext = _option_nibble(number - previous)
+        length, length_ext = _option_nibble(len(value))
+        out += bytes([(delta << 4) | length]) + delta_ext + length_ext + value
+        previous = number
+    if payload:
+        out += b"\xff" + payload
+    return bytes(out)
+
+
+def request(
+    code: int, path: str, mid: int, token: bytes = b"", *, observe: bool = False, mtype: int = CON
+) -> bytes:
+    options = [(URI_PATH, segment.encode()) for segment in path.strip("/").split("/")]
+    if observe:
+        options.append((OBSERVE, b""))
+    return encode(mtype, code, mid, token, options)
+
+
+@dataclass
+class Message:
+    mtype: int
+    code: int
+    mid: int
+    token: bytes
+    options: list[tuple[int, bytes]] = field(default_factory=list)
+    payload: bytes = b""
+
+    @property
+    def dotted_code(self) -> str:
+        return f"{self.code >> 5}.{self.code & 0x1F:02d}"
+
+    def option(self, number: int) -> bytes | None:
+        for n, value in self.options:
+            if n == number:
+                return value
+        return None
+
+
+def decode(data: bytes) -> Message:
+    if len(data) < 4 or data[0] >> 6 != 1:
+        raise ValueError("not a CoAP message")
+    mtype, tkl, code, mid = (data[0] >> 4) & 3, data[0] & 0xF, data[1], int.from_bytes(data[2:4], "big")
+    pos = 4 + tkl
+    token, options, number = data[4:pos], [], 0
+    while pos < len(data) and data[pos] != 0xFF:
+        delta, length = data[pos] >> 4, data[pos] & 0xF
+        pos += 1
+        values = []
+        for nibble in (delta, length):
+            if nibble == 13:
+                values.append(data[pos] + 13)
+                pos += 1
+            elif nibble == 14:
+                values.append(int.from_bytes(data[pos : pos + 2], "big") + 269)
+                pos += 2
+            else:
+                values.append(nibble)
+        number += values[0]
+        options.append((number, data[pos : pos + values[1]]))
+        pos += values[1]
+    payload = data[pos + 1 :] if pos < len(data) else b""
+    return Message(mtype, code, mid, token, options, payload)
+
+
+class RawClient(asyncio.DatagramProtocol):
+    """A UDP socket on 127.0.0.1 whose received datagrams are queued, decoded on demand."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.received.put_nowait(data)
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_datagram_endpoint(cls, remote_addr=("127.0.0.1", port))
+        return protocol
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
+
+    async def receive(self, timeout: float = 5.0) -> Message:
+        return decode(await asyncio.wait_for(self.received.get(), timeout))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
