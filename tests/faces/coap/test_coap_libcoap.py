@@ -1,4 +1,4 @@
-"""The GroupService table again, driven by libcoap's ``coap-client-notls`` against a ``tap-emulator serve`` process.
+"""The GroupService table again, driven by libcoap's ``coap-client-notls`` against a served emulator.
 
 libcoap exits 0 even when a request fails, so every call runs with ``-v 6`` (which prints each PDU as
 ``v:1 t:ACK c:2.05 ...``) and the test reads the response code from that line, and the payload from the
