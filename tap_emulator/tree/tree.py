@@ -531,9 +531,8 @@ class DeviceTree:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name} does not take this kind of value")
         return form
 
-    async def _write(
-        self, req: Request, obj: ObjectDef, res: ResourceDef, inst: _Instance | None
-    ) -> Response:
+    def _validated_form(self, req: Request, res: ResourceDef) -> Form | Response:
+        """The form a write addresses, once the value is known to fit it (else a 4.00 response)."""
         form = self._pick_form(req, res)
         if isinstance(form, Response):
             return form
@@ -541,6 +540,14 @@ class DeviceTree:
             form.validate(req.value)
         except ValueError_ as exc:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
+        return form
+
+    async def _write(
+        self, req: Request, obj: ObjectDef, res: ResourceDef, inst: _Instance | None
+    ) -> Response:
+        form = self._validated_form(req, res)
+        if isinstance(form, Response):
+            return form
         value: Any = req.value
         if res.behaviour is Behaviour.REFERENCE and self._live(obj, value) is None:
             return Response(
@@ -567,13 +574,9 @@ class DeviceTree:
         return await self._commit_instance(obj, req.instance_id, values, credential, frozenset({res.id}))
 
     async def _set_credential(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Response:
-        form = self._pick_form(req, res)
+        form = self._validated_form(req, res)
         if isinstance(form, Response):
             return form
-        try:
-            form.validate(req.value)
-        except ValueError_ as exc:
-            return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
         iterations = self.hash_iteration
         try:
             if isinstance(req.value, str):
