@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tap_emulator.state import MEMORY
+from tap_emulator.store import StoreError, redact_url
+from tap_emulator.store.urls import sqlite_path
 
 from .core import (
     PUBLIC_VALUES,
@@ -34,6 +36,7 @@ __all__ = [
     "SyncTask",
     "UnsafePayload",
     "backoff_delay",
+    "check_store_url",
     "coalesce",
     "group_record",
     "plan_reconcile",
@@ -52,7 +55,21 @@ def store_url_for(option: str | None, state_path: str) -> str | None:
     (`--state :memory:`) leaves no files behind, so it syncs only when a store is named explicitly.
     """
     if option is not None:
-        return None if option == "off" else option
+        if option == "off":
+            return None
+        check_store_url(option)
+        return option
     if state_path == MEMORY:
         return None
     return f"sqlite:///{Path(state_path).parent / DEFAULT_STORE_NAME}"
+
+
+def check_store_url(url: str) -> None:
+    """StoreError unless `url` names an engine `open_store` knows (checked before serving, not later)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        sqlite_path(url)
+    elif scheme not in ("postgresql", "postgres"):
+        raise StoreError(
+            f"unsupported store URL {redact_url(url)!r}: use sqlite:///PATH, postgresql://... or off"
+        )
