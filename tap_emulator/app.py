@@ -16,6 +16,7 @@ from pathlib import Path
 from tap_emulator.config import Profile, SecurityMode, load_profile
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.state import MEMORY, DeviceState
+from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import DeviceTree
 
 __all__ = ["Emulator", "Endpoint", "ServeOptions", "default_state_path", "open_device", "parse_endpoint"]
@@ -63,6 +64,8 @@ class ServeOptions:
     state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
     coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 5683))
     security: SecurityMode | None = None  # overrides the profile's mode when given
+    store: str | None = None  # management store URL; None: beside the state file; "off": no sync
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
 
 def open_device(
@@ -103,6 +106,7 @@ class Emulator:
         self.profile = profile
         self.tree: DeviceTree | None = None
         self.coap_address: tuple[str, int] | None = None
+        self.sync: SyncTask | None = None
         self._closers: list[Callable[[], object]] = []
 
     async def start(self) -> None:
@@ -115,6 +119,7 @@ class Emulator:
         try:
             if self.options.security is not None and tree.security_mode is not self.options.security:
                 await tree.set_security_mode(self.options.security)
+            self._start_sync(tree, state_path)
             if self.options.coap is not None:
                 coap = await start_coap_server(tree, self.options.coap.host, self.options.coap.port)
                 self._closers.append(coap.close)
@@ -126,6 +131,18 @@ class Emulator:
         log.info(
             "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
         )
+
+    def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
+        """Start pushing group changes to the management store, unless the store is off."""
+        from tap_emulator.store import open_store, redact_url
+
+        url = store_url_for(self.options.store, state_path)
+        if url is None:
+            return
+        self.sync = SyncTask(tree, lambda: open_store(url), settings=self.options.sync)
+        self.sync.start()
+        self._closers.append(self.sync.stop)
+        log.info("syncing groups to the management store %s", redact_url(url))
 
     async def stop(self) -> None:
         while self._closers:

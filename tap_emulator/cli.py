@@ -1,4 +1,4 @@
-"""Command line: ``tap-emulator serve | reset``.
+"""Command line: ``tap-emulator serve | reset | store show | store status``.
 
 ``main(argv) -> int`` so tests call it in-process; every user error is one line on stderr and a
 non-zero exit (2 for bad usage or configuration, 1 for a runtime failure such as a busy port).
@@ -17,6 +17,8 @@ from tap_emulator.app import Emulator, Endpoint, ServeOptions, default_state_pat
 from tap_emulator.config import ConfigError, SecurityMode, load_profile
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
+from tap_emulator.store import StoreError
+from tap_emulator.sync.commands import CommandError, add_store_commands, run_store_command
 
 __all__ = ["main"]
 
@@ -72,8 +74,16 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="override the profile's login mode",
     )
+    serve.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="management store the group changes are synced to: sqlite:///PATH, postgresql://... or "
+        "'off' (default: management-store.sqlite3 beside the state file; off with --state :memory:)",
+    )
     reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
     common(reset)
+    add_store_commands(commands, common)
     return parser
 
 
@@ -128,14 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state=args.state,
                 coap=args.coap,
                 security=None if args.security is None else SecurityMode(args.security),
+                store=args.store,
             )
             return asyncio.run(_serve(options))
         if args.command == "reset":
             return _reset(args)
+        if args.command == "store":
+            return run_store_command(args, lambda profile: str(default_state_path(load_profile(profile))))
     except (ConfigError, ModelError) as exc:
         print(f"tap-emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StateError as exc:
+    except (StateError, StoreError, CommandError) as exc:
         print(f"tap-emulator: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
