@@ -1,0 +1,512 @@
+"""Sans-IO core of the Tap face: one `TapSession` per connection turns request frames into response frames.
+
+The transports (`server.py`) only move bytes; everything a connection remembers lives here: the
+logged-in group, the SCRAM handshake in progress, the encrypted channel (key, IVs, frame counter) and
+the idle timer. Everything a device shares across connections lives in `TapFace`: the tree, the login
+lockout, the clock and the random source (both injected, so tests drive them).
+
+Which requests the session serves itself: the resources of the model whose behaviour is ``session``
+(object 1024: login, logout, current group and profile, keep-alive, SCRAM login and proof, IV refresh,
+encrypted frame), found by their alias slugs. Every other request goes to the tree, with the session's
+group as the caller, so rights, validation and change events are the tree's, exactly as for CoAP.
+
+Choices where the spec (tap-protocol.md, section F) is silent:
+
+- Login mechanism follows the security mode (/1024//6): ``POST /1024//0`` in none and hash modes,
+  ``/1024//40`` + ``/41`` in SCRAM mode; the other mechanism answers METHOD_NOT_ALLOWED (0x85) and is
+  not counted as a failed login.
+- A wrong password, an unknown user and a wrong SCRAM proof all answer UNAUTHORIZED (0x81), which the
+  SDK reports as invalid credentials, and each counts as one failed login (device-wide, see
+  `tap_emulator.security.lockout`). While locked out, logins answer SERVICE_UNAVAILABLE (0xA3).
+  A malformed login body is BAD_REQUEST (0x80) and is not counted.
+- Once a SCRAM session exists, its rights belong to the encrypted channel: requests sent in clear on
+  the same connection are served as anonymous (group 0).
+- ``/1024//45`` and a proof without a pending ``/40`` answer UNAUTHORIZED outside an encrypted session;
+  ``/1024//48`` without a session key answers UNAUTHORIZED in clear; an encrypted frame with a bad
+  length, CRC or a counter that does not increase answers BAD_REQUEST in clear; a ``/48`` nested inside
+  ``/48`` is BAD_REQUEST.
+- A new SCRAM login on an encrypted connection keeps the IVs in use, as the SDK does (it only changes the
+  key and resets its counter); logout forgets key and IVs.
+- Session lifetime (resource ``session-lifetime`` of the logged-in group, read at each request so a
+  change applies at once) is an idle time: every request served refreshes it; 0 means no limit. Its
+  unit comes from the profile (seconds by default). An expired session falls back to anonymous before
+  the request that finds it expired is served.
+- Keep-alive (``GET /1024//4``) answers the logged-in group's session lifetime (0 for anonymous).
+- Password resource (``POST /1025/{g}/2``, the credential form pair): a body of a key length longer than
+  a text password (36 or 40 bytes) is a key; a body of the hash length (16 bytes) is a 1-hash, unless
+  the device is in no-security mode and the bytes are printable ASCII, where it is a 16-character
+  password (the SDK sends plain passwords unpadded); anything shorter and printable is an ASCII password.
+- Wire instance 0xFFFF of a multi-instance object is instance 65535 (admin); instance 0 of a single-
+  instance object is accepted like the empty instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from tap_emulator.codec.apdu import (
+    NFC_SELECT_ANSWER,
+    NO_INSTANCE,
+    FrameError,
+    Method,
+    TapRequest,
+    TapStatus,
+    decode_inner_request,
+    decode_request,
+    encode_response,
+    is_nfc_select,
+)
+from tap_emulator.codec.secure_frame import SecureChannel, SecureFrameError
+from tap_emulator.codec.values import RepresentationError, decode_wire, encode_wire
+from tap_emulator.config import ANONYMOUS_GROUP, SecurityMode
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueError_, ValueType
+from tap_emulator.security import (
+    KEY_LENGTH,
+    USERNAME_LENGTH,
+    AuthenticationFailed,
+    ScramKeys,
+    ScramServerHandshake,
+    check_hash_login,
+    check_plain_login,
+)
+from tap_emulator.security.lockout import LoginLockout
+from tap_emulator.tree import Caller, DeviceTree, Request
+
+__all__ = ["TRACE_LOGGER", "TapFace", "TapSession"]
+
+log = logging.getLogger(__name__)
+TRACE_LOGGER: Final = "tap_emulator.trace"
+trace_log = logging.getLogger(TRACE_LOGGER)
+
+T = TypeVar("T")
+
+_OPERATIONS: Final = {Method.GET: Operation.READ, Method.PUT: Operation.WRITE, Method.POST: Operation.EXECUTE}
+_IV_LENGTH: Final = 16
+_DECOY_KEY_LENGTH: Final = 32
+_NONCE_LENGTH: Final = 4
+_KNOWN_STATUSES: Final = frozenset(int(s) for s in TapStatus)
+
+
+def _tap_status(status: int) -> int:
+    """The tree's status as a Tap status byte: the same byte when the Tap has it, else its class."""
+    if status in _KNOWN_STATUSES:
+        return status
+    if status < 0x80:
+        return TapStatus.CHANGED
+    return TapStatus.BAD_REQUEST if status < 0xA0 else TapStatus.INTERNAL_SERVER_ERROR
+
+
+def _printable(data: bytes) -> bool:
+    return all(0x20 <= byte <= 0x7E for byte in data)
+
+
+def _max_length(form: Form) -> int:
+    lengths = form.lengths
+    if lengths is None:
+        return 0
+    return max(lengths) if isinstance(lengths, frozenset) else lengths[1]
+
+
+def _username(field_bytes: bytes) -> str:
+    """Login frames zero-pad the name to 16 bytes; like the SDK's decoder, stop at the first zero."""
+    return field_bytes.split(b"\0", 1)[0].decode("latin-1")
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    data: bytes = b""
+
+
+_Handler = Callable[["TapSession", TapRequest, ResourceDef, bool], Awaitable[_Reply]]
+
+
+class TapFace:
+    """What every Tap session of one device shares: tree, lockout, clock, randomness and settings.
+
+    ``clock`` returns monotonic seconds; ``random_bytes(n)`` returns n random bytes (nonces, IVs and the
+    decoy key of unknown users are drawn from it); ``offload`` runs heavy hashing off the event loop.
+    """
+
+    def __init__(
+        self,
+        tree: DeviceTree,
+        *,
+        lockout: LoginLockout,
+        clock: Callable[[], float],
+        random_bytes: Callable[[int], bytes],
+        lifetime_unit_seconds: float = 1.0,
+        trace: bool = False,
+        offload: Callable[[Callable[[], Any]], Awaitable[Any]] = _in_thread,
+    ) -> None:
+        self.tree = tree
+        self.model = tree.model
+        self.lockout = lockout
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.lifetime_unit_seconds = lifetime_unit_seconds
+        self.trace = trace
+        self.offload = offload
+        self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
+        # Session resources by alias slug: the model names them, the session serves them.
+        self.handlers: dict[int, _Handler] = {}
+        iface = tree.interface_object
+        for slug, handler in _SESSION_HANDLERS.items():
+            entry = iface.forms_by_alias.get(slug)
+            if entry is None or entry[0].behaviour is not Behaviour.SESSION:
+                raise LookupError(f"the model's object {iface.id} has no session resource {slug!r}")
+            self.handlers[entry[0].id] = handler
+
+    def open_session(self, peer: str) -> TapSession:
+        """A new connection: anonymous, no key, no handshake."""
+        return TapSession(self, peer)
+
+    def lifetime_seconds(self, group_id: int) -> float:
+        """Idle time after which a session of ``group_id`` ends; 0 means no limit."""
+        account = self.tree.account(group_id)
+        if account is None:
+            return 0.0
+        return float(account.session_lifetime) * self.lifetime_unit_seconds
+
+    def scram_lookup(self, name: str) -> tuple[int, ScramKeys] | None:
+        account = self.tree.find_account(name)
+        if account is None or account.credential is None or account.credential.scram is None:
+            return None
+        return account.group_id, account.credential.scram
+
+
+class TapSession:
+    """One connection's state machine: `handle_frame` takes a request frame and returns the response frame.
+
+    Frames are handled one at a time, in order (the SDK waits for each answer). Never raises: a malformed
+    frame gets BAD_REQUEST and an unexpected failure INTERNAL_SERVER_ERROR (logged).
+    """
+
+    def __init__(self, face: TapFace, peer: str) -> None:
+        self.face = face
+        self.peer = peer
+        self.group_id = ANONYMOUS_GROUP
+        self._channel: SecureChannel | None = None
+        self._ivs: tuple[bytes, bytes] | None = None  # (client IV, Tap IV) in use on the channel
+        self._handshake: ScramServerHandshake | None = None
+        self._last_activity = face.clock()
+        self._deferred: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"TapSession({self.peer}, group={self.group_id}, encrypted={self._channel is not None})"
+
+    @property
+    def encrypted(self) -> bool:
+        """True once a SCRAM login has set a session key (until logout or expiry)."""
+        return self._channel is not None
+
+    def close(self) -> None:
+        """The connection is gone: forget keys and the handshake."""
+        self._end_session()
+
+    # ------------------------------------------------------------------ frames
+
+    async def handle_frame(self, frame: bytes) -> bytes:
+        """Serve one request frame (APDU or NFC SELECT); return the complete response frame."""
+        if is_nfc_select(frame):
+            self._trace("NFC SELECT", len(frame), 0x90, 0)
+            return NFC_SELECT_ANSWER
+        try:
+            request = decode_request(frame)
+        except FrameError as exc:
+            log.debug("%s: malformed frame: %s", self.peer, exc)
+            self._trace("malformed frame", len(frame), TapStatus.BAD_REQUEST, 0)
+            return encode_response(TapStatus.BAD_REQUEST)
+        try:
+            now = self.face.clock()
+            self._expire_if_idle(now)
+            reply = await self._serve(request, encrypted=False)
+            if self.group_id != ANONYMOUS_GROUP:
+                self._last_activity = now
+        except Exception:
+            log.exception("%s: internal error serving %s", self.peer, request)
+            reply = _Reply(TapStatus.INTERNAL_SERVER_ERROR)
+        finally:
+            self._apply_deferred()
+        self._trace(
+            f"{request.method.name} {request.path}", len(request.payload), reply.status, len(reply.data)
+        )
+        return encode_response(reply.status, reply.data)
+
+    def _trace(
+        self, what: str, request_size: int, status: int, data_size: int, *, inner: bool = False
+    ) -> None:
+        if self.face.trace:
+            # Sizes only: payloads may hold passwords, keys, proofs or decrypted credentials.
+            trace_log.info(
+                "%s %s%s req %dB -> 0x%02X resp %dB",
+                self.peer,
+                "  [encrypted] " if inner else "",
+                what,
+                request_size,
+                status,
+                data_size,
+            )
+
+    def _apply_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for action in deferred:
+            action()
+
+    # ------------------------------------------------------------------ session state
+
+    def _end_session(self) -> None:
+        self.group_id = ANONYMOUS_GROUP
+        self._channel = None
+        self._ivs = None
+        self._handshake = None
+
+    def _expire_if_idle(self, now: float) -> None:
+        if self.group_id == ANONYMOUS_GROUP:
+            return
+        lifetime = self.face.lifetime_seconds(self.group_id)
+        if lifetime > 0 and now - self._last_activity > lifetime:
+            log.debug("%s: session of group %d expired after %.1f s idle", self.peer, self.group_id, lifetime)
+            self._end_session()
+
+    def _caller(self, encrypted: bool) -> Caller:
+        """The rights of a SCRAM session belong to its encrypted channel; clear requests are anonymous."""
+        if self._channel is not None and not encrypted:
+            return Caller(ANONYMOUS_GROUP)
+        return Caller(self.group_id)
+
+    def _start_channel(self, key: bytes) -> None:
+        channel = SecureChannel(key)
+        if self._ivs is not None:
+            channel.set_ivs(*self._ivs)
+        self._channel = channel
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _serve(self, request: TapRequest, *, encrypted: bool) -> _Reply:
+        face = self.face
+        obj = face.model.objects.get(request.object_id)
+        if obj is None:
+            return _Reply(TapStatus.NOT_FOUND)
+        resource = obj.resources.get(request.resource_id)
+        if resource is None:
+            return _Reply(TapStatus.NOT_FOUND)
+        instance = request.instance_id
+        if obj.multiple and instance is None:
+            instance = NO_INSTANCE  # 0xFFFF on the wire is also the admin group's id
+        elif not obj.multiple and instance == 0:
+            instance = None
+        operation = _OPERATIONS[request.method]
+        if resource.behaviour is Behaviour.SESSION and obj is face.tree.interface_object:
+            if instance is not None:
+                return _Reply(TapStatus.NOT_FOUND)
+            if operation not in resource.operations:
+                return _Reply(TapStatus.METHOD_NOT_ALLOWED)
+            handler = face.handlers.get(resource.id)
+            if handler is None:
+                return _Reply(TapStatus.NOT_IMPLEMENTED)
+            return await handler(self, request, resource, encrypted)
+        return await self._serve_tree(request, obj, resource, instance, operation, encrypted)
+
+    async def _serve_tree(
+        self,
+        request: TapRequest,
+        obj: ObjectDef,
+        resource: ResourceDef,
+        instance: int | None,
+        operation: Operation,
+        encrypted: bool,
+    ) -> _Reply:
+        value: object = None
+        form: Form | None = None
+        if operation is not Operation.READ and operation in resource.operations:
+            form = self._payload_form(resource, request.payload)
+            try:
+                value = decode_wire(form, request.payload)
+            except RepresentationError:
+                return _Reply(TapStatus.BAD_REQUEST)
+        response = await self.face.tree.handle(
+            Request(
+                operation, obj.id, instance, resource.id, value, caller=self._caller(encrypted), form=form
+            )
+        )
+        status = _tap_status(response.status)
+        if operation is not Operation.READ or not response.status.is_success or response.value is None:
+            return _Reply(status)
+        return _Reply(status, encode_wire(resource.form, response.value))
+
+    def _payload_form(self, resource: ResourceDef, payload: bytes) -> Form:
+        """Which form a write body is in; only the credential (password | password-key) has two."""
+        if resource.behaviour is not Behaviour.CREDENTIAL or len(resource.forms) == 1:
+            return resource.form
+        text = resource.form_for_type(ValueType.STRING)
+        key = resource.form_for_type(ValueType.OPAQUE)
+        if text is None or key is None:
+            return resource.form
+        size = len(payload)
+        if size > _max_length(text):
+            return key
+        if size == KEY_LENGTH:  # a 1-hash, or a 16-character password in no-security mode
+            plain = self.face.tree.security_mode is SecurityMode.NONE and _printable(payload)
+            return text if plain else key
+        return text if _printable(payload) else key
+
+    # ------------------------------------------------------------------ session resources
+
+    @staticmethod
+    def _valid_body(resource: ResourceDef, payload: bytes) -> bool:
+        try:
+            resource.form.validate(payload)
+        except ValueError_:
+            return False
+        return True
+
+    async def _login(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        face = self.face
+        mode = face.tree.security_mode
+        if mode is SecurityMode.SCRAM:
+            return _Reply(TapStatus.METHOD_NOT_ALLOWED)
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        if face.lockout.is_locked(face.clock()):
+            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
+        name = _username(request.payload[:USERNAME_LENGTH])
+        secret = request.payload[USERNAME_LENGTH:]
+        account = face.tree.find_account(name)
+        credential = None if account is None else account.credential
+        if mode is SecurityMode.NONE:
+            # One PBKDF2 run, also for an unknown user, so timing does not tell the two apart.
+            accepted = await face.offload(lambda: check_plain_login(credential, secret))
+        else:
+            accepted = check_hash_login(credential, secret)
+        if not accepted or account is None:
+            face.lockout.record_failure(face.clock())
+            return _Reply(TapStatus.UNAUTHORIZED)
+        face.lockout.record_success()
+        self._end_session()
+        self.group_id = account.group_id
+        return _Reply(TapStatus.CHANGED)
+
+    async def _logout(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        group = self.group_id
+        self._handshake = None
+        self.group_id = ANONYMOUS_GROUP
+        # An encrypted logout is answered under the key it ends.
+        self._deferred.append(self._end_session)
+        log.debug("%s: group %d logged out", self.peer, group)
+        return _Reply(TapStatus.CHANGED)
+
+    async def _current_group(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        return _Reply(TapStatus.CONTENT, encode_wire(resource.form, self._caller(encrypted).group_id))
+
+    async def _current_profile(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        group = self._caller(encrypted).group_id
+        account = self.face.tree.account(group) if group is not None else None
+        profile = ANONYMOUS_GROUP if group == ANONYMOUS_GROUP or account is None else account.alias
+        return _Reply(TapStatus.CONTENT, encode_wire(resource.form, profile))
+
+    async def _keep_alive(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        group = self._caller(encrypted).group_id
+        account = self.face.tree.account(group) if group not in (None, ANONYMOUS_GROUP) else None
+        lifetime = 0 if account is None else account.session_lifetime
+        return _Reply(TapStatus.CONTENT, encode_wire(resource.form, lifetime))
+
+    async def _scram_login(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        face = self.face
+        if face.tree.security_mode is not SecurityMode.SCRAM:
+            return _Reply(TapStatus.METHOD_NOT_ALLOWED)
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        if face.lockout.is_locked(face.clock()):
+            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
+        handshake = ScramServerHandshake(
+            face.scram_lookup, face.decoy_key, decoy_iterations=face.tree.hash_iteration
+        )
+        server_nonce = int.from_bytes(face.random_bytes(_NONCE_LENGTH), "big")
+        try:
+            answer = handshake.start(request.payload, server_nonce)
+        except AuthenticationFailed:
+            return _Reply(TapStatus.BAD_REQUEST)
+        self._handshake = handshake
+        return _Reply(TapStatus.CONTENT, answer)
+
+    async def _scram_proof(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        face = self.face
+        handshake, self._handshake = self._handshake, None
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        if handshake is None:
+            return _Reply(TapStatus.UNAUTHORIZED)
+        try:
+            result = handshake.finish(request.payload)
+        except AuthenticationFailed:
+            face.lockout.record_failure(face.clock())
+            return _Reply(TapStatus.UNAUTHORIZED)
+        face.lockout.record_success()
+        self.group_id = result.group_id
+        key = result.session_key
+        # The proof is answered under the old key (or in clear); the new key applies to the next frame.
+        self._deferred.append(lambda: self._start_channel(key))
+        return _Reply(TapStatus.CONTENT, result.server_proof)
+
+    async def _refresh_ivs(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        channel = self._channel
+        if not encrypted or channel is None:
+            return _Reply(TapStatus.UNAUTHORIZED)
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        client_iv = bytes(request.payload)
+        tap_iv = self.face.random_bytes(_IV_LENGTH)
+        # Staged: this answer is still sealed with the old IVs, the next request uses the new ones.
+        channel.set_ivs(client_iv, tap_iv)
+        self._ivs = (client_iv, tap_iv)
+        return _Reply(TapStatus.CONTENT, tap_iv)
+
+    async def _encrypted_frame(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        channel = self._channel
+        if encrypted:
+            return _Reply(TapStatus.BAD_REQUEST)
+        if channel is None:
+            return _Reply(TapStatus.UNAUTHORIZED)
+        try:
+            inner_bytes = channel.open_request(request.payload)
+        except SecureFrameError as exc:
+            log.debug("%s: encrypted frame refused: %s", self.peer, exc)
+            return _Reply(TapStatus.BAD_REQUEST)
+        try:
+            inner = decode_inner_request(inner_bytes)
+        except FrameError:
+            reply = _Reply(TapStatus.BAD_REQUEST)
+            self._trace("malformed inner frame", len(inner_bytes), reply.status, 0, inner=True)
+        else:
+            reply = await self._serve(inner, encrypted=True)
+            self._trace(
+                f"{inner.method.name} {inner.path}",
+                len(inner.payload),
+                reply.status,
+                len(reply.data),
+                inner=True,
+            )
+        return _Reply(TapStatus.CONTENT, channel.seal_response(encode_response(reply.status, reply.data)))
+
+
+# Alias slugs of object 1024's session resources and the methods serving them.
+_SESSION_HANDLERS: Final[dict[str, _Handler]] = {
+    "login": TapSession._login,
+    "logout": TapSession._logout,
+    "current-group-id": TapSession._current_group,
+    "current-profile-id": TapSession._current_profile,
+    "keep-alive": TapSession._keep_alive,
+    "scram-login": TapSession._scram_login,
+    "scram-login-proof": TapSession._scram_proof,
+    "scram-iv": TapSession._refresh_ivs,
+    "scram-frame": TapSession._encrypted_frame,
+}
