@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,18 @@ def _decode_values(text: str) -> dict[int, Any]:
 _STOP = object()
 
 
+def _settle(fut: Future[Any], result: Any = None, *, error: BaseException | None = None) -> None:
+    """Resolve a caller's future unless the caller gave up (its task was cancelled, e.g. because the
+    client vanished): the write itself is still committed, and the writer thread must not die of it."""
+    try:
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
 class DeviceState:
     """The SQLite state file of one device, owned by one writer thread.
 
@@ -209,9 +221,9 @@ class DeviceState:
                 if job[0] != "write":
                     _, fn, fut = job
                     try:
-                        fut.set_result(fn(conn))
+                        _settle(fut, fn(conn))
                     except BaseException as exc:
-                        fut.set_exception(exc)
+                        _settle(fut, error=exc)
                     continue
                 # Group commit: every write already waiting joins this transaction.
                 batch = [job]
@@ -241,10 +253,10 @@ class DeviceState:
         except BaseException as exc:
             error = exc if isinstance(exc, StateError) else StateError(f"state write failed: {exc}")
             for _, _changes, fut in batch:
-                fut.set_exception(error)
+                _settle(fut, error=error)
             return
         for _, _changes, fut in batch:
-            fut.set_result(None)
+            _settle(fut, None)
 
     def _apply(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
         now = self._clock()
