@@ -66,6 +66,9 @@ class ServeOptions:
     security: SecurityMode | None = None  # overrides the profile's mode when given
     store: str | None = None  # management store URL; None: beside the state file; "off": no sync
     sync: SyncSettings = field(default_factory=SyncSettings)
+    tcp: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 2000))  # Tap frames, TCP
+    ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 2001))  # Tap frames, WebSocket
+    trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
 
 
 def open_device(
@@ -106,6 +109,8 @@ class Emulator:
         self.profile = profile
         self.tree: DeviceTree | None = None
         self.coap_address: tuple[str, int] | None = None
+        self.tcp_address: tuple[str, int] | None = None
+        self.ws_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self._closers: list[Callable[[], object]] = []
 
@@ -125,12 +130,40 @@ class Emulator:
                 self._closers.append(coap.close)
                 self.coap_address = coap.address
                 self.announce(f"listening coap udp {coap.address[0]}:{coap.address[1]}")
+            await self._start_tap_faces(tree)
         except BaseException:
             await self.stop()
             raise
         log.info(
             "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
         )
+
+    async def _start_tap_faces(self, tree: DeviceTree) -> None:
+        """The Tap-native face over TCP and WebSocket; its sessions share one login lockout."""
+        from tap_emulator.faces.tap import TapFace, start_tcp_server, start_ws_server
+        from tap_emulator.security.lockout import LoginLockout
+
+        if self.options.tcp is None and self.options.ws is None:
+            return
+        security = self.profile.security
+        face = TapFace(
+            tree,
+            lockout=LoginLockout(security.max_failed_logins, security.lockout_seconds),
+            clock=time.monotonic,
+            random_bytes=os.urandom,
+            lifetime_unit_seconds=security.session_lifetime_unit_seconds,
+            trace=self.options.trace,
+        )
+        if self.options.tcp is not None:
+            tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port)
+            self._closers.append(tcp.close)
+            self.tcp_address = tcp.address
+            self.announce(f"listening tcp {tcp.address[0]}:{tcp.address[1]}")
+        if self.options.ws is not None:
+            ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port)
+            self._closers.append(ws.close)
+            self.ws_address = ws.address
+            self.announce(f"listening ws {ws.address[0]}:{ws.address[1]}")
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""

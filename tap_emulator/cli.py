@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from tap_emulator.app import Emulator, Endpoint, ServeOptions, default_state_path, open_device, parse_endpoint
 from tap_emulator.config import ConfigError, SecurityMode, load_profile
+from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
 from tap_emulator.store import StoreError
@@ -67,6 +68,25 @@ def _build_parser() -> argparse.ArgumentParser:
         default=parse_endpoint("127.0.0.1:5683", 5683),
         metavar="HOST:PORT",
         help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
+    )
+    serve.add_argument(
+        "--tcp",
+        type=_endpoint(2000),
+        default=parse_endpoint("127.0.0.1:2000", 2000),
+        metavar="HOST:PORT",
+        help="Tap frames over TCP, as the SDK speaks to a Wi-Fi Tap (default 127.0.0.1:2000; port 0; 'off')",
+    )
+    serve.add_argument(
+        "--ws",
+        type=_endpoint(2001),
+        default=parse_endpoint("127.0.0.1:2001", 2001),
+        metavar="HOST:PORT",
+        help="Tap frames over WebSocket, one binary message each (default 127.0.0.1:2001; port 0; 'off')",
+    )
+    serve.add_argument(
+        "--trace",
+        action="store_true",
+        help="log each decoded Tap request and response (path, method, status, sizes; never secrets)",
     )
     serve.add_argument(
         "--security",
@@ -139,7 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 coap=args.coap,
                 security=None if args.security is None else SecurityMode(args.security),
                 store=args.store,
+                tcp=args.tcp,
+                ws=args.ws,
+                trace=args.trace,
             )
+            if args.trace:
+                logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)
             return asyncio.run(_serve(options))
         if args.command == "reset":
             return _reset(args)

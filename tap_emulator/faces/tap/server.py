@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -53,7 +54,8 @@ def _peer_name(address: object) -> str:
 
 
 def _listen_error(kind: str, host: str, port: int, exc: OSError) -> OSError:
-    return OSError(exc.errno, f"cannot listen for Tap {kind} on {host}:{port}: {exc.strerror or exc}")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return OSError(exc.errno, f"cannot listen for Tap {kind} on {host}:{port}: {reason}")
 
 
 async def start_tcp_server(face: TapFace, host: str, port: int) -> TapServer:
