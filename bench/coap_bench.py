@@ -1,0 +1,220 @@
+"""CoAP benchmarks: GET throughput and p99 against bare aiocoap, durable PUTs, loop isolation, memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bench.coap_wire import GET, POST, PUT, RequestTemplate
+from bench.loadgen import SideLoad, coap_load
+from bench.procs import Server, emulator_server, start_server
+from bench.results import MetricResult, Target
+from bench.runner import Run, Settings, interleave, measured, median, summary
+
+GET_PATH = "/1025/0/0"  # name of the anonymous group: readable without login
+NAME_PATH = "/1025/65534/0"  # name of the supervisor group
+PASSWORD_PATH = "/1025/65534/2"  # password: set by POST (execute)
+TEXT_PLAIN = 0
+ISOLATION_RATE = 500.0  # GETs per second while measuring latency: light load, so p99 shows the loop
+PASSWORD_BATCH = 20
+
+
+def _start_emulator(settings: Settings, name: str, state: str, *extra: str) -> Server:
+    return start_server(
+        name,
+        emulator_server(name, settings.work, "--state", state, *extra),
+        expect={"coap"},
+        cwd=settings.work,
+    )
+
+
+def _start_bare(settings: Settings) -> Server:
+    return start_server(
+        "bare-aiocoap", ["-m", "bench.servers", "aiocoap"], expect={"coap"}, cwd=settings.work
+    )
+
+
+def _get_driver(settings: Settings, server: Server) -> Callable[[], Run]:
+    template = RequestTemplate(GET, GET_PATH)
+
+    def drive() -> Run:
+        return measured(
+            server,
+            lambda: coap_load(
+                server.endpoints["coap"],
+                template.build,
+                seconds=settings.seconds,
+                outstanding=settings.outstanding,
+                warmup=settings.warmup,
+            ),
+        )
+
+    return drive
+
+
+def coap_get(settings: Settings) -> list[MetricResult]:
+    throughput = MetricResult(
+        "coap_get_ratio",
+        f"emulator GET {GET_PATH} req/s at {settings.outstanding} outstanding "
+        "vs bare aiocoap (udp6, one resource)",
+        "req/s",
+        Target(">=", 1.5),
+    )
+    latency = MetricResult(
+        "coap_get_p99_ratio", "same runs: p99 latency, emulator / bare aiocoap", "ms", Target("<=", 1.0)
+    )
+    emulator = _start_emulator(settings, "emulator-get", ":memory:")
+    try:
+        bare = _start_bare(settings)
+        try:
+            runs = interleave(
+                settings.rounds,
+                {"bare": _get_driver(settings, bare), "emulator": _get_driver(settings, emulator)},
+            )
+        finally:
+            bare.stop()
+    finally:
+        emulator.stop()
+    details = {"emulator": summary(runs["emulator"]), "baseline": summary(runs["bare"])}
+    throughput.settle(
+        median([r.result.rate for r in runs["emulator"]]), median([r.result.rate for r in runs["bare"]])
+    )
+    latency.settle(
+        median([r.result.percentile(0.99) * 1000 for r in runs["emulator"]]),
+        median([r.result.percentile(0.99) * 1000 for r in runs["bare"]]),
+    )
+    throughput.details = latency.details = details
+    return [throughput, latency]
+
+
+def durable_put(settings: Settings) -> MetricResult:
+    metric = MetricResult(
+        "durable_put_ratio",
+        f"PUT {NAME_PATH} req/s at {settings.outstanding} outstanding, durable SQLite state vs :memory:",
+        "req/s",
+        Target(">=", 0.5),
+    )
+    names = [
+        RequestTemplate(PUT, NAME_PATH, f"bench-{i}".encode(), content_format=TEXT_PLAIN) for i in range(16)
+    ]
+
+    def build(mid: int, token: bytes) -> bytes:
+        return names[mid % len(names)].build(mid, token)
+
+    def driver(server: Server) -> Callable[[], Run]:
+        return lambda: measured(
+            server,
+            lambda: coap_load(
+                server.endpoints["coap"],
+                build,
+                seconds=settings.seconds,
+                outstanding=settings.outstanding,
+                warmup=settings.warmup,
+            ),
+        )
+
+    state_file = settings.work / "durable" / "device.sqlite3"
+    durable = _start_emulator(settings, "emulator-durable", str(state_file), "--store", "off")
+    try:
+        memory = _start_emulator(settings, "emulator-memory", ":memory:")
+        try:
+            runs = interleave(settings.rounds, {"memory": driver(memory), "durable": driver(durable)})
+        finally:
+            memory.stop()
+    finally:
+        durable.stop()
+    metric.settle(
+        median([r.result.rate for r in runs["durable"]]), median([r.result.rate for r in runs["memory"]])
+    )
+    metric.details = {"durable": summary(runs["durable"]), "baseline": summary(runs["memory"])}
+    return metric
+
+
+def loop_isolation(settings: Settings) -> MetricResult:
+    metric = MetricResult(
+        "loop_isolation_ratio",
+        f"GET p99 at {ISOLATION_RATE:g} req/s while batches of {PASSWORD_BATCH} ASCII password changes are "
+        "derived, vs idle p99",
+        "ms",
+        Target("<=", 2.0),
+    )
+    get = RequestTemplate(GET, GET_PATH)
+    password = RequestTemplate(POST, PASSWORD_PATH, b"bench-password", content_format=TEXT_PLAIN)
+    sides: dict[str, SideLoad] = {}
+    server = _start_emulator(settings, "emulator-isolation", ":memory:")
+
+    def driver(with_derivations: bool) -> Callable[[], Run]:
+        def drive() -> Run:
+            side = SideLoad(password.build, PASSWORD_BATCH) if with_derivations else None
+            run = measured(
+                server,
+                lambda: coap_load(
+                    server.endpoints["coap"],
+                    get.build,
+                    seconds=settings.seconds,
+                    outstanding=settings.outstanding,
+                    rate=ISOLATION_RATE,
+                    warmup=settings.warmup,
+                    side=side,
+                ),
+            )
+            if side is not None:
+                previous = sides.get("derivations")
+                if previous is not None:
+                    side.completed += previous.completed
+                    side.errors += previous.errors
+                    side.lost += previous.lost
+                sides["derivations"] = side
+            return run
+
+        return drive
+
+    try:
+        runs = interleave(settings.rounds, {"idle": driver(False), "derivations": driver(True)})
+    finally:
+        server.stop()
+    busy = median([r.result.percentile(0.99) * 1000 for r in runs["derivations"]])
+    idle = median([r.result.percentile(0.99) * 1000 for r in runs["idle"]])
+    metric.settle(busy, idle)
+    side = sides.get("derivations")
+    metric.details = {
+        "derivations": summary(runs["derivations"]),
+        "baseline": summary(runs["idle"]),
+        "password_changes": {
+            "completed": side.completed if side else 0,
+            "errors": side.errors if side else 0,
+            "lost": side.lost if side else 0,
+        },
+    }
+    return metric
+
+
+def coap_rss(settings: Settings) -> MetricResult:
+    metric = MetricResult(
+        "coap_rss_mb",
+        f"emulator RSS after {settings.rss_seconds:g} s of GETs at {settings.outstanding} outstanding "
+        "(baseline: RSS before the load)",
+        "MB",
+        Target("<=", 200.0, applies_to="value"),
+    )
+    server = _start_emulator(settings, "emulator-rss", ":memory:")
+    try:
+        time.sleep(0.2)
+        idle = server.rss_mb()
+        template = RequestTemplate(GET, GET_PATH)
+        run = measured(
+            server,
+            lambda: coap_load(
+                server.endpoints["coap"],
+                template.build,
+                seconds=settings.rss_seconds,
+                outstanding=settings.outstanding,
+                warmup=0.0,
+            ),
+        )
+        loaded = server.rss_mb()
+    finally:
+        server.stop()
+    metric.settle(loaded, idle)
+    metric.details = {"load": summary([run]), "requests": run.result.completed}
+    return metric

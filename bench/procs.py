@@ -1,0 +1,114 @@
+"""Server subprocesses for the benchmarks: start, wait for their ``listening`` lines, sample, stop.
+
+Servers run in processes of their own so that a server and the generator driving it never share an
+interpreter; their CPU time and resident memory are read from /proc (Linux), which needs no extra
+dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServerError(RuntimeError):
+    """A server did not start (its stderr tail is in the message)."""
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stderr_path: Path | None = None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _stderr_tail(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    return path.read_text(errors="replace")[-2000:]
+
+
+def start_server(
+    name: str,
+    args: list[str],
+    *,
+    expect: set[str],
+    cwd: Path,
+    timeout: float = 30.0,
+) -> Server:
+    """Run ``python ARGS`` and wait for one ``listening KIND TRANSPORT HOST:PORT`` line per kind in expect.
+
+    Each endpoint is stored under "KIND TRANSPORT" (``coap udp``, ``tap tcp`` ...) and also under KIND.
+    """
+    stderr_path = cwd / f"{name}.stderr"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
+    server = Server(name, process, stderr_path=stderr_path)
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffered = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not expect <= set(server.endpoints):
+            left = deadline - time.monotonic()
+            if left <= 0 or process.poll() is not None:
+                server.stop()
+                raise ServerError(f"{name} did not start: {_stderr_tail(stderr_path)}")
+            if not selector.select(min(left, 0.5)):
+                continue
+            chunk = os.read(process.stdout.fileno(), 4096)
+            if not chunk:
+                continue
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for raw in lines:
+                parts = raw.decode(errors="replace").split()
+                if len(parts) >= 4 and parts[0] == "listening":
+                    host, _, port = parts[3].rpartition(":")
+                    endpoint = (host.strip("[]"), int(port))
+                    server.endpoints[f"{parts[1]} {parts[2]}"] = endpoint
+                    server.endpoints.setdefault(parts[1], endpoint)
+    return server
+
+
+def emulator_server(name: str, cwd: Path, *extra: str) -> list[str]:
+    """Arguments of ``tap-emulator serve`` on loopback, port 0, quiet."""
+    return ["-m", "tap_emulator", "serve", "--coap", "127.0.0.1:0", "-q", *extra]
