@@ -167,6 +167,8 @@ class SyncTask:
                     await self._reconcile(store)
                 await self._refresh_device(store)
                 more = await self._drain_once(store)
+                if self._failures:
+                    log.warning("management store reachable again after %d failed attempt(s)", self._failures)
                 self._failures = 0
                 self.last_error = None
             except StoreError as error:
@@ -208,13 +210,18 @@ class SyncTask:
         self._failures += 1
         self.stats.failures += 1
         self.last_error = error
-        log.warning("management store unavailable (%s); retrying in %.2f s", error, delay)
-        if self._attempted:
-            try:
-                await outbox.record_failure(self.tree.state, self._attempted, error, self._clock() + delay)
-            except Exception:
-                log.exception("could not record a failed delivery in the outbox")
-            self._attempted = ()
+        # One warning per outage; the retries are debug noise until the store answers again.
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "management store unavailable (%s); retrying in %.2f s", error, delay)
+        try:
+            # The rows that waited on this attempt (all pending ones when the store could not be reached).
+            waiting = self._attempted or tuple(
+                row.id for row in await self.tree.state.pending_outbox(self.settings.batch_rows)
+            )
+            await outbox.record_failure(self.tree.state, waiting, error, self._clock() + delay)
+        except Exception:
+            log.exception("could not record a failed delivery in the outbox")
+        self._attempted = ()
         await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ device record
