@@ -107,6 +107,7 @@ class SyncTask:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._needs_reconcile = True
         self._device_sent_at: float | None = None
         self._device_rejected = False
@@ -132,6 +133,7 @@ class SyncTask:
         task, self._task = self._task, None
         if task is not None:
             self._stopping = True
+            self._stop_requested.set()
             self._wake.set()
             try:
                 await asyncio.wait_for(asyncio.shield(task), self.settings.stop_drain_timeout)
@@ -175,12 +177,16 @@ class SyncTask:
                 if self._stopping:
                     return
                 await self._back_off(str(error))
+                if self._stop_requested.is_set():
+                    return
                 continue
             except Exception as error:  # a state failure: keep the task alive, the rows stay pending
                 if self._stopping:
                     return
                 log.exception("the sync task failed; retrying")
                 await self._back_off(f"internal error: {type(error).__name__}")
+                if self._stop_requested.is_set():
+                    return
                 continue
             if more:
                 continue
@@ -222,7 +228,8 @@ class SyncTask:
         except Exception:
             log.exception("could not record a failed delivery in the outbox")
         self._attempted = ()
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     # ------------------------------------------------------------------ device record
 
