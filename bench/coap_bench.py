@@ -22,7 +22,7 @@ PASSWORD_BATCH = 20
 def _start_emulator(settings: Settings, name: str, state: str, *extra: str) -> Server:
     return start_server(
         name,
-        emulator_server(name, settings.work, "--state", state, *extra),
+        emulator_server("--state", state, *extra),
         expect={"coap"},
         cwd=settings.work,
     )

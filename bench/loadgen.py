@@ -132,9 +132,9 @@ def coap_load(
         seq += 1
         sent_on_socket += 1
         token = token_of(seq)
-        # A full send buffer drops the request: counted lost after the timeout, like a datagram lost on
-        # the wire.
-        with contextlib.suppress(BlockingIOError):
+        # A full send buffer (or an ICMP error reported on this send) drops the request: it is counted
+        # lost after the timeout, like a datagram lost on the wire.
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
             sock.send(builder(seq, token))
         return token
 

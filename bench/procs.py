@@ -106,9 +106,22 @@ def start_server(
                     endpoint = (host.strip("[]"), int(port))
                     server.endpoints[f"{parts[1]} {parts[2]}"] = endpoint
                     server.endpoints.setdefault(parts[1], endpoint)
+    # A face that fails after an earlier one announced itself makes the server exit: wait a moment.
+    time.sleep(0.2)
+    if process.poll() is not None:
+        server.stop()
+        raise ServerError(f"{name} exited after starting: {_stderr_tail(stderr_path)}")
     return server
 
 
-def emulator_server(name: str, cwd: Path, *extra: str) -> list[str]:
-    """Arguments of ``tap-emulator serve`` on loopback, port 0, quiet."""
-    return ["-m", "tap_emulator", "serve", "--coap", "127.0.0.1:0", "-q", *extra]
+def emulator_server(*extra: str, coap: bool = True, tap: bool = False) -> list[str]:
+    """Arguments of ``tap-emulator serve`` on loopback, port 0, quiet, with only the faces asked for."""
+    faces = [
+        "--coap",
+        "127.0.0.1:0" if coap else "off",
+        "--tcp",
+        "127.0.0.1:0" if tap else "off",
+        "--ws",
+        "off",
+    ]
+    return ["-m", "tap_emulator", "serve", *faces, "-q", *extra]
