@@ -19,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST_TIMEOUT = 5.0
+# Serve only CoAP on a free port, so tests never collide with the Tap face's fixed default ports.
+ONLY_COAP = ("--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off")
 
 
 @dataclass
@@ -57,7 +59,13 @@ async def emulator(tmp_path: Path) -> AsyncIterator[object]:
     from tap_emulator.app import Emulator, Endpoint, ServeOptions
 
     emu = Emulator(
-        ServeOptions(state=str(tmp_path / "device.sqlite3"), coap=Endpoint("127.0.0.1", 0)),
+        ServeOptions(
+            state=str(tmp_path / "device.sqlite3"),
+            coap=Endpoint("127.0.0.1", 0),
+            tcp=None,
+            ws=None,
+            store="off",
+        ),
         announce=lambda _line: None,
     )
     await emu.start()
@@ -92,6 +100,10 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     port: int
+    log: Path  # the server's stderr (a file, so a chatty server never blocks on a full pipe)
+
+    def stderr(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -105,27 +117,29 @@ def emulator_command(*args: str) -> list[str]:
 
 @pytest.fixture
 def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``tap-emulator serve --coap 127.0.0.1:0 ARGS`` and wait for its ``listening`` line."""
+    """Start ``tap-emulator serve`` (CoAP only, port 0) with ARGS and wait for its ``listening`` line."""
     started: list[subprocess.Popen[str]] = []
 
     def spawn(*args: str, cwd: Path | None = None, timeout: float = 20.0) -> ServerProcess:
-        process = subprocess.Popen(
-            emulator_command("serve", "--coap", "127.0.0.1:0", *args),
-            cwd=cwd or tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        log = tmp_path / f"server-{len(started)}.stderr"
+        with log.open("w") as log_file:
+            process = subprocess.Popen(
+                emulator_command("serve", *ONLY_COAP, *args),
+                cwd=cwd or tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
         started.append(process)
         assert process.stdout is not None
         line = _readline_with_timeout(process, timeout)
         prefix = "listening coap udp "
         if not line.startswith(prefix):
             process.kill()
-            _, err = process.communicate(timeout=5)
-            raise AssertionError(f"server did not start: {line!r} {err!r}")
-        return ServerProcess(process, int(line.rsplit(":", 1)[1]))
+            process.communicate(timeout=5)
+            raise AssertionError(f"server did not start: {line!r} {log.read_text()!r}")
+        return ServerProcess(process, int(line.rsplit(":", 1)[1]), log)
 
     yield spawn
     for process in started:
