@@ -1,0 +1,112 @@
+"""``tap-emulator serve`` with the Tap face: --tcp/--ws endpoints, port 0, off, busy ports and --trace."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+TIMEOUT = 20.0
+GET_FIRMWARE = bytes.fromhex("a2ca000007010003ffff0003")
+
+
+def _serve(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tap_emulator", "serve", "--state", ":memory:", "--coap", "off", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def _read_lines(process: subprocess.Popen[str], count: int) -> list[str]:
+    """The first ``count`` stdout lines, read in a thread so a silent server fails in TIMEOUT seconds."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for _ in range(count):
+            lines.put(stdout.readline().strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    return [lines.get(timeout=TIMEOUT) for _ in range(count)]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_serve_announces_tcp_and_ws_and_traces_requests(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    process = _serve("--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--trace", cwd=tmp_path)
+    processes.append(process)
+    tcp_line, ws_line = _read_lines(process, 2)
+    assert tcp_line.startswith("listening tcp 127.0.0.1:") and ws_line.startswith("listening ws 127.0.0.1:")
+    port = int(tcp_line.rsplit(":", 1)[1])
+    assert port > 0 and int(ws_line.rsplit(":", 1)[1]) > 0
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall(GET_FIRMWARE)
+        assert conn.recv(100) == bytes.fromhex("45312e3131382e309000")
+        login = (
+            bytes.fromhex("a2da000027020400ffff0000")
+            + b"admin".ljust(16, b"\0")
+            + b"Sup3rS3cret".ljust(16, b"\0")
+        )
+        conn.sendall(login)
+        assert conn.recv(100) == b"\x85\x90\x00"  # SCRAM profile: plain login is not the mechanism
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0
+    assert "GET /3//3 req 0B -> 0x45 resp 7B" in stderr
+    assert "POST /1024//0 req 32B -> 0x85" in stderr
+    assert "Sup3rS3cret" not in stderr and b"Sup3rS3cret".hex() not in stderr
+
+
+def test_off_disables_the_tap_endpoints(tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    process = _serve("--tcp", "off", "--ws", "127.0.0.1:0", cwd=tmp_path)
+    processes.append(process)
+    [line] = _read_lines(process, 1)
+    assert line.startswith("listening ws ")
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=TIMEOUT)
+    assert "listening tcp" not in stdout
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--tcp", "TCP"), ("--ws", "WebSocket")])
+def test_busy_port_is_a_clear_error_and_a_failing_exit(tmp_path: Path, flag: str, name: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        other = "--ws" if flag == "--tcp" else "--tcp"
+        process = _serve(flag, f"127.0.0.1:{port}", other, "127.0.0.1:0", cwd=tmp_path)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert f"cannot listen for Tap {name} on 127.0.0.1:{port}: Address already in use" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
+    process = _serve("--tcp", "127.0.0.1:99999", cwd=tmp_path)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert "port must be a number" in stderr
