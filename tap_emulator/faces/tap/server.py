@@ -80,8 +80,8 @@ async def start_tcp_server(face: TapFace, host: str, port: int) -> TapServer:
                 for frame in frames:
                     writer.write(await session.handle_frame(frame))
                     await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+        except OSError:
+            pass  # reset by the peer
         except Exception:
             log.exception("%s: connection failed", session.peer)
         finally:
