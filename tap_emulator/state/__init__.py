@@ -152,6 +152,10 @@ def _settle(fut: Future[Any], result: Any = None, *, error: BaseException | None
         pass
 
 
+def _state_error(exc: BaseException) -> StateError:
+    return exc if isinstance(exc, StateError) else StateError(f"state write failed: {exc}")
+
+
 class DeviceState:
     """The SQLite state file of one device, owned by one writer thread.
 
@@ -241,22 +245,31 @@ class DeviceState:
             conn.close()
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        # Each write of the batch runs in its own savepoint: a write that cannot be applied is rolled
+        # back and fails alone, instead of failing the unrelated writes that share its transaction.
+        refused: dict[int, StateError] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for _, changes, _fut in batch:
-                    self._apply(conn, changes)
+                for index, (_, changes, _fut) in enumerate(batch):
+                    conn.execute("SAVEPOINT one_write")
+                    try:
+                        self._apply(conn, changes)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO one_write")
+                        refused[index] = _state_error(exc)
+                    conn.execute("RELEASE one_write")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except BaseException as exc:
-            error = exc if isinstance(exc, StateError) else StateError(f"state write failed: {exc}")
+            error = _state_error(exc)
             for _, _changes, fut in batch:
                 _settle(fut, error=error)
             return
-        for _, _changes, fut in batch:
-            _settle(fut, None)
+        for index, (_, _changes, fut) in enumerate(batch):
+            _settle(fut, None, error=refused.get(index))
 
     def _apply(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
         now = self._clock()
