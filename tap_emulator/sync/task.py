@@ -105,7 +105,6 @@ class SyncTask:
         self._serial = tree.serial_number
         self._store: ManagementStore | None = None
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._needs_reconcile = True
@@ -149,14 +148,8 @@ class SyncTask:
             with contextlib.suppress(Exception):
                 await store.close()
 
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait until the outbox was found empty after the latest change; TimeoutError otherwise."""
-        async with asyncio.timeout(timeout):
-            await self._idle.wait()
-
     def _on_change(self, event: ChangeEvent) -> None:
         if event.object_id == self._object_id:
-            self._idle.clear()
             self._wake.set()
 
     # ------------------------------------------------------------------ main loop
@@ -192,8 +185,6 @@ class SyncTask:
                 continue
             if self._stopping:
                 return
-            if not self._wake.is_set():
-                self._idle.set()
             await self._wait_for_change()
 
     async def _connected_store(self) -> ManagementStore:

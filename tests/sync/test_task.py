@@ -140,3 +140,29 @@ async def test_stop_does_not_hang_on_an_unreachable_store(tree: DeviceTree) -> N
     await asyncio.sleep(0.05)
     await asyncio.wait_for(task.stop(), 1.0)  # backing off: stop at once, the rows stay pending
     assert (await backlog_status(tree.state)).pending == 3
+
+
+async def test_the_device_record_is_upserted_and_last_seen_refreshed_on_each_heartbeat(
+    tmp_path: Path, tree: DeviceTree, store: ManagementStore
+) -> None:
+    now = [1_700_000_000.0]
+    task = SyncTask(
+        tree,
+        lambda: open_store(f"sqlite:///{tmp_path}/store.sqlite3"),
+        settings=SyncSettings(heartbeat=0.05),
+        clock=lambda: now[0],
+    )
+    task.start()
+    try:
+
+        async def seen_at(moment: float) -> bool:
+            devices = await store.list_devices()
+            return bool(devices) and devices[0].last_seen.timestamp() == moment
+
+        await wait_until(lambda: seen_at(1_700_000_000.0), 5)
+        now[0] += 120.0
+        await wait_until(lambda: seen_at(1_700_000_120.0), 5)
+    finally:
+        await task.stop()
+    (device,) = await store.list_devices()
+    assert (device.serial, device.model, device.firmware) == (SERIAL, "TAP 1.10 EMU", "1.118.0")
