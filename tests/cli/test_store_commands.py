@@ -26,10 +26,7 @@ UNREACHABLE = "postgresql://127.0.0.1:1/nowhere?connect_timeout=2"
 
 
 def options(**changes: object) -> ServeOptions:
-    serve = ServeOptions(coap=Endpoint("127.0.0.1", 0), sync=FAST)
-    for other_face in ("tcp", "ws"):
-        if hasattr(serve, other_face):
-            setattr(serve, other_face, None)
+    serve = ServeOptions(coap=Endpoint("127.0.0.1", 0), tcp=None, ws=None, sync=FAST)
     for name, value in changes.items():
         setattr(serve, name, value)
     return serve

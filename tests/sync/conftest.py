@@ -108,11 +108,14 @@ async def running_emulator(
     state: Path | str, store_url: str, *, profile: str = "default", sync: SyncSettings = FAST_SYNC
 ) -> AsyncIterator[Emulator]:
     options = ServeOptions(
-        profile=profile, state=str(state), coap=Endpoint("127.0.0.1", 0), store=store_url, sync=sync
+        profile=profile,
+        state=str(state),
+        coap=Endpoint("127.0.0.1", 0),
+        tcp=None,  # the Tap-frame faces are not needed here
+        ws=None,
+        store=store_url,
+        sync=sync,
     )
-    for other_face in ("tcp", "ws"):  # the Tap-frame faces are not needed here
-        if hasattr(options, other_face):
-            setattr(options, other_face, None)
     emulator = Emulator(options, announce=lambda _line: None)
     await emulator.start()
     try:

@@ -39,7 +39,9 @@ TEXT = 0
 @pytest.fixture
 async def device(tmp_path: Path) -> AsyncIterator[tuple[Emulator, aiocoap.Context, str]]:
     emulator = Emulator(
-        ServeOptions(state=str(tmp_path / "device.sqlite3"), coap=Endpoint("127.0.0.1", 0)),
+        ServeOptions(
+            state=str(tmp_path / "device.sqlite3"), coap=Endpoint("127.0.0.1", 0), tcp=None, ws=None
+        ),
         announce=lambda _line: None,
     )
     await emulator.start()
