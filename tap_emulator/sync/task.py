@@ -105,7 +105,6 @@ class SyncTask:
         self._serial = tree.serial_number
         self._store: ManagementStore | None = None
         self._wake = asyncio.Event()
-        self._stopping = False
         self._stop_requested = asyncio.Event()
         self._needs_reconcile = True
         self._device_sent_at: float | None = None
@@ -131,7 +130,6 @@ class SyncTask:
             self._unsubscribe = None
         task, self._task = self._task, None
         if task is not None:
-            self._stopping = True
             self._stop_requested.set()
             self._wake.set()
             try:
@@ -166,24 +164,19 @@ class SyncTask:
                     log.warning("management store reachable again after %d failed attempt(s)", self._failures)
                 self._failures = 0
                 self.last_error = None
-            except StoreError as error:
-                if self._stopping:
-                    return
-                await self._back_off(str(error))
+            except Exception as error:
                 if self._stop_requested.is_set():
                     return
-                continue
-            except Exception as error:  # a state failure: keep the task alive, the rows stay pending
-                if self._stopping:
-                    return
-                log.exception("the sync task failed; retrying")
-                await self._back_off(f"internal error: {type(error).__name__}")
-                if self._stop_requested.is_set():
-                    return
+                if isinstance(error, StoreError):
+                    reason = str(error)
+                else:  # a state failure: keep the task alive, the rows stay pending
+                    log.exception("the sync task failed; retrying")
+                    reason = f"internal error: {type(error).__name__}"
+                await self._back_off(reason)
                 continue
             if more:
                 continue
-            if self._stopping:
+            if self._stop_requested.is_set():
                 return
             await self._wait_for_change()
 
