@@ -54,3 +54,36 @@ async def test_requests_render_in_tasks_with_a_fixed_name(server: CoapServer, cl
     reply = await client.receive()
     assert reply.code == 0x45 and reply.payload == b"anonymous"
     assert names == [RENDER_TASK_NAME]
+
+
+def _transport_name(server: CoapServer) -> str:
+    interface = server.context.request_interfaces[0].token_interface.message_interface
+    return type(interface).__module__.rsplit(".", 1)[-1]
+
+
+async def test_a_concrete_address_is_served_by_the_simple_socket_transport(server: CoapServer) -> None:
+    assert _transport_name(server) == "simplesocketserver"
+
+
+async def test_a_wildcard_address_keeps_udp6_and_answers_ipv4() -> None:
+    tree = open_device(load_profile("default"), ":memory:")
+    coap = await start_coap_server(tree, "::", 0)
+    raw = await rawcoap.RawClient.open(coap.address[1])
+    try:
+        assert _transport_name(coap) == "udp6"
+        raw.send(rawcoap.request(rawcoap.GET, "/1025/0/0", 7, b"w"))
+        reply = await raw.receive()
+        assert reply.code == 0x45 and reply.payload == b"anonymous"
+    finally:
+        raw.close()
+        await coap.close()
+        tree.state.close()
+
+
+async def test_a_busy_port_is_an_error_with_the_simple_socket_transport(server: CoapServer) -> None:
+    tree = open_device(load_profile("default"), ":memory:")
+    try:
+        with pytest.raises(OSError, match=r"cannot listen for CoAP on 127\.0\.0\.1"):
+            await start_coap_server(tree, "127.0.0.1", server.address[1])
+    finally:
+        tree.state.close()
