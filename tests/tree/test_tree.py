@@ -1,0 +1,170 @@
+"""The tree's rules that no face shows directly: change events after durability, rollback when the state
+cannot store a change, rights of callers, login lookups, and secrets kept out of reprs and the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tap_emulator.app import open_device
+from tap_emulator.config import load_profile
+from tap_emulator.model import Operation
+from tap_emulator.tree import Caller, ChangeEvent, DeviceTree, Request, Status
+
+ADMIN, SUPERVISOR, ANONYMOUS = 65535, 65534, 0
+
+
+@pytest.fixture
+def tree() -> Iterator[DeviceTree]:
+    opened = open_device(
+        load_profile(), ":memory:", random_bytes=os.urandom, clock_ms=lambda: 1_700_000_000_000
+    )
+    try:
+        yield opened
+    finally:
+        opened.state.close()
+
+
+async def put(tree: DeviceTree, gid: int, rid: int, value: Any, caller: Caller | None = None) -> Status:
+    request = Request(Operation.WRITE, 1025, gid, rid, value)
+    if caller is not None:
+        request = Request(Operation.WRITE, 1025, gid, rid, value, caller)
+    return (await tree.handle(request)).status
+
+
+async def test_the_profile_seeds_the_three_groups(tree: DeviceTree) -> None:
+    assert tree.instance_ids(1025) == [ANONYMOUS, SUPERVISOR, ADMIN]
+    admin = tree.account(ADMIN)
+    assert admin is not None and (admin.name, admin.alias, admin.session_lifetime) == ("admin", ADMIN, 300)
+    assert tree.hash_iteration == 5000 and tree.serial_number == "EMU0000000001"
+    assert tree.device_identity()["firmware_version"] == "1.118.0"
+
+
+async def test_a_change_event_follows_the_durable_write(tree: DeviceTree) -> None:
+    seen: list[tuple[ChangeEvent, Any]] = []
+
+    def listener(event: ChangeEvent) -> None:
+        stored = tree.state.load().instances[(1025, event.instance_id)].values  # type: ignore[index]
+        seen.append((event, dict(stored)))
+
+    unsubscribe = tree.subscribe(listener)
+    assert await put(tree, SUPERVISOR, 0, "night") is Status.CHANGED
+    event, stored = seen[-1]
+    assert (event.object_id, event.instance_id, event.resource_ids, event.created) == (
+        1025,
+        SUPERVISOR,
+        frozenset({0}),
+        False,
+    )
+    assert stored[0] == "night", "the event must come after the change is stored"
+    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535))).status is Status.CREATED
+    assert seen[-1][0].created and seen[-1][0].instance_id == 9
+    assert await put(tree, SUPERVISOR, 0, "x" * 17) is Status.BAD_REQUEST
+    assert len(seen) == 2, "a refused write emits nothing"
+    unsubscribe()
+    assert await put(tree, SUPERVISOR, 0, "after") is Status.CHANGED
+    assert len(seen) == 2
+
+
+async def test_a_failing_listener_does_not_break_the_write_or_other_listeners(tree: DeviceTree) -> None:
+    def broken(_event: ChangeEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    heard: list[ChangeEvent] = []
+    tree.subscribe(broken)
+    tree.subscribe(heard.append)
+    assert await put(tree, SUPERVISOR, 4, 12) is Status.CHANGED
+    assert len(heard) == 1
+
+
+async def test_a_change_the_state_cannot_store_is_5_00_and_rolled_back(tree: DeviceTree) -> None:
+    heard: list[ChangeEvent] = []
+    tree.subscribe(heard.append)
+    tree.state.close()  # every later commit fails
+    assert await put(tree, SUPERVISOR, 0, "lost") is Status.INTERNAL_SERVER_ERROR
+    response = await tree.handle(Request(Operation.READ, 1025, SUPERVISOR, 0))
+    assert response.value == "supervisor"
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535))
+    ).status is Status.INTERNAL_SERVER_ERROR
+    assert (await tree.handle(Request(Operation.READ, 1025, 9, 0))).status is Status.NOT_FOUND
+    assert tree.find_account("lost") is None and tree.find_account("supervisor") is not None
+    assert heard == []
+
+
+async def test_login_names_follow_renames(tree: DeviceTree) -> None:
+    assert await put(tree, SUPERVISOR, 0, "ops") is Status.CHANGED
+    found = tree.find_account("ops")
+    assert found is not None and found.group_id == SUPERVISOR
+    assert tree.find_account("supervisor") is None
+
+
+async def test_callers_rights(tree: DeviceTree) -> None:
+    anonymous, supervisor, admin = Caller(ANONYMOUS), Caller(SUPERVISOR), Caller(ADMIN)
+    assert (
+        await tree.handle(Request(Operation.READ, 1025, ADMIN, 0, caller=anonymous))
+    ).status is Status.CONTENT
+    assert await put(tree, SUPERVISOR, 0, "x", anonymous) is Status.UNAUTHORIZED
+    assert await put(tree, ANONYMOUS, 0, "x", supervisor) is Status.CHANGED
+    admin_password = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", supervisor)
+    assert (await tree.handle(admin_password)).status is Status.UNAUTHORIZED
+    own = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", admin)
+    assert (await tree.handle(own)).status is Status.CHANGED
+    # A user whose alias names a writing profile inherits its rights.
+    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 5, 65535))).status is Status.CREATED
+    assert await put(tree, 5, 0, "x", Caller(5)) is Status.UNAUTHORIZED
+    assert await put(tree, 5, 5, SUPERVISOR) is Status.CHANGED
+    assert await put(tree, 5, 0, "x", Caller(5)) is Status.CHANGED
+
+
+async def test_secrets_stay_out_of_reprs_and_the_outbox(tree: DeviceTree) -> None:
+    key = bytes(range(1, 17)) + bytes(range(101, 117)) + b"\x0a\x0b\x0c\x0d" + (50).to_bytes(4, "big")
+    assert (await tree.handle(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, key))).status is Status.CHANGED
+    account = tree.account(SUPERVISOR)
+    assert account is not None and account.credential is not None
+    assert key[:16].hex() not in repr(account) and str(list(key[:16])) not in repr(account)
+    assert "b'\\x01\\x02" not in repr(account)
+    assert "secret" not in repr(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, "secret"))
+    rows = await tree.state.pending_outbox()
+    last = rows[-1]
+    assert last.instance_id == SUPERVISOR and last.payload["password_set"] is True
+    text = json.dumps([r.payload for r in rows])
+    for secret in (key[:16], key[16:32]):
+        assert secret.hex() not in text
+    assert "password" not in last.payload["values"]
+    assert last.payload["values"]["scram-user-salt"] == 0x0A0B0C0D
+
+
+async def test_out_of_range_or_unknown_targets_are_4_04(tree: DeviceTree) -> None:
+    for request in (
+        Request(Operation.READ, 1026, 0, 0),
+        Request(Operation.READ, 1025, 70000, 0),
+        Request(Operation.READ, 1025, 0, 3),
+        Request(Operation.READ, 1025, None, 0),
+        Request(Operation.READ, 1025, 12, None),
+    ):
+        assert (await tree.handle(request)).status is Status.NOT_FOUND, request
+    assert (await tree.handle(Request(Operation.WRITE, 1025, 0, None, 1))).status is Status.METHOD_NOT_ALLOWED
+
+
+async def test_a_wrongly_typed_value_is_4_00(tree: DeviceTree) -> None:
+    assert await put(tree, SUPERVISOR, 4, "12") is Status.BAD_REQUEST
+    assert await put(tree, SUPERVISOR, 4, True) is Status.BAD_REQUEST
+    assert await put(tree, SUPERVISOR, 0, 12) is Status.BAD_REQUEST
+    assert await put(tree, SUPERVISOR, 0, None) is Status.BAD_REQUEST
+
+
+async def test_factory_reset_restores_the_profile(tree: DeviceTree) -> None:
+    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 8, 65535))).status is Status.CREATED
+    assert await put(tree, ADMIN, 4, 1) is Status.CHANGED
+    version_before = tree.state.load().instances[(1025, ADMIN)].version
+    tree.seed(load_profile(), reset=True)
+    assert tree.instance_ids(1025) == [ANONYMOUS, SUPERVISOR, ADMIN]
+    assert (await tree.handle(Request(Operation.READ, 1025, ADMIN, 4))).value == 300
+    stored = tree.state.load().instances
+    assert stored[(1025, 8)].deleted and stored[(1025, ADMIN)].version > version_before
