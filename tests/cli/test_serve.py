@@ -256,3 +256,31 @@ def test_a_broken_profile_exits_2_naming_the_key(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "broken.toml" in done.stderr and "firmware_version" in done.stderr
+
+
+def test_verbosity_flags(spawn_server: Callable[..., Any]) -> None:
+    verbose = spawn_server("--state", ":memory:", "-v")
+    quiet = spawn_server("--state", ":memory:", "-q")
+    assert verbose.stop() == 0 and quiet.stop() == 0
+    assert "device EMU0000000001 up" in verbose.stderr()
+    assert quiet.stderr() == ""
+
+
+def test_an_unusable_state_path_is_a_clear_runtime_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    done = run_cli(
+        "serve",
+        "--tcp",
+        "off",
+        "--ws",
+        "off",
+        "--coap",
+        "127.0.0.1:0",
+        "--state",
+        str(blocker / "s.db"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("tap-emulator: ") and "a-file" in done.stderr
+    assert "Traceback" not in done.stderr

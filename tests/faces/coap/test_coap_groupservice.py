@@ -554,3 +554,15 @@ async def test_the_password_is_never_readable(coap: Any) -> None:
         for secret in secrets:
             for shape in (secret, secret.hex().encode(), base64.urlsafe_b64encode(secret).rstrip(b"=")):
                 assert shape not in response.payload, (p, accept)
+
+
+async def test_an_object_read_larger_than_one_block_arrives_whole(coap: Any) -> None:
+    for group in range(1, 41):
+        assert code(await coap.request("POST", f"/1025/{group}/65535")) == "2.01"
+    for accept, decode in ((None, senml_json), (SENML_CBOR, senml_cbor)):
+        response = await coap.request("GET", "/1025", accept=accept)
+        assert code(response) == "2.05"
+        assert len(response.payload) > 1024, "the test must exceed one CoAP block"
+        records = decode(response.payload)
+        assert len(records) == 43 * 5
+        assert records["/1025/40/5"] == 40
