@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ import aiocoap
 import aiocoap.error
 import aiocoap.interfaces
 import aiocoap.resource
+from aiocoap.message import Direction
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import Type
 from aiocoap.pipe import error_to_message, run_driving_pipe
 
@@ -329,6 +332,7 @@ class CoapServer:
         self.context = context
         self.face = face
         self.address = address
+        self.duplicate_caches: list[DuplicateCache] = []
 
     async def close(self) -> None:
         self.face.close()
@@ -349,6 +353,136 @@ class _EmulatorContext(aiocoap.Context):  # type: ignore[misc]
 
     def render_to_pipe(self, pipe: Any) -> None:
         run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe), name=RENDER_TASK_NAME)
+
+
+# Duplicate detection (RFC 7252 4.5). aiocoap remembers every (remote, message id) with its whole
+# response Message and one timer for EXCHANGE_LIFETIME (247 s): ~2.3 KB per request, 76 MB to 631 MB in
+# a minute of load (coap-notes.md). The window that matters to a server is the one in which a client
+# retransmits a CON request: its last retransmission leaves at most MAX_TRANSMIT_SPAN (45 s with the
+# default parameters) after the first; DEDUP_JITTER covers those copies arriving later than the first
+# did. Within that window every duplicate is still recognised and answered with the same bytes.
+DEDUP_WINDOW = TransportTuning().MAX_TRANSMIT_SPAN
+DEDUP_JITTER = 15.0
+# A hard bound on remembered messages (~130 bytes each, so ~65 MB): past it, at sustained rates above
+# DEDUP_CAPACITY / (DEDUP_WINDOW + DEDUP_JITTER) requests per second, the oldest quarter goes early.
+DEDUP_CAPACITY = 500_000
+
+_ABSENT = object()
+
+
+class _Generation:
+    __slots__ = ("peers", "size", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.peers: dict[Hashable, dict[int, bytes | None]] = {}
+        self.size = 0
+
+
+class DuplicateCache:
+    """Recently received (remote, message id) pairs and the encoded reply to each; sans-IO.
+
+    Entries are grouped in generations a quarter of the window long and dropped a generation at a
+    time, so there is no timer per message, and within a generation each remote is stored once with
+    a dict from message id to the reply bytes (``None`` until the reply is known). An entry stays at
+    least ``window`` seconds, unless the cache holds ``capacity`` entries, which it never exceeds.
+    """
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self.window = window
+        self.capacity = max(1, capacity)
+        self._span = window / 4
+        self._generations: deque[_Generation] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def lookup(self, remote: Hashable, mid: int, now: float) -> object:
+        """The stored reply (bytes), ``None`` if the message was seen but not answered yet, or ``_ABSENT``."""
+        self._expire(now)
+        for generation in reversed(self._generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                return peer[mid]
+        return _ABSENT
+
+    def add(self, remote: Hashable, mid: int, now: float) -> None:
+        """Remember a new message (the caller has checked it is absent)."""
+        self._expire(now)
+        generations = self._generations
+        if not generations or now - generations[-1].started >= self._span or self._size >= self.capacity:
+            generations.append(_Generation(now))
+        while self._size >= self.capacity and len(generations) > 1:
+            self._size -= generations.popleft().size
+        current = generations[-1]
+        peer = current.peers.get(remote)
+        if peer is None:
+            peer = current.peers[remote] = {}
+        if mid not in peer:
+            peer[mid] = None
+            current.size += 1
+            self._size += 1
+
+    def expects_reply(self, remote: Hashable, mid: int) -> bool:
+        for generation in reversed(self._generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                return peer[mid] is None
+        return False
+
+    def set_reply(self, remote: Hashable, mid: int, reply: bytes) -> None:
+        for generation in reversed(self._generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                peer[mid] = reply
+                return
+
+    def _expire(self, now: float) -> None:
+        generations = self._generations
+        # Every entry of a generation is at least `window` old once its last possible entry is.
+        while generations and generations[0].started + self._span + self.window <= now:
+            self._size -= generations.popleft().size
+
+
+class _DuplicateDetector:
+    """Stands in for aiocoap's deduplication in one message manager, keeping its semantics:
+    a duplicate CON is answered with the stored reply (or ignored until there is one), any other
+    duplicate is ignored, and a duplicate is never rendered twice."""
+
+    def __init__(self, manager: Any, cache: DuplicateCache) -> None:
+        self.manager = manager
+        self.cache = cache
+
+    def deduplicate(self, message: aiocoap.Message) -> bool:
+        now = self.manager.loop.time()
+        stored = self.cache.lookup(message.remote, message.mid, now)
+        if stored is _ABSENT:
+            self.cache.add(message.remote, message.mid, now)
+            return False
+        if message.mtype is Type.CON and isinstance(stored, bytes):
+            reply = aiocoap.Message.decode(stored, message.remote.as_response_address())
+            reply.direction = Direction.OUTGOING  # the stored reply goes out again, byte for byte
+            self.manager._send_via_transport(reply)
+        return True
+
+    def store_response(self, message: aiocoap.Message) -> None:
+        if self.cache.expects_reply(message.remote, message.mid):
+            self.cache.set_reply(message.remote, message.mid, message.encode())
+
+
+def _install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateCache]:
+    """Give every message manager of the context a bounded DuplicateCache (before it receives)."""
+    caches = []
+    for interface in context.request_interfaces:
+        manager: Any = getattr(interface, "token_interface", None)
+        if not hasattr(manager, "_deduplicate_message"):
+            continue  # not a message-managed transport (TCP, WebSocket): no message ids
+        detector = _DuplicateDetector(manager, DuplicateCache(DEDUP_WINDOW + DEDUP_JITTER, DEDUP_CAPACITY))
+        manager._deduplicate_message = detector.deduplicate
+        manager._store_response_for_duplicates = detector.store_response
+        caches.append(detector.cache)
+    return caches
 
 
 def _bound_address(context: aiocoap.Context, fallback_host: str) -> tuple[str, int]:
@@ -397,4 +531,6 @@ async def start_coap_server(tree: DeviceTree, host: str, port: int, *, con_every
     except OSError as exc:
         face.close()
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
-    return CoapServer(context, face, _bound_address(context, host))
+    server = CoapServer(context, face, _bound_address(context, host))
+    server.duplicate_caches = _install_duplicate_cache(context)
+    return server

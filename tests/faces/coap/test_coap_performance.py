@@ -15,7 +15,14 @@ import rawcoap
 
 from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
-from tap_emulator.faces.coap.server import RENDER_TASK_NAME, CoapServer, start_coap_server
+from tap_emulator.faces.coap.server import (
+    _ABSENT,
+    DEDUP_WINDOW,
+    RENDER_TASK_NAME,
+    CoapServer,
+    DuplicateCache,
+    start_coap_server,
+)
 
 
 @pytest.fixture
@@ -87,3 +94,86 @@ async def test_a_busy_port_is_an_error_with_the_simple_socket_transport(server: 
             await start_coap_server(tree, "127.0.0.1", server.address[1])
     finally:
         tree.state.close()
+
+
+# ---------------------------------------------------------------- duplicate detection
+
+
+def test_a_duplicate_is_known_with_its_reply_for_the_whole_window() -> None:
+    cache = DuplicateCache(window=60.0, capacity=1000)
+    assert cache.lookup("peer", 7, now=0.0) is _ABSENT
+    cache.add("peer", 7, now=0.0)
+    assert cache.lookup("peer", 7, now=1.0) is None  # seen, reply not known yet
+    assert cache.expects_reply("peer", 7)
+    cache.set_reply("peer", 7, b"reply")
+    assert not cache.expects_reply("peer", 7)
+    for later in (10.0, 30.0, 59.9):
+        cache.add("other", int(later), now=later)  # time passes with traffic
+        assert cache.lookup("peer", 7, now=later) == b"reply"
+    assert cache.lookup("peer", 8, now=59.9) is _ABSENT
+    assert cache.lookup("another peer", 7, now=59.9) is _ABSENT
+
+
+def test_entries_are_dropped_after_the_window_and_a_quarter() -> None:
+    cache = DuplicateCache(window=60.0, capacity=1000)
+    cache.add("peer", 1, now=0.0)
+    assert cache.lookup("peer", 1, now=74.9) is None
+    assert cache.lookup("peer", 1, now=75.0) is _ABSENT
+    assert len(cache) == 0
+
+
+def test_the_cache_never_holds_more_than_its_capacity() -> None:
+    cache = DuplicateCache(window=60.0, capacity=100)
+    for mid in range(1000):
+        cache.add("peer", mid, now=mid / 1000)  # a burst far above capacity within one second
+        assert len(cache) <= 100
+    assert cache.lookup("peer", 999, now=1.0) is None  # the newest are kept
+    assert cache.lookup("peer", 0, now=1.0) is _ABSENT
+
+
+def test_the_window_covers_every_retransmission_of_default_parameters() -> None:
+    # The last retransmission of a CON leaves at most MAX_TRANSMIT_SPAN (45 s) after the first.
+    assert DEDUP_WINDOW >= 45.0
+
+
+async def test_a_duplicate_con_is_answered_with_the_same_reply_and_processed_once(
+    server: CoapServer, client: Any
+) -> None:
+    changes: list[object] = []
+    unsubscribe = server.face.tree.subscribe(changes.append)
+    try:
+        put = rawcoap.encode(
+            rawcoap.CON,
+            rawcoap.PUT,
+            0x4242,
+            b"dup",
+            [(rawcoap.URI_PATH, b"1025"), (rawcoap.URI_PATH, b"65534"), (rawcoap.URI_PATH, b"0")],
+            b"renamed",
+        )
+        client.send(put)
+        first = await client.receive()
+        client.send(put)  # a retransmission: same source, same message id
+        second = await client.receive()
+        assert first.code == second.code == 0x44
+        assert (first.mtype, first.mid, first.token) == (second.mtype, second.mid, second.token)
+        assert len(changes) == 1
+        assert sum(len(cache) for cache in server.duplicate_caches) == 1
+        # The same message id from another source port is a new request.
+        other = await rawcoap.RawClient.open(server.address[1])
+        try:
+            other.send(put)
+            assert (await other.receive()).code == 0x44
+        finally:
+            other.close()
+        assert len(changes) == 2
+    finally:
+        unsubscribe()
+
+
+async def test_aiocoap_keeps_no_message_of_its_own(server: CoapServer, client: Any) -> None:
+    for mid in range(20):
+        client.send(rawcoap.request(rawcoap.GET, "/1025/0/0", mid, b"t%d" % mid))
+        assert (await client.receive()).payload == b"anonymous"
+    manager = server.context.request_interfaces[0].token_interface
+    assert manager._recent_messages == {}
+    assert sum(len(cache) for cache in server.duplicate_caches) == 20
