@@ -284,3 +284,40 @@ def test_an_unusable_state_path_is_a_clear_runtime_error(tmp_path: Path) -> None
     assert done.returncode == 1
     assert done.stderr.startswith("tap-emulator: ") and "a-file" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("group", "key"),
+    [
+        ('name = "a-name-longer-than-sixteen"', "name"),
+        ('name = "tab\\there"', "name"),
+        ('name = "u"\npassword = "a-password-longer-than-16"', "password"),
+        ('name = "u"\nalias = 77', "alias"),
+    ],
+)
+def test_a_profile_group_the_model_forbids_exits_2(tmp_path: Path, group: str, key: str) -> None:
+    profile = tmp_path / "groups.toml"
+    profile.write_text(
+        '[device]\nmodel = "x"\nserial_number = "S1"\nfirmware_version = "1"\n[[groups]]\nid = 1\n'
+        + group
+        + "\n",
+        encoding="utf-8",
+    )
+    done = run_cli(
+        "serve",
+        "--tcp",
+        "off",
+        "--ws",
+        "off",
+        "--coap",
+        "127.0.0.1:0",
+        "--state",
+        ":memory:",
+        "--profile",
+        str(profile),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "groups.toml" in done.stderr and key in done.stderr
+    assert "Traceback" not in done.stderr and "a-password-longer" not in done.stderr
+    assert "listening" not in done.stdout
