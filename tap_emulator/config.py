@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tap_emulator.model import RESOURCES_DIR
+from tap_emulator.model import RESOURCES_DIR, ValueError_, default_model
 
 __all__ = [
     "AccessPolicy",
@@ -203,4 +203,30 @@ def load_profile(name_or_path: str = "default") -> Profile:
                 alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
             )
         )
+    _check_groups_against_model(groups, where)
     return Profile(path.stem, device, security, access, tuple(groups))
+
+
+def _check_groups_against_model(groups: list[GroupSeed], where: str) -> None:
+    """A profile may only seed what a client could have written: the model's limits (name and password
+    length and charset, lifetime range) and references (an alias names a group of the profile)."""
+    group_object = default_model().object_by_alias("group")
+    if group_object is None:
+        return
+    forms = group_object.forms_by_alias
+    ids = {g.id for g in groups}
+    for index, seed in enumerate(groups):
+        gw = f"{where} [[groups]] #{index + 1}"
+        for key, slug, value in (
+            ("name", "name", seed.name),
+            ("password", "password", seed.password),
+            ("session_lifetime", "session-lifetime", seed.session_lifetime),
+        ):
+            if value is None or slug not in forms:
+                continue
+            try:
+                forms[slug][1].validate(value)
+            except ValueError_ as exc:  # the message never repeats the value
+                raise ConfigError(f"{gw} {key}: {exc}") from None
+        if seed.alias is not None and seed.alias not in ids:
+            raise ConfigError(f"{gw} alias: group {seed.alias} is not declared in the profile")
