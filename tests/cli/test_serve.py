@@ -321,3 +321,30 @@ def test_a_profile_group_the_model_forbids_exits_2(tmp_path: Path, group: str, k
     assert "groups.toml" in done.stderr and key in done.stderr
     assert "Traceback" not in done.stderr and "a-password-longer" not in done.stderr
     assert "listening" not in done.stdout
+
+
+async def test_secrets_never_reach_the_log_even_at_debug(
+    spawn_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    server = spawn_server("--state", str(tmp_path / "s.db"), "-v", "-v")
+    key = (
+        bytes.fromhex("5ec7e75ec7e75ec7e75ec7e75ec7e75e") * 2 + b"\x01\x02\x03\x04" + (99).to_bytes(4, "big")
+    )
+    context = await aiocoap.Context.create_client_context()
+    try:
+        assert (
+            dotted(await call(context, server.port, "POST", "/group/65534/password", b"Sup3rSecret!"))
+            == "2.04"
+        )
+        assert dotted(await call(context, server.port, "POST", "/group/65535/password-key", key)) == "2.04"
+        assert (
+            dotted(await call(context, server.port, "POST", "/group/65535/password", b"x" * 17 + b"Leak"))
+            == "4.00"
+        )
+    finally:
+        await context.shutdown()
+    assert server.stop() == 0
+    log = server.stderr()
+    assert "DEBUG" in log, "the test must run with debug logging"
+    for secret in ("Sup3rSecret", "5ec7e75e", "\\x5e\\xc7", "Leak", "^\\xc7\\xe7"):
+        assert secret not in log, secret
