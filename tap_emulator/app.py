@@ -19,7 +19,15 @@ from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import DeviceTree
 
-__all__ = ["Emulator", "Endpoint", "ServeOptions", "default_state_path", "open_device", "parse_endpoint"]
+__all__ = [
+    "Emulator",
+    "Endpoint",
+    "ServeOptions",
+    "default_state_path",
+    "format_address",
+    "open_device",
+    "parse_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint | None:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be a number in 0..65535")
     return Endpoint(host, int(port_text))
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets (``[::1]:5683``), as ``parse_endpoint`` reads it."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_state_path(profile: Profile) -> Path:
@@ -129,11 +143,18 @@ class Emulator:
                 coap = await start_coap_server(tree, self.options.coap.host, self.options.coap.port)
                 self._closers.append(coap.close)
                 self.coap_address = coap.address
-                self.announce(f"listening coap udp {coap.address[0]}:{coap.address[1]}")
             await self._start_tap_faces(tree)
         except BaseException:
             await self.stop()
             raise
+        # Announced only once every endpoint is bound, so a script never sees a line for a failed start.
+        for kind, address in (
+            ("coap udp", self.coap_address),
+            ("tcp", self.tcp_address),
+            ("ws", self.ws_address),
+        ):
+            if address is not None:
+                self.announce(f"listening {kind} {format_address(address)}")
         log.info(
             "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
         )
@@ -158,12 +179,10 @@ class Emulator:
             tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port)
             self._closers.append(tcp.close)
             self.tcp_address = tcp.address
-            self.announce(f"listening tcp {tcp.address[0]}:{tcp.address[1]}")
         if self.options.ws is not None:
             ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port)
             self._closers.append(ws.close)
             self.ws_address = ws.address
-            self.announce(f"listening ws {ws.address[0]}:{ws.address[1]}")
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""

@@ -112,6 +112,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if verbose < 2:
+        # aiocoap warns once per malformed datagram; a flood of junk would flood the log. -vv shows them.
+        logging.getLogger("coap-server").setLevel(logging.ERROR)
 
 
 async def _serve(options: ServeOptions) -> int:

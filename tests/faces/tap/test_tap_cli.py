@@ -98,11 +98,15 @@ def test_busy_port_is_a_clear_error_and_a_failing_exit(tmp_path: Path, flag: str
         holder.listen()
         port = holder.getsockname()[1]
         other = "--ws" if flag == "--tcp" else "--tcp"
-        process = _serve(flag, f"127.0.0.1:{port}", other, "127.0.0.1:0", cwd=tmp_path)
-        _, stderr = process.communicate(timeout=TIMEOUT)
+        process = _serve(
+            "--coap", "127.0.0.1:0", flag, f"127.0.0.1:{port}", other, "127.0.0.1:0", cwd=tmp_path
+        )
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 1
     assert f"cannot listen for Tap {name} on 127.0.0.1:{port}: Address already in use" in stderr
     assert "Traceback" not in stderr
+    # No endpoint is announced for a start that failed, not even the ones bound before the busy one.
+    assert "listening" not in stdout
 
 
 def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
