@@ -71,9 +71,9 @@ def start_server(
     cwd: Path,
     timeout: float = 30.0,
 ) -> Server:
-    """Run ``python ARGS`` and wait for one ``listening KIND TRANSPORT HOST:PORT`` line per kind in expect.
+    """Run ``python ARGS`` and wait for a ``listening WORDS HOST:PORT`` line for each name in expect.
 
-    Each endpoint is stored under "KIND TRANSPORT" (``coap udp``, ``tap tcp`` ...) and also under KIND.
+    Each endpoint is stored under its words (``coap udp``, ``tcp``) and under the first word alone.
     """
     stderr_path = cwd / f"{name}.stderr"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -101,10 +101,10 @@ def start_server(
             *lines, buffered = buffered.split(b"\n")
             for raw in lines:
                 parts = raw.decode(errors="replace").split()
-                if len(parts) >= 4 and parts[0] == "listening":
-                    host, _, port = parts[3].rpartition(":")
+                if len(parts) >= 3 and parts[0] == "listening":
+                    host, _, port = parts[-1].rpartition(":")
                     endpoint = (host.strip("[]"), int(port))
-                    server.endpoints[f"{parts[1]} {parts[2]}"] = endpoint
+                    server.endpoints[" ".join(parts[1:-1])] = endpoint
                     server.endpoints.setdefault(parts[1], endpoint)
     # A face that fails after an earlier one announced itself makes the server exit: wait a moment.
     time.sleep(0.2)

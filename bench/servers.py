@@ -91,7 +91,7 @@ async def serve_echo() -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    print(f"listening tap tcp 127.0.0.1:{port}", flush=True)
+    print(f"listening tcp 127.0.0.1:{port}", flush=True)
     try:
         await _wait_for_signal()
     finally:

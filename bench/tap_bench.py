@@ -1,16 +1,263 @@
-"""Tap-face benchmarks (filled in as the Tap face lands)."""
+"""Tap-face benchmarks: getName over 16 TCP connections, in clear and through the encrypted channel.
+
+The generator plays the SDK's role with the project's own sans-IO codecs (APDU frames, SCRAM proof,
+encrypted frames), on plain blocking sockets with one request outstanding per connection, as the SDK
+does. Baselines: a plain asyncio TCP server answering the same bytes (``python -m bench.servers
+echo``) for ``tap_tcp_ratio``; the same emulator in clear for ``tap_encrypted_ratio``.
+"""
 
 from __future__ import annotations
 
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.loadgen import LoadResult
+from bench.procs import Server, emulator_server, start_server
 from bench.results import MetricResult, Target
-from bench.runner import Settings
+from bench.runner import Run, Settings, interleave, measured, median, summary
+from bench.servers import ECHO_RESPONSE
+from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
+from tap_emulator.codec.secure_frame import decrypt_frame, encrypt_frame
+from tap_emulator.security import client_proof, derive_scram_keys, hash_login_password, session_key
+
+CONNECTIONS = 16
+GROUP_OBJECT, INTERFACE_OBJECT = 1025, 1024
+ANONYMOUS = 0
+LOGIN_NAME, LOGIN_PASSWORD = "admin", "admin"  # the default profile's admin group
+ZERO_IV = bytes(16)
+CONTENT = 0x45
+STATUS_WORD = b"\x90\x00"
+
+GET_NAME = encode_request(TapRequest(Method.GET, GROUP_OBJECT, ANONYMOUS, 0))  # group.getName(0)
+
+
+def _interface_get(resource: int, payload: bytes = b"") -> bytes:
+    return encode_request(TapRequest(Method.GET, INTERFACE_OBJECT, None, resource, payload))
+
+
+def _exchange(sock: socket.socket, frame: bytes) -> tuple[int, bytes]:
+    sock.sendall(frame)
+    data = b""
+    while not (len(data) >= 3 and data.endswith(STATUS_WORD)):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return decode_response(data)
+
+
+@dataclass
+class _Connection:
+    """One SDK-like connection: builds the next request, checks a complete response."""
+
+    sock: socket.socket
+    key: bytes | None = field(default=None, repr=False)
+    counter: int = 0
+    buffer: bytes = b""
+
+    def request(self) -> bytes:
+        if self.key is None:
+            return GET_NAME
+        ciphertext = encrypt_frame(self.key, ZERO_IV, self.counter, GET_NAME[5:])
+        self.counter += 1
+        return _interface_get(48, ciphertext)
+
+    def complete(self) -> bool:
+        data = self.buffer
+        if len(data) < 3 or not data.endswith(STATUS_WORD):
+            return False
+        # An encrypted answer is status + AES blocks + 90 00: a partial read cannot pass for one.
+        return self.key is None or (len(data) - 3) % 16 == 0
+
+    def succeeded(self) -> bool:
+        status, body = decode_response(self.buffer)
+        if self.key is None or status != CONTENT:
+            return status == CONTENT
+        _counter, plain = decrypt_frame(self.key, ZERO_IV, body)
+        return decode_response(plain)[0] == CONTENT
+
+    def login(self) -> None:
+        """SCRAM login as the SDK does it; afterwards requests go through the encrypted channel."""
+        client_nonce = int.from_bytes(os.urandom(4), "big")
+        status, body = _exchange(
+            self.sock,
+            _interface_get(40, LOGIN_NAME.encode().ljust(16, b"\0") + client_nonce.to_bytes(4, "big")),
+        )
+        if status != CONTENT:
+            raise RuntimeError(f"SCRAM login step 1 answered 0x{status:02X}")
+        server_nonce = int.from_bytes(body[:4], "big")
+        salt, iterations = body[4:8], int.from_bytes(body[8:12], "big")
+        keys = derive_scram_keys(hash_login_password(LOGIN_PASSWORD), salt, iterations)
+        status, _proof = _exchange(
+            self.sock, _interface_get(41, client_proof(keys, client_nonce, server_nonce))
+        )
+        if status != CONTENT:
+            raise RuntimeError(f"SCRAM login step 2 answered 0x{status:02X}")
+        self.key = session_key(keys, client_nonce, server_nonce)
+
+
+def _connect(address: tuple[str, int], *, encrypted: bool) -> list[_Connection]:
+    connections = []
+    for _ in range(CONNECTIONS):
+        sock = socket.create_connection(address, timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(sock)
+        if encrypted:
+            connection.login()
+        connections.append(connection)
+    return connections
+
+
+def tcp_load(connections: list[_Connection], *, seconds: float, warmup: float) -> LoadResult:
+    """One request outstanding per connection for ``warmup + seconds``; the last ``seconds`` count."""
+    selector = selectors.DefaultSelector()
+    sent_at: dict[int, float] = {}
+    clock = time.perf_counter
+    for connection in connections:
+        connection.sock.setblocking(False)
+        selector.register(connection.sock, selectors.EVENT_READ, connection)
+    latencies: list[float] = []
+    completed = errors = 0
+    start = clock()
+    measure_from, end = start + warmup, start + warmup + seconds
+    cpu_at_measure: float | None = None
+    try:
+        for connection in connections:
+            connection.buffer = b""
+            sent_at[connection.sock.fileno()] = clock()
+            connection.sock.sendall(connection.request())
+        while True:
+            now = clock()
+            if cpu_at_measure is None and now >= measure_from:
+                cpu_at_measure = time.process_time()
+                completed = errors = 0
+                latencies.clear()
+            if now >= end:
+                break
+            for key, _ in selector.select(min(end - now, 0.5)):
+                connection = key.data
+                chunk = connection.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed a connection")
+                connection.buffer += chunk
+                if not connection.complete():
+                    continue
+                arrived = clock()
+                if arrived >= measure_from:
+                    latencies.append(arrived - sent_at[connection.sock.fileno()])
+                    completed += 1
+                    if not connection.succeeded():
+                        errors += 1
+                connection.buffer = b""
+                sent_at[connection.sock.fileno()] = arrived
+                connection.sock.sendall(connection.request())
+        measured_seconds = clock() - measure_from
+        cpu = time.process_time() - (cpu_at_measure if cpu_at_measure is not None else 0.0)
+        # Collect the answers still in flight so every connection is idle and in step for the next run.
+        deadline = clock() + 2.0
+        waiting = {c.sock.fileno() for c in connections if not c.complete()}
+        while waiting and clock() < deadline:
+            for key, _ in selector.select(0.1):
+                connection = key.data
+                connection.buffer += connection.sock.recv(65536)
+                if connection.complete():
+                    waiting.discard(connection.sock.fileno())
+    finally:
+        for connection in connections:
+            selector.unregister(connection.sock)
+            connection.sock.setblocking(True)
+        selector.close()
+    return LoadResult(completed, errors, 0, 0, measured_seconds, cpu, latencies)
+
+
+def _driver(settings: Settings, server: Server, connections: list[_Connection]) -> Callable[[], Run]:
+    return lambda: measured(
+        server, lambda: tcp_load(connections, seconds=settings.seconds, warmup=settings.warmup)
+    )
+
+
+def _close(connections: list[_Connection]) -> None:
+    for connection in connections:
+        connection.sock.close()
+
+
+def _start_tap_emulator(settings: Settings, name: str) -> Server:
+    return start_server(
+        name,
+        emulator_server("--state", ":memory:", coap=False, tap=True),
+        expect={"tcp"},
+        cwd=settings.work,
+    )
 
 
 def tap_tcp(settings: Settings) -> MetricResult:
-    return MetricResult("tap_tcp_ratio", "", "req/s", Target(">=", 0.5)).skip("Tap TCP face not built yet")
+    metric = MetricResult(
+        "tap_tcp_ratio",
+        f"Tap face getName req/s over {CONNECTIONS} TCP connections vs a plain asyncio TCP server "
+        "answering the same bytes",
+        "req/s",
+        Target(">=", 0.5),
+    )
+    emulator = _start_tap_emulator(settings, "emulator-tap")
+    echo = start_server("echo-tcp", ["-m", "bench.servers", "echo"], expect={"tcp"}, cwd=settings.work)
+    emulator_connections = echo_connections = []
+    try:
+        emulator_connections = _connect(emulator.endpoints["tcp"], encrypted=False)
+        echo_connections = _connect(echo.endpoints["tcp"], encrypted=False)
+        # The echo server must send what the emulator sends, or the comparison is not like for like.
+        answer = _exchange(emulator_connections[0].sock, GET_NAME)
+        if answer != decode_response(ECHO_RESPONSE):
+            raise RuntimeError(f"the emulator answered getName with {answer!r}, the echo server does not")
+        runs = interleave(
+            settings.rounds,
+            {
+                "echo": _driver(settings, echo, echo_connections),
+                "emulator": _driver(settings, emulator, emulator_connections),
+            },
+        )
+    finally:
+        _close(emulator_connections)
+        _close(echo_connections)
+        echo.stop()
+        emulator.stop()
+    metric.settle(
+        median([r.result.rate for r in runs["emulator"]]), median([r.result.rate for r in runs["echo"]])
+    )
+    metric.details = {"emulator": summary(runs["emulator"]), "baseline": summary(runs["echo"])}
+    return metric
 
 
 def tap_encrypted(settings: Settings) -> MetricResult:
-    return MetricResult("tap_encrypted_ratio", "", "req/s", Target(">=", 0.6)).skip(
-        "Tap TCP face not built yet"
+    metric = MetricResult(
+        "tap_encrypted_ratio",
+        f"getName req/s over {CONNECTIONS} TCP connections with a SCRAM session and the encrypted channel "
+        "vs the same emulator in clear",
+        "req/s",
+        Target(">=", 0.6),
     )
+    emulator = _start_tap_emulator(settings, "emulator-tap-encrypted")
+    plain: list[_Connection] = []
+    encrypted: list[_Connection] = []
+    try:
+        plain = _connect(emulator.endpoints["tcp"], encrypted=False)
+        encrypted = _connect(emulator.endpoints["tcp"], encrypted=True)
+        runs = interleave(
+            settings.rounds,
+            {
+                "plain": _driver(settings, emulator, plain),
+                "encrypted": _driver(settings, emulator, encrypted),
+            },
+        )
+    finally:
+        _close(plain)
+        _close(encrypted)
+        emulator.stop()
+    metric.settle(
+        median([r.result.rate for r in runs["encrypted"]]), median([r.result.rate for r in runs["plain"]])
+    )
+    metric.details = {"encrypted": summary(runs["encrypted"]), "baseline": summary(runs["plain"])}
+    return metric
