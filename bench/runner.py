@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,10 @@ class Run:
 
 
 def measured(server: Server, drive: Callable[[], LoadResult]) -> Run:
-    cpu_before = server.cpu_seconds()
+    cpu_before, started = server.cpu_seconds(), time.perf_counter()
     result = drive()
-    cpu = server.cpu_seconds() - cpu_before
-    return Run(result, cpu / result.seconds if result.seconds > 0 else 0.0)
+    cpu, wall = server.cpu_seconds() - cpu_before, time.perf_counter() - started
+    return Run(result, cpu / wall if wall > 0 else 0.0)
 
 
 def interleave(rounds: int, sides: dict[str, Callable[[], Run]]) -> dict[str, list[Run]]:
