@@ -158,3 +158,45 @@ def _readline_with_timeout(process: subprocess.Popen[str], timeout: float) -> st
             process.kill()
             raise AssertionError("server printed nothing in time")
     return process.stdout.readline().strip()
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+
+DEFAULT_TEST_PG = "postgresql://127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The base URL of a reachable PostgreSQL server (TAP_EMULATOR_TEST_PG, default the local ``test``
+    database), or a visible skip; under CI=true a missing server fails instead."""
+    from tap_emulator.store import redact_url
+
+    url = os.environ.get("TAP_EMULATOR_TEST_PG", DEFAULT_TEST_PG)
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3, autocommit=True) as connection:
+            connection.execute("SELECT 1")
+    except Exception as error:
+        reason = f"PostgreSQL not reachable at {redact_url(url)} (set TAP_EMULATOR_TEST_PG): {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def pg_schema(pg_server: str) -> Iterator[str]:
+    """The name of a fresh schema of the test's own, dropped afterwards (tests never share tables)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"tap_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")

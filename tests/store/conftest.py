@@ -7,24 +7,16 @@ Every PostgreSQL test gets its own schema (search_path set through the URL) and 
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tap_emulator.store import ManagementStore, open_store, redact_url
+from tap_emulator.store import ManagementStore, open_store
 from tap_emulator.store.urls import sqlite_path
-
-DEFAULT_TEST_PG = "postgresql://127.0.0.1:5432/test"
-
-
-def pg_base_url() -> str:
-    return os.environ.get("TAP_EMULATOR_TEST_PG", DEFAULT_TEST_PG)
 
 
 def with_parameters(url: str, **parameters: str) -> str:
@@ -33,36 +25,11 @@ def with_parameters(url: str, **parameters: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    """The base URL of a reachable PostgreSQL server, or a visible skip (a failure when CI=true)."""
-    url = pg_base_url()
-    try:
-        import psycopg
-
-        with psycopg.connect(url, connect_timeout=3, autocommit=True) as connection:
-            connection.execute("SELECT 1")
-    except Exception as error:
-        reason = f"PostgreSQL not reachable at {redact_url(url)} (set TAP_EMULATOR_TEST_PG): {error}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
-
-
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A URL whose tables live in a fresh schema of their own, dropped after the test."""
-    import psycopg
-
-    schema = f"tap_store_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_parameters(pg_server, options=f"-c search_path={schema}")
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+def pg_url(pg_server: str, pg_schema: str) -> str:
+    """A URL whose tables live in a fresh schema of their own (``pg_server`` and ``pg_schema`` come from
+    tests/conftest.py)."""
+    return with_parameters(pg_server, options=f"-c search_path={pg_schema}")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

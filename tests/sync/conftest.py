@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,11 +21,10 @@ from aiocoap.numbers.codes import Code
 
 from tap_emulator.app import Emulator, Endpoint, ServeOptions
 from tap_emulator.config import PROFILES_DIR
-from tap_emulator.store import ManagementStore, open_store, redact_url
+from tap_emulator.store import ManagementStore, open_store
 from tap_emulator.sync import SyncSettings
 from tap_emulator.tree import DeviceTree
 
-DEFAULT_TEST_PG = "postgresql://127.0.0.1:5432/test"
 FAST_SYNC = SyncSettings(backoff_base=0.05, backoff_cap=0.5, heartbeat=60.0)
 GROUP_OBJECT = 1025
 
@@ -35,38 +32,6 @@ GROUP_OBJECT = 1025
 def with_parameters(url: str, **parameters: str) -> str:
     query = "&".join(f"{name}={quote(value, safe='')}" for name, value in parameters.items())
     return f"{url}{'&' if '?' in url else '?'}{query}"
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    """A reachable PostgreSQL base URL, or a visible skip (a failure when CI=true)."""
-    url = os.environ.get("TAP_EMULATOR_TEST_PG", DEFAULT_TEST_PG)
-    try:
-        import psycopg
-
-        with psycopg.connect(url, connect_timeout=3, autocommit=True) as connection:
-            connection.execute("SELECT 1")
-    except Exception as error:
-        reason = f"PostgreSQL not reachable at {redact_url(url)} (set TAP_EMULATOR_TEST_PG): {error}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
-
-
-@pytest.fixture
-def pg_schema(pg_server: str) -> Iterator[str]:
-    """The name of a fresh schema, dropped after the test."""
-    import psycopg
-
-    schema = f"tap_sync_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield schema
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
