@@ -4,4 +4,6 @@ import sys
 
 from tap_emulator.cli import main
 
-sys.exit(main())
+# Guarded: the key-derivation worker process (spawn) imports the main module again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tap_emulator.config import Profile, SecurityMode, load_profile
 from tap_emulator.model import DeviceModel, default_model
+from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
-from tap_emulator.tree import DeviceTree
+from tap_emulator.tree import DeviceTree, Offload, run_in_thread
 
 __all__ = [
     "Emulator",
@@ -92,8 +93,12 @@ def open_device(
     model: DeviceModel | None = None,
     random_bytes: Callable[[int], bytes] = os.urandom,
     clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    offload: Offload = run_in_thread,
 ) -> DeviceTree:
-    """Open (and seed, if fresh) the state of a device and build its tree."""
+    """Open (and seed, if fresh) the state of a device and build its tree.
+
+    ``offload`` runs key derivations; by default a thread (the server passes its low-priority worker).
+    """
     state = DeviceState(state_path, clock=time.time)
     try:
         tree = DeviceTree(
@@ -102,6 +107,7 @@ def open_device(
             access=profile.access,
             random_bytes=random_bytes,
             clock_ms=clock_ms,
+            offload=offload,
         )
         if tree.is_fresh:
             tree.seed(profile)
@@ -132,7 +138,14 @@ class Emulator:
         from tap_emulator.faces.coap import start_coap_server
 
         state_path = self.options.state or str(default_state_path(self.profile))
-        tree = open_device(self.profile, state_path)
+        derivations = DerivationWorker()
+        try:
+            await derivations.start()
+            tree = open_device(self.profile, state_path, offload=derivations)
+        except BaseException:
+            derivations.close()
+            raise
+        self._closers.append(derivations.close)
         self.tree = tree
         self._closers.append(tree.state.close)
         try:

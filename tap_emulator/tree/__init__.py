@@ -7,9 +7,11 @@ from tap_emulator.tree.tree import (
     Caller,
     ChangeEvent,
     DeviceTree,
+    Offload,
     Request,
     Response,
     factory_changes,
+    run_in_thread,
 )
 
 __all__ = [
@@ -18,8 +20,10 @@ __all__ = [
     "Caller",
     "ChangeEvent",
     "DeviceTree",
+    "Offload",
     "Request",
     "Response",
     "Status",
     "factory_changes",
+    "run_in_thread",
 ]

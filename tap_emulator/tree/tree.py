@@ -46,9 +46,11 @@ __all__ = [
     "Caller",
     "ChangeEvent",
     "DeviceTree",
+    "Offload",
     "Request",
     "Response",
     "factory_changes",
+    "run_in_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,8 +238,14 @@ def factory_changes(
     return device_values, writes
 
 
-async def _in_thread(fn: Callable[[], T]) -> T:
-    return await asyncio.to_thread(fn)
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """The default ``Offload``: a worker thread of the event loop's default executor."""
+    return await asyncio.to_thread(fn, *args)
+
+
+Offload = Callable[..., Awaitable[Any]]
+"""``await offload(fn, *args)`` runs a module-level function off the event loop (a thread, or the
+low-priority process of ``tap_emulator.security.worker``)."""
 
 
 class DeviceTree:
@@ -251,7 +259,7 @@ class DeviceTree:
         access: AccessPolicy,
         random_bytes: Callable[[int], bytes],
         clock_ms: Callable[[], int],
-        offload: Callable[[Callable[[], Any]], Awaitable[Any]] = _in_thread,
+        offload: Offload = run_in_thread,
     ) -> None:
         self.model = model
         self.access = access
@@ -581,9 +589,8 @@ class DeviceTree:
         try:
             if isinstance(req.value, str):
                 salt = draw_user_salt(self._random_bytes)
-                password = req.value
                 credential: Credential = await self._offload(
-                    lambda: credential_from_password(password, salt, iterations)
+                    credential_from_password, req.value, salt, iterations
                 )
             elif isinstance(req.value, bytes):
                 credential = credential_from_key(req.value, iterations)
