@@ -1,7 +1,8 @@
 """A minimal CoAP (RFC 7252) message encoder/decoder for tests that must see message types on the wire.
 
 aiocoap hides whether a notification arrived CON or NON and answers malformed input politely; the
-Observe and fuzzing tests need the raw datagrams, so they build and read them with this.
+Observe and fuzzing tests need the raw datagrams, so they build and read them with this (options are
+encoded by the benchmarks' hand-written framing, ``bench.coap_wire``).
 """
 
 from __future__ import annotations
@@ -9,17 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from bench.coap_wire import encode_options
+
 CON, NON, ACK, RST = 0, 1, 2, 3
 GET, POST, PUT, DELETE = 1, 2, 3, 4
 OBSERVE, URI_PATH, CONTENT_FORMAT, ACCEPT = 6, 11, 12, 17
-
-
-def _option_nibble(value: int) -> tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes([value - 13])
-    return 14, (value - 269).to_bytes(2, "big")
 
 
 def encode(
@@ -31,13 +26,7 @@ def encode(
     payload: bytes = b"",
 ) -> bytes:
     out = bytearray([0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF])
-    out += token
-    previous = 0
-    for number, value in sorted(options or [], key=lambda item: item[0]):
-        delta, delta_ext = _option_nibble(number - previous)
-        length, length_ext = _option_nibble(len(value))
-        out += bytes([(delta << 4) | length]) + delta_ext + length_ext + value
-        previous = number
+    out += token + encode_options(options or [])
     if payload:
         out += b"\xff" + payload
     return bytes(out)
