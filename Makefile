@@ -42,8 +42,8 @@ test: install node system-deps
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check tap_emulator tests
-	$(VENV)/bin/ruff format --check tap_emulator tests
+	$(VENV)/bin/ruff check tap_emulator tests bench
+	$(VENV)/bin/ruff format --check tap_emulator tests bench
 	$(VENV)/bin/mypy
 
 bench: install

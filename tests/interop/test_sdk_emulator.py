@@ -86,7 +86,8 @@ def ok(result: dict[str, Any]) -> Any:
 
 def error_code(result: dict[str, Any]) -> str | None:
     assert not result["ok"], result
-    return result["error"]["code"]
+    code: str | None = result["error"]["code"]
+    return code
 
 
 def profile_file(tmp_path: Path, **security: object) -> str:

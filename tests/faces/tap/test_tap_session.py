@@ -7,7 +7,7 @@ the SDK sends (spec vectors/apdu.txt and vectors/encrypted-frame.txt, copied in 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ from tap_support import (
 from tap_emulator.codec.apdu import NFC_SELECT, Method, TapRequest, decode_response, encode_request
 from tap_emulator.codec.secure_frame import encrypt_frame
 from tap_emulator.config import SecurityMode
-from tap_emulator.faces.tap import TRACE_LOGGER
+from tap_emulator.faces.tap import TRACE_LOGGER, TapSession
 from tap_emulator.model import Operation
 from tap_emulator.security import derive_scram_keys, hash_login_password
 
@@ -65,11 +65,11 @@ def device() -> Iterator[Device]:
     dev.close()
 
 
-async def exchange(session: object, request_hex: str) -> str:
-    return (await session.handle_frame(bytes.fromhex(request_hex))).hex()  # type: ignore[attr-defined]
+async def exchange(session: TapSession, request_hex: str) -> str:
+    return (await session.handle_frame(bytes.fromhex(request_hex))).hex()
 
 
-async def expect_vector(session: object, call: str) -> None:
+async def expect_vector(session: TapSession, call: str) -> None:
     request, response = APDU[call]
     assert await exchange(session, request) == response, call
 
@@ -183,7 +183,7 @@ async def test_encrypted_frame_vector_is_reproduced() -> None:
 
 
 @pytest.fixture
-async def scram_device() -> Iterator[Device]:
+async def scram_device() -> AsyncIterator[Device]:
     dev = make_device(device_profile(SecurityMode.SCRAM))
     yield dev
     dev.close()
