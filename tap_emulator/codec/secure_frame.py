@@ -22,6 +22,7 @@ __all__ = [
     "BLOCK_SIZE",
     "KEY_SIZE",
     "ZERO_IV",
+    "FrameCipher",
     "SecureChannel",
     "SecureFrameError",
     "crc32_mpeg2",
@@ -105,6 +106,70 @@ def _run(cipher: Cipher[modes.CBC], data: bytes, *, encrypt: bool) -> bytes:
     return context.update(data) + context.finalize()
 
 
+def _block_int(block: bytes) -> int:
+    return int.from_bytes(block, "big")
+
+
+def _xor_first_block(data: bytes, mask: int) -> bytes:
+    head = (_block_int(data[:BLOCK_SIZE]) ^ mask).to_bytes(BLOCK_SIZE, "big")
+    return head + data[BLOCK_SIZE:]
+
+
+class FrameCipher:
+    """AES-128-CBC under one session key with the IV reset for every frame, for either side of a channel.
+
+    Building an OpenSSL context costs more than encrypting a short frame, so this keeps one encrypting
+    and one decrypting CBC context for the life of the key. A CBC context chains each call from the
+    last ciphertext block it handled; XOR-ing ``IV ^ that block`` into the first plaintext block before
+    encrypting (or into the first decrypted block after decrypting) gives exactly the bytes of a fresh
+    context started at the IV. Not thread-safe: one per session, as a session handles one frame at a time.
+    """
+
+    __slots__ = ("_decrypt_chain", "_decryptor", "_encrypt_chain", "_encryptor")
+
+    def __init__(self, session_key: bytes) -> None:
+        _check_key(session_key)
+        cipher = Cipher(algorithms.AES(session_key), modes.CBC(ZERO_IV))
+        self._encryptor = cipher.encryptor()
+        self._decryptor = cipher.decryptor()
+        # The last ciphertext block each context has handled, as an int (the contexts start at ZERO_IV).
+        self._encrypt_chain = 0
+        self._decrypt_chain = 0
+
+    def __repr__(self) -> str:
+        return "FrameCipher()"
+
+    def encrypt_blocks(self, iv: int, plaintext: bytes) -> bytes:
+        """CBC-encrypt whole blocks from ``iv`` (the IV's bytes as a big-endian int)."""
+        _check_aligned(plaintext)
+        mask = iv ^ self._encrypt_chain
+        if mask:
+            plaintext = _xor_first_block(plaintext, mask)
+        ciphertext = self._encryptor.update(plaintext)
+        self._encrypt_chain = _block_int(ciphertext[-BLOCK_SIZE:])
+        return ciphertext
+
+    def decrypt_blocks(self, iv: int, ciphertext: bytes) -> bytes:
+        """CBC-decrypt whole blocks from ``iv`` (the IV's bytes as a big-endian int)."""
+        _check_aligned(ciphertext)
+        plaintext = self._decryptor.update(ciphertext)
+        mask = iv ^ self._decrypt_chain
+        self._decrypt_chain = _block_int(ciphertext[-BLOCK_SIZE:])
+        if mask:
+            plaintext = _xor_first_block(plaintext, mask)
+        return plaintext
+
+    def encrypt_frame(self, iv: bytes, counter: int, payload: bytes) -> bytes:
+        """Same bytes as the module's `encrypt_frame` with this key."""
+        _check_iv(iv)
+        return self.encrypt_blocks(_block_int(iv), wrap(counter, payload))
+
+    def decrypt_frame(self, iv: bytes, ciphertext: bytes) -> tuple[int, bytes]:
+        """Same result as the module's `decrypt_frame` with this key."""
+        _check_iv(iv)
+        return unwrap(self.decrypt_blocks(_block_int(iv), ciphertext))
+
+
 def _check_aligned(ciphertext: bytes) -> None:
     if not ciphertext or len(ciphertext) % BLOCK_SIZE:
         raise SecureFrameError(f"ciphertext of {len(ciphertext)} bytes is not a whole number of AES blocks")
@@ -145,19 +210,19 @@ class SecureChannel:
     """
 
     __slots__ = (
-        "_algorithm",
+        "_cipher",
         "_frames",
         "_last_counter",
-        "_request_cipher",
-        "_response_cipher",
+        "_request_iv",
+        "_response_iv",
         "_staged_ivs",
     )
 
     def __init__(self, session_key: bytes) -> None:
-        _check_key(session_key)
-        self._algorithm = algorithms.AES(session_key)
-        self._request_cipher = Cipher(self._algorithm, modes.CBC(ZERO_IV))
-        self._response_cipher = self._request_cipher
+        self._cipher = FrameCipher(session_key)
+        # IVs as ints, the form `FrameCipher` takes them in.
+        self._request_iv = 0
+        self._response_iv = 0
         self._staged_ivs: tuple[bytes, bytes] | None = None
         self._last_counter: int | None = None
         self._frames = 0
@@ -176,10 +241,10 @@ class SecureChannel:
         if self._staged_ivs is not None:
             request_iv, response_iv = self._staged_ivs
             self._staged_ivs = None
-            self._request_cipher = Cipher(self._algorithm, modes.CBC(request_iv))
-            self._response_cipher = Cipher(self._algorithm, modes.CBC(response_iv))
+            self._request_iv = _block_int(request_iv)
+            self._response_iv = _block_int(response_iv)
             self._last_counter = None
-        counter, inner = unwrap(_run(self._request_cipher, ciphertext, encrypt=False))
+        counter, inner = unwrap(self._cipher.decrypt_blocks(self._request_iv, ciphertext))
         last = self._last_counter
         if last is not None and counter <= last:
             raise SecureFrameError(f"frame counter {counter} does not increase past {last}")
@@ -196,7 +261,7 @@ class SecureChannel:
         counter = self._last_counter
         if counter is None:
             raise RuntimeError("no opened request to answer")
-        return _run(self._response_cipher, wrap(counter, apdu_response), encrypt=True)
+        return self._cipher.encrypt_blocks(self._response_iv, wrap(counter, apdu_response))
 
     def set_ivs(self, iv_encode: bytes, iv_decode: bytes) -> None:
         """Stage new IVs, named from the client's side as in the SDK, to take effect at the next request.

@@ -20,6 +20,7 @@ from tap_emulator.codec.apdu import (
 )
 from tap_emulator.codec.secure_frame import (
     ZERO_IV,
+    FrameCipher,
     SecureChannel,
     SecureFrameError,
     crc32_mpeg2,
@@ -395,3 +396,57 @@ def test_encrypt_decrypt_round_trip(counter: int, payload: bytes, iv: bytes) -> 
         counter,
         payload,
     )
+
+
+# ---- FrameCipher: long-lived contexts, same bytes as fresh ones ------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.binary(max_size=80),
+            st.sampled_from((ZERO_IV, CLIENT_IV, TAP_IV, bytes(range(16)))),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_frame_cipher_matches_a_fresh_context_for_every_frame(
+    frames: list[tuple[int, bytes, bytes]],
+) -> None:
+    # One cipher for a whole sequence of frames: each must come out as if its context were new,
+    # whatever IV the frame before it used and whatever its own length.
+    cipher = FrameCipher(SESSION_KEY)
+    for counter, payload, iv in frames:
+        ciphertext = cipher.encrypt_frame(iv, counter, payload)
+        assert ciphertext == encrypt_frame(SESSION_KEY, iv, counter, payload)
+        assert cipher.decrypt_frame(iv, ciphertext) == (counter, payload)
+
+
+def test_frame_cipher_decrypts_the_vector_after_other_frames() -> None:
+    cipher = FrameCipher(SESSION_KEY)
+    cipher.decrypt_blocks(int.from_bytes(TAP_IV, "big"), bytes(48))  # moves the context's chaining
+    assert cipher.decrypt_frame(ZERO_IV, REQUEST_CIPHERTEXT) == (0, INNER_REQUEST)
+    assert cipher.decrypt_frame(ZERO_IV, RESPONSE_CIPHERTEXT) == (0, APDU_RESPONSE)
+
+
+def test_frame_cipher_a_refused_frame_does_not_disturb_the_next() -> None:
+    cipher = FrameCipher(SESSION_KEY)
+    with pytest.raises(SecureFrameError):
+        cipher.decrypt_frame(ZERO_IV, bytes(32))
+    with pytest.raises(SecureFrameError, match="AES blocks"):
+        cipher.decrypt_frame(ZERO_IV, bytes(20))
+    assert cipher.decrypt_frame(ZERO_IV, REQUEST_CIPHERTEXT) == (0, INNER_REQUEST)
+
+
+def test_frame_cipher_checks_sizes_and_keeps_the_key_out_of_its_repr() -> None:
+    with pytest.raises(ValueError, match="session key must be 16 bytes"):
+        FrameCipher(SESSION_KEY[:15])
+    cipher = FrameCipher(SESSION_KEY)
+    with pytest.raises(ValueError, match="IV must be 16 bytes"):
+        cipher.encrypt_frame(ZERO_IV[:15], 0, b"")
+    with pytest.raises(ValueError, match="IV must be 16 bytes"):
+        cipher.decrypt_frame(ZERO_IV + b"\x00", REQUEST_CIPHERTEXT)
+    assert repr(cipher) == "FrameCipher()"
