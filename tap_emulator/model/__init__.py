@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,22 @@ __all__ = [
 ]
 
 EMU_NS = "urn:tap-emulator:model:1"
-RESOURCES_DIR = Path(__file__).resolve().parents[2] / "resources"
+
+
+def find_resources_dir() -> Path:
+    """Where ``resources/`` is: the checkout (run from source or an editable install), else the copy a
+    wheel installs under ``{prefix}/share/tap-emulator/resources``."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "resources",
+        Path(sys.prefix) / "share" / "tap-emulator" / "resources",
+    ]
+    for candidate in candidates:
+        if (candidate / "objects").is_dir():
+            return candidate
+    return candidates[0]
+
+
+RESOURCES_DIR = find_resources_dir()
 DEFAULT_OBJECTS_DIR = RESOURCES_DIR / "objects"
 
 
