@@ -21,7 +21,7 @@ from bench.results import MetricResult, Target
 from bench.runner import Run, Settings, interleave, measured, median, summary
 from bench.servers import ECHO_RESPONSE
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
-from tap_emulator.codec.secure_frame import decrypt_frame, encrypt_frame
+from tap_emulator.codec.secure_frame import FrameCipher, wrap
 from tap_emulator.security import client_proof, derive_scram_keys, hash_login_password, session_key
 
 CONNECTIONS = 16
@@ -33,10 +33,27 @@ CONTENT = 0x45
 STATUS_WORD = b"\x90\x00"
 
 GET_NAME = encode_request(TapRequest(Method.GET, GROUP_OBJECT, ANONYMOUS, 0))  # group.getName(0)
+GET_NAME_INNER = GET_NAME[5:]  # what the encrypted channel carries: the request without its APDU header
 
 
 def _interface_get(resource: int, payload: bytes = b"") -> bytes:
     return encode_request(TapRequest(Method.GET, INTERFACE_OBJECT, None, resource, payload))
+
+
+def _tunnel_prefix() -> bytes:
+    """The bytes of ``GET /1024//48`` before its payload, for an encrypted getName (fixed length).
+
+    The payload is the APDU's tail, so each request is this prefix + a fresh ciphertext: the generator
+    encodes the outer request once, not once per request.
+    """
+    size = len(wrap(0, GET_NAME_INNER))
+    prefix = _interface_get(48, bytes(size))[:-size]
+    if _interface_get(48, b"\xff" * size) != prefix + b"\xff" * size:
+        raise RuntimeError("the APDU encoding no longer ends with the payload")
+    return prefix
+
+
+ENCRYPTED_GET_NAME_PREFIX = _tunnel_prefix()
 
 
 def _exchange(sock: socket.socket, frame: bytes) -> tuple[int, bytes]:
@@ -55,29 +72,31 @@ class _Connection:
     """One SDK-like connection: builds the next request, checks a complete response."""
 
     sock: socket.socket
-    key: bytes | None = field(default=None, repr=False)
+    # One long-lived cipher per session key: building AES contexts per frame would make the generator,
+    # sharing the cores with the server, the bottleneck of the encrypted run.
+    cipher: FrameCipher | None = field(default=None, repr=False)
     counter: int = 0
     buffer: bytes = b""
 
     def request(self) -> bytes:
-        if self.key is None:
+        if self.cipher is None:
             return GET_NAME
-        ciphertext = encrypt_frame(self.key, ZERO_IV, self.counter, GET_NAME[5:])
+        ciphertext = self.cipher.encrypt_frame(ZERO_IV, self.counter, GET_NAME_INNER)
         self.counter += 1
-        return _interface_get(48, ciphertext)
+        return ENCRYPTED_GET_NAME_PREFIX + ciphertext
 
     def complete(self) -> bool:
         data = self.buffer
         if len(data) < 3 or not data.endswith(STATUS_WORD):
             return False
         # An encrypted answer is status + AES blocks + 90 00: a partial read cannot pass for one.
-        return self.key is None or (len(data) - 3) % 16 == 0
+        return self.cipher is None or (len(data) - 3) % 16 == 0
 
     def succeeded(self) -> bool:
         status, body = decode_response(self.buffer)
-        if self.key is None or status != CONTENT:
+        if self.cipher is None or status != CONTENT:
             return status == CONTENT
-        _counter, plain = decrypt_frame(self.key, ZERO_IV, body)
+        _counter, plain = self.cipher.decrypt_frame(ZERO_IV, body)
         return decode_response(plain)[0] == CONTENT
 
     def login(self) -> None:
@@ -97,7 +116,7 @@ class _Connection:
         )
         if status != CONTENT:
             raise RuntimeError(f"SCRAM login step 2 answered 0x{status:02X}")
-        self.key = session_key(keys, client_nonce, server_nonce)
+        self.cipher = FrameCipher(session_key(keys, client_nonce, server_nonce))
 
 
 def _connect(address: tuple[str, int], *, encrypted: bool) -> list[_Connection]:
