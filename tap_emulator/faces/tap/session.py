@@ -236,25 +236,25 @@ class TapSession:
             reply = _Reply(TapStatus.INTERNAL_SERVER_ERROR)
         finally:
             self._apply_deferred()
-        self._trace(
-            f"{request.method.name} {request.path}", len(request.payload), reply.status, len(reply.data)
-        )
+        self._trace(request, len(request.payload), reply.status, len(reply.data))
         return encode_response(reply.status, reply.data)
 
     def _trace(
-        self, what: str, request_size: int, status: int, data_size: int, *, inner: bool = False
+        self, what: TapRequest | str, request_size: int, status: int, data_size: int, *, inner: bool = False
     ) -> None:
-        if self.face.trace:
-            # Sizes only: payloads may hold passwords, keys, proofs or decrypted credentials.
-            trace_log.info(
-                "%s %s%s req %dB -> 0x%02X resp %dB",
-                self.peer,
-                "  [encrypted] " if inner else "",
-                what,
-                request_size,
-                status,
-                data_size,
-            )
+        if not self.face.trace:
+            return  # the label is only built when traced: this runs for every frame
+        label = what if isinstance(what, str) else f"{what.method.name} {what.path}"
+        # Sizes only: payloads may hold passwords, keys, proofs or decrypted credentials.
+        trace_log.info(
+            "%s %s%s req %dB -> 0x%02X resp %dB",
+            self.peer,
+            "  [encrypted] " if inner else "",
+            label,
+            request_size,
+            status,
+            data_size,
+        )
 
     def _apply_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -488,13 +488,7 @@ class TapSession:
             self._trace("malformed inner frame", len(inner_bytes), reply.status, 0, inner=True)
         else:
             reply = await self._serve(inner, encrypted=True)
-            self._trace(
-                f"{inner.method.name} {inner.path}",
-                len(inner.payload),
-                reply.status,
-                len(reply.data),
-                inner=True,
-            )
+            self._trace(inner, len(inner.payload), reply.status, len(reply.data), inner=True)
         return _Reply(TapStatus.CONTENT, channel.seal_response(encode_response(reply.status, reply.data)))
 
 
