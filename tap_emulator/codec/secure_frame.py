@@ -37,7 +37,7 @@ KEY_SIZE: Final = 16  # AES-128
 ZERO_IV: Final = bytes(BLOCK_SIZE)
 _ENVELOPE_SIZE: Final = 8  # counter, length, CRC
 _PREFIX: Final = struct.Struct(">HH")
-_CRC: Final = struct.Struct(">I")
+_ZERO_PADDING: Final = bytes(BLOCK_SIZE - 1)
 
 
 class SecureFrameError(ValueError):
@@ -49,10 +49,15 @@ class SecureFrameError(ValueError):
 _BIT_REVERSED: Final = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 
 
+def _crc_field(data: bytes) -> bytes:
+    """CRC-32/MPEG-2 of ``data`` as the frame carries it (u32 big-endian)."""
+    reflected = zlib.crc32(data.translate(_BIT_REVERSED)) ^ 0xFFFFFFFF  # undo zlib's final xor-out
+    return reflected.to_bytes(4, "little").translate(_BIT_REVERSED)
+
+
 def crc32_mpeg2(data: bytes) -> int:
     """CRC-32/MPEG-2 (poly 0x04C11DB7, init 0xFFFFFFFF, unreflected, no xor-out) of ``data``."""
-    reflected = zlib.crc32(data.translate(_BIT_REVERSED)) ^ 0xFFFFFFFF  # undo zlib's final xor-out
-    return int.from_bytes(reflected.to_bytes(4, "little").translate(_BIT_REVERSED), "big")
+    return int.from_bytes(_crc_field(data), "big")
 
 
 def _padded_size(payload_length: int) -> int:
@@ -69,8 +74,8 @@ def wrap(counter: int, payload: bytes) -> bytes:
     if len(payload) > 0xFFFF:
         raise ValueError("payload longer than 65535 bytes")
     padding = _padded_size(len(payload)) - _ENVELOPE_SIZE - len(payload)
-    body = _PREFIX.pack(counter, len(payload)) + payload + bytes(padding)
-    return body + _CRC.pack(crc32_mpeg2(body))
+    body = _PREFIX.pack(counter, len(payload)) + payload + _ZERO_PADDING[:padding]
+    return body + _crc_field(body)
 
 
 def unwrap(plaintext: bytes) -> tuple[int, bytes]:
@@ -85,8 +90,7 @@ def unwrap(plaintext: bytes) -> tuple[int, bytes]:
     counter, length = _PREFIX.unpack_from(plaintext)
     if _padded_size(length) != size:
         raise SecureFrameError(f"length field {length} does not match a {size}-byte frame")
-    (crc,) = _CRC.unpack_from(plaintext, size - 4)
-    if crc != crc32_mpeg2(plaintext[:-4]):
+    if plaintext[-4:] != _crc_field(plaintext[:-4]):
         raise SecureFrameError("CRC mismatch")
     return counter, bytes(plaintext[4 : 4 + length])
 
@@ -106,12 +110,8 @@ def _run(cipher: Cipher[modes.CBC], data: bytes, *, encrypt: bool) -> bytes:
     return context.update(data) + context.finalize()
 
 
-def _block_int(block: bytes) -> int:
-    return int.from_bytes(block, "big")
-
-
 def _xor_first_block(data: bytes, mask: int) -> bytes:
-    head = (_block_int(data[:BLOCK_SIZE]) ^ mask).to_bytes(BLOCK_SIZE, "big")
+    head = (int.from_bytes(data[:BLOCK_SIZE], "big") ^ mask).to_bytes(BLOCK_SIZE, "big")
     return head + data[BLOCK_SIZE:]
 
 
@@ -146,7 +146,7 @@ class FrameCipher:
         if mask:
             plaintext = _xor_first_block(plaintext, mask)
         ciphertext = self._encryptor.update(plaintext)
-        self._encrypt_chain = _block_int(ciphertext[-BLOCK_SIZE:])
+        self._encrypt_chain = int.from_bytes(ciphertext[-BLOCK_SIZE:], "big")
         return ciphertext
 
     def decrypt_blocks(self, iv: int, ciphertext: bytes) -> bytes:
@@ -154,7 +154,7 @@ class FrameCipher:
         _check_aligned(ciphertext)
         plaintext = self._decryptor.update(ciphertext)
         mask = iv ^ self._decrypt_chain
-        self._decrypt_chain = _block_int(ciphertext[-BLOCK_SIZE:])
+        self._decrypt_chain = int.from_bytes(ciphertext[-BLOCK_SIZE:], "big")
         if mask:
             plaintext = _xor_first_block(plaintext, mask)
         return plaintext
@@ -162,12 +162,12 @@ class FrameCipher:
     def encrypt_frame(self, iv: bytes, counter: int, payload: bytes) -> bytes:
         """Same bytes as the module's `encrypt_frame` with this key."""
         _check_iv(iv)
-        return self.encrypt_blocks(_block_int(iv), wrap(counter, payload))
+        return self.encrypt_blocks(int.from_bytes(iv, "big"), wrap(counter, payload))
 
     def decrypt_frame(self, iv: bytes, ciphertext: bytes) -> tuple[int, bytes]:
         """Same result as the module's `decrypt_frame` with this key."""
         _check_iv(iv)
-        return unwrap(self.decrypt_blocks(_block_int(iv), ciphertext))
+        return unwrap(self.decrypt_blocks(int.from_bytes(iv, "big"), ciphertext))
 
 
 def _check_aligned(ciphertext: bytes) -> None:
@@ -241,8 +241,8 @@ class SecureChannel:
         if self._staged_ivs is not None:
             request_iv, response_iv = self._staged_ivs
             self._staged_ivs = None
-            self._request_iv = _block_int(request_iv)
-            self._response_iv = _block_int(response_iv)
+            self._request_iv = int.from_bytes(request_iv, "big")
+            self._response_iv = int.from_bytes(response_iv, "big")
             self._last_counter = None
         counter, inner = unwrap(self._cipher.decrypt_blocks(self._request_iv, ciphertext))
         last = self._last_counter
