@@ -110,64 +110,58 @@ def _run(cipher: Cipher[modes.CBC], data: bytes, *, encrypt: bool) -> bytes:
     return context.update(data) + context.finalize()
 
 
-def _xor_first_block(data: bytes, mask: int) -> bytes:
-    head = (int.from_bytes(data[:BLOCK_SIZE], "big") ^ mask).to_bytes(BLOCK_SIZE, "big")
-    return head + data[BLOCK_SIZE:]
-
-
 class FrameCipher:
     """AES-128-CBC under one session key with the IV reset for every frame, for either side of a channel.
 
     Building an OpenSSL context costs more than encrypting a short frame, so this keeps one encrypting
-    and one decrypting CBC context for the life of the key. A CBC context chains each call from the
-    last ciphertext block it handled; XOR-ing ``IV ^ that block`` into the first plaintext block before
-    encrypting (or into the first decrypted block after decrypting) gives exactly the bytes of a fresh
-    context started at the IV. Not thread-safe: one per session, as a session handles one frame at a time.
+    and one decrypting CBC context for the life of the key and steers their chaining instead:
+
+    - a CBC decryptor chains from the last ciphertext block it was given, so feeding it the IV as one
+      extra block first (its output dropped) decrypts the frame exactly as a fresh context at that IV;
+    - a CBC encryptor chains from the last block it produced, so XOR-ing ``IV ^ that block`` into the
+      first plaintext block gives exactly the ciphertext of a fresh context at the IV.
+
+    Not thread-safe: one per session, as a session handles one frame at a time.
     """
 
-    __slots__ = ("_decrypt_chain", "_decryptor", "_encrypt_chain", "_encryptor")
+    __slots__ = ("_decryptor", "_encrypt_chain", "_encryptor")
 
     def __init__(self, session_key: bytes) -> None:
         _check_key(session_key)
         cipher = Cipher(algorithms.AES(session_key), modes.CBC(ZERO_IV))
         self._encryptor = cipher.encryptor()
         self._decryptor = cipher.decryptor()
-        # The last ciphertext block each context has handled, as an int (the contexts start at ZERO_IV).
+        # The last ciphertext block the encryptor produced, as an int (it starts at ZERO_IV).
         self._encrypt_chain = 0
-        self._decrypt_chain = 0
 
     def __repr__(self) -> str:
         return "FrameCipher()"
 
-    def encrypt_blocks(self, iv: int, plaintext: bytes) -> bytes:
-        """CBC-encrypt whole blocks from ``iv`` (the IV's bytes as a big-endian int)."""
+    def encrypt_blocks(self, iv: bytes, plaintext: bytes) -> bytes:
+        """CBC-encrypt whole blocks from ``iv``."""
+        _check_iv(iv)
         _check_aligned(plaintext)
-        mask = iv ^ self._encrypt_chain
+        mask = int.from_bytes(iv, "big") ^ self._encrypt_chain
         if mask:
-            plaintext = _xor_first_block(plaintext, mask)
+            head = (int.from_bytes(plaintext[:BLOCK_SIZE], "big") ^ mask).to_bytes(BLOCK_SIZE, "big")
+            plaintext = head + plaintext[BLOCK_SIZE:]
         ciphertext = self._encryptor.update(plaintext)
         self._encrypt_chain = int.from_bytes(ciphertext[-BLOCK_SIZE:], "big")
         return ciphertext
 
-    def decrypt_blocks(self, iv: int, ciphertext: bytes) -> bytes:
-        """CBC-decrypt whole blocks from ``iv`` (the IV's bytes as a big-endian int)."""
+    def decrypt_blocks(self, iv: bytes, ciphertext: bytes) -> bytes:
+        """CBC-decrypt whole blocks from ``iv``."""
+        _check_iv(iv)
         _check_aligned(ciphertext)
-        plaintext = self._decryptor.update(ciphertext)
-        mask = iv ^ self._decrypt_chain
-        self._decrypt_chain = int.from_bytes(ciphertext[-BLOCK_SIZE:], "big")
-        if mask:
-            plaintext = _xor_first_block(plaintext, mask)
-        return plaintext
+        return self._decryptor.update(iv + ciphertext)[BLOCK_SIZE:]
 
     def encrypt_frame(self, iv: bytes, counter: int, payload: bytes) -> bytes:
         """Same bytes as the module's `encrypt_frame` with this key."""
-        _check_iv(iv)
-        return self.encrypt_blocks(int.from_bytes(iv, "big"), wrap(counter, payload))
+        return self.encrypt_blocks(iv, wrap(counter, payload))
 
     def decrypt_frame(self, iv: bytes, ciphertext: bytes) -> tuple[int, bytes]:
         """Same result as the module's `decrypt_frame` with this key."""
-        _check_iv(iv)
-        return unwrap(self.decrypt_blocks(int.from_bytes(iv, "big"), ciphertext))
+        return unwrap(self.decrypt_blocks(iv, ciphertext))
 
 
 def _check_aligned(ciphertext: bytes) -> None:
@@ -220,9 +214,8 @@ class SecureChannel:
 
     def __init__(self, session_key: bytes) -> None:
         self._cipher = FrameCipher(session_key)
-        # IVs as ints, the form `FrameCipher` takes them in.
-        self._request_iv = 0
-        self._response_iv = 0
+        self._request_iv = ZERO_IV
+        self._response_iv = ZERO_IV
         self._staged_ivs: tuple[bytes, bytes] | None = None
         self._last_counter: int | None = None
         self._frames = 0
@@ -239,10 +232,8 @@ class SecureChannel:
         """Decrypt and check one ``/1024//48`` payload; return the inner request bytes."""
         _check_aligned(ciphertext)
         if self._staged_ivs is not None:
-            request_iv, response_iv = self._staged_ivs
+            self._request_iv, self._response_iv = self._staged_ivs
             self._staged_ivs = None
-            self._request_iv = int.from_bytes(request_iv, "big")
-            self._response_iv = int.from_bytes(response_iv, "big")
             self._last_counter = None
         counter, inner = unwrap(self._cipher.decrypt_blocks(self._request_iv, ciphertext))
         last = self._last_counter

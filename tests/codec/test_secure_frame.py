@@ -425,9 +425,11 @@ def test_frame_cipher_matches_a_fresh_context_for_every_frame(
         assert cipher.decrypt_frame(iv, ciphertext) == (counter, payload)
 
 
-def test_frame_cipher_decrypts_the_vector_after_other_frames() -> None:
+def test_frame_cipher_both_ways_on_the_vector_after_other_frames() -> None:
     cipher = FrameCipher(SESSION_KEY)
-    cipher.decrypt_blocks(int.from_bytes(TAP_IV, "big"), bytes(48))  # moves the context's chaining
+    cipher.encrypt_blocks(CLIENT_IV, bytes(32))
+    assert cipher.encrypt_frame(ZERO_IV, 0, INNER_REQUEST) == REQUEST_CIPHERTEXT
+    cipher.decrypt_blocks(TAP_IV, bytes(48))  # moves the context's chaining
     assert cipher.decrypt_frame(ZERO_IV, REQUEST_CIPHERTEXT) == (0, INNER_REQUEST)
     assert cipher.decrypt_frame(ZERO_IV, RESPONSE_CIPHERTEXT) == (0, APDU_RESPONSE)
 
@@ -449,4 +451,6 @@ def test_frame_cipher_checks_sizes_and_keeps_the_key_out_of_its_repr() -> None:
         cipher.encrypt_frame(ZERO_IV[:15], 0, b"")
     with pytest.raises(ValueError, match="IV must be 16 bytes"):
         cipher.decrypt_frame(ZERO_IV + b"\x00", REQUEST_CIPHERTEXT)
+    with pytest.raises(ValueError, match="IV must be 16 bytes"):
+        cipher.decrypt_blocks(ZERO_IV[:8], REQUEST_CIPHERTEXT)
     assert repr(cipher) == "FrameCipher()"
