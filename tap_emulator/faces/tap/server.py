@@ -26,6 +26,8 @@ __all__ = ["TapServer", "start_tcp_server", "start_ws_server"]
 
 log = logging.getLogger(__name__)
 
+_CLOSE_TIMEOUT = 5.0
+_WS_HANDSHAKE_TIMEOUT = 3.0
 _READ_SIZE = 4096
 # The longest frame is 5 + 255 bytes; a WebSocket message much larger than that is not a Tap frame.
 _WS_MAX_MESSAGE = 1024
@@ -61,9 +63,14 @@ def _listen_error(kind: str, host: str, port: int, exc: OSError) -> OSError:
 async def start_tcp_server(face: TapFace, host: str, port: int) -> TapServer:
     """Listen for Tap frames over TCP; raises OSError (EADDRINUSE ...) naming the address."""
     writers: set[asyncio.StreamWriter] = set()
+    handlers: set[asyncio.Task[None]] = set()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -101,6 +108,10 @@ async def start_tcp_server(face: TapFace, host: str, port: int) -> TapServer:
         server.close()
         for writer in list(writers):
             writer.close()
+        # Let each connection handler see its end of stream and finish: a handler still pending when the
+        # loop shuts down would be cancelled, which asyncio 3.11 reports as an error with a traceback.
+        if handlers:
+            await asyncio.wait(list(handlers), timeout=_CLOSE_TIMEOUT)
         await server.wait_closed()
 
     return TapServer("tcp", (host, int(bound[1])), close)
@@ -124,7 +135,15 @@ async def start_ws_server(face: TapFace, host: str, port: int) -> TapServer:
 
     try:
         server: Server = await serve(
-            connection, host, port, max_size=_WS_MAX_MESSAGE, compression=None, logger=log
+            connection,
+            host,
+            port,
+            max_size=_WS_MAX_MESSAGE,
+            compression=None,
+            logger=log,
+            # A client on a Tap link opens and closes at once; a stalled peer must not hold a shutdown.
+            open_timeout=_WS_HANDSHAKE_TIMEOUT,
+            close_timeout=_WS_HANDSHAKE_TIMEOUT,
         )
     except OSError as exc:
         raise _listen_error("WebSocket", host, port, exc) from None

@@ -114,3 +114,24 @@ def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 2
     assert "port must be a number" in stderr
+
+
+def test_sigterm_with_connected_clients_stops_cleanly(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    process = _serve("--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", cwd=tmp_path)
+    processes.append(process)
+    tcp_line, ws_line = _read_lines(process, 2)
+    tcp_port = int(tcp_line.rsplit(":", 1)[1])
+    ws_port = int(ws_line.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", tcp_port), timeout=TIMEOUT) as tcp:
+        tcp.sendall(GET_FIRMWARE)
+        assert tcp.recv(64).startswith(b"\x45")
+        with socket.create_connection(("127.0.0.1", ws_port), timeout=TIMEOUT) as ws:
+            # An open WebSocket handshake in progress and an idle TCP session are both still connected.
+            ws.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0
+    assert "Traceback" not in stderr
+    assert "Exception" not in stderr
