@@ -33,6 +33,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+COAP_PORT = 5683  # RFC 7252
+TAP_TCP_PORT = 2000  # what a Wi-Fi TapNLink listens on
+TAP_WS_PORT = 2001
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     host: str
@@ -77,12 +82,12 @@ def default_state_path(profile: Profile) -> Path:
 class ServeOptions:
     profile: str = "default"
     state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
-    coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 5683))
+    coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", COAP_PORT))
     security: SecurityMode | None = None  # overrides the profile's mode when given
     store: str | None = None  # management store URL; None: beside the state file; "off": no sync
     sync: SyncSettings = field(default_factory=SyncSettings)
-    tcp: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 2000))  # Tap frames, TCP
-    ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", 2001))  # Tap frames, WebSocket
+    tcp: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_TCP_PORT))  # Tap frames
+    ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_WS_PORT))  # over WebSocket
     trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
 
 

@@ -13,7 +13,17 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from tap_emulator.app import Emulator, Endpoint, ServeOptions, default_state_path, open_device, parse_endpoint
+from tap_emulator.app import (
+    COAP_PORT,
+    TAP_TCP_PORT,
+    TAP_WS_PORT,
+    Emulator,
+    Endpoint,
+    ServeOptions,
+    default_state_path,
+    open_device,
+    parse_endpoint,
+)
 from tap_emulator.config import ConfigError, SecurityMode, load_profile
 from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
@@ -41,6 +51,10 @@ def _endpoint(default_port: int) -> Callable[[str], Endpoint | None]:
     return parse
 
 
+# One place for the defaults: what ServeOptions holds is what the command line starts from.
+DEFAULTS = ServeOptions()
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tap-emulator",
@@ -64,22 +78,22 @@ def _build_parser() -> argparse.ArgumentParser:
     common(serve)
     serve.add_argument(
         "--coap",
-        type=_endpoint(5683),
-        default=parse_endpoint("127.0.0.1:5683", 5683),
+        type=_endpoint(COAP_PORT),
+        default=DEFAULTS.coap,
         metavar="HOST:PORT",
         help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
     )
     serve.add_argument(
         "--tcp",
-        type=_endpoint(2000),
-        default=parse_endpoint("127.0.0.1:2000", 2000),
+        type=_endpoint(TAP_TCP_PORT),
+        default=DEFAULTS.tcp,
         metavar="HOST:PORT",
         help="Tap frames over TCP, as the SDK speaks to a Wi-Fi Tap (default 127.0.0.1:2000; port 0; 'off')",
     )
     serve.add_argument(
         "--ws",
-        type=_endpoint(2001),
-        default=parse_endpoint("127.0.0.1:2001", 2001),
+        type=_endpoint(TAP_WS_PORT),
+        default=DEFAULTS.ws,
         metavar="HOST:PORT",
         help="Tap frames over WebSocket, one binary message each (default 127.0.0.1:2001; port 0; 'off')",
     )
