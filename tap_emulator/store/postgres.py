@@ -79,8 +79,10 @@ def _rejection_reason(error: psycopg.Error) -> str:
     return error.diag.message_primary or f"SQLSTATE {error.sqlstate}"
 
 
-class PostgresStore:
+class PostgresStore(schema.StoreReads):
     """A ManagementStore in a PostgreSQL database (tables in the connection's current schema)."""
+
+    dialect = DIALECT
 
     def __init__(self, url: str, *, operation_timeout: float = DEFAULT_OPERATION_TIMEOUT) -> None:
         self._psycopg = _import_psycopg()
@@ -250,28 +252,8 @@ class PostgresStore:
 
         return await self._run(work)
 
-    async def get_group(self, device_serial: str, group_id: int) -> GroupRecord | None:
-        rows = await self._query(schema.GET_GROUP, {"device_serial": device_serial, "group_id": group_id})
-        return DIALECT.group_from_row(rows[0]) if rows else None
-
-    async def list_groups(
-        self, device_serial: str, limit: int = 100, after_group_id: int | None = None
-    ) -> list[GroupRecord]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        params = {
-            "device_serial": device_serial,
-            "after_group_id": -1 if after_group_id is None else after_group_id,
-            "limit": limit,
-        }
-        return [DIALECT.group_from_row(row) for row in await self._query(schema.LIST_GROUPS, params)]
-
-    async def group_versions(self, device_serial: str) -> dict[int, int]:
-        rows = await self._query(schema.GROUP_VERSIONS, {"device_serial": device_serial})
-        return {group_id: version for group_id, version in rows}
-
-    async def list_devices(self) -> list[DeviceRecord]:
-        return [DIALECT.device_from_row(row) for row in await self._query(schema.LIST_DEVICES, {})]
+    async def _rows(self, text: str, params: dict[str, Any]) -> list[Any]:
+        return await self._query(text, params)
 
     async def close(self) -> None:
         self._closed = True

@@ -191,3 +191,39 @@ LIMIT :limit"""
 GROUP_VERSIONS = "SELECT group_id, version FROM access_groups WHERE device_serial = :device_serial"
 
 LIST_DEVICES = f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices ORDER BY serial"
+
+
+class StoreReads:
+    """The read operations of the ManagementStore protocol, written once for both engines.
+
+    An engine supplies its dialect and ``_rows`` (run one shared SQL text, return its rows); the
+    statements, parameters and row decoding are the same everywhere.
+    """
+
+    dialect: Dialect
+
+    async def _rows(self, text: str, params: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    async def get_group(self, device_serial: str, group_id: int) -> GroupRecord | None:
+        rows = await self._rows(GET_GROUP, {"device_serial": device_serial, "group_id": group_id})
+        return self.dialect.group_from_row(rows[0]) if rows else None
+
+    async def list_groups(
+        self, device_serial: str, limit: int = 100, after_group_id: int | None = None
+    ) -> list[GroupRecord]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        params = {
+            "device_serial": device_serial,
+            "after_group_id": -1 if after_group_id is None else after_group_id,
+            "limit": limit,
+        }
+        return [self.dialect.group_from_row(row) for row in await self._rows(LIST_GROUPS, params)]
+
+    async def group_versions(self, device_serial: str) -> dict[int, int]:
+        rows = await self._rows(GROUP_VERSIONS, {"device_serial": device_serial})
+        return {group_id: version for group_id, version in rows}
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        return [self.dialect.device_from_row(row) for row in await self._rows(LIST_DEVICES, {})]

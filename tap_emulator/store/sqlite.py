@@ -51,8 +51,10 @@ def _rejection_reason(error: sqlite3.IntegrityError) -> str:
     return str(error)
 
 
-class SqliteStore:
+class SqliteStore(schema.StoreReads):
     """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`."""
+
+    dialect = DIALECT
 
     def __init__(self, path: str, connection: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
         self._path = path
@@ -167,32 +169,8 @@ class SqliteStore:
 
         return await self._call(work)
 
-    async def get_group(self, device_serial: str, group_id: int) -> GroupRecord | None:
-        params = {"device_serial": device_serial, "group_id": group_id}
-        rows = await self._call(lambda: self._query(schema.GET_GROUP, params))
-        return DIALECT.group_from_row(rows[0]) if rows else None
-
-    async def list_groups(
-        self, device_serial: str, limit: int = 100, after_group_id: int | None = None
-    ) -> list[GroupRecord]:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        params = {
-            "device_serial": device_serial,
-            "after_group_id": -1 if after_group_id is None else after_group_id,
-            "limit": limit,
-        }
-        rows = await self._call(lambda: self._query(schema.LIST_GROUPS, params))
-        return [DIALECT.group_from_row(row) for row in rows]
-
-    async def group_versions(self, device_serial: str) -> dict[int, int]:
-        params = {"device_serial": device_serial}
-        rows = await self._call(lambda: self._query(schema.GROUP_VERSIONS, params))
-        return {group_id: version for group_id, version in rows}
-
-    async def list_devices(self) -> list[DeviceRecord]:
-        rows = await self._call(lambda: self._query(schema.LIST_DEVICES, {}))
-        return [DIALECT.device_from_row(row) for row in rows]
+    async def _rows(self, text: str, params: dict[str, Any]) -> list[Any]:
+        return await self._call(lambda: self._query(text, params))
 
     async def close(self) -> None:
         if self._closed:
