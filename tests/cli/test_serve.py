@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 30
 
 
+# `serve` with only CoAP: the Tap faces' fixed default ports could be held by another test.
+SERVE_WITHOUT_TAP = ("serve", "--tcp", "off", "--ws", "off")
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import sys
 
@@ -193,11 +197,7 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         done = run_cli(
-            "serve",
-            "--tcp",
-            "off",
-            "--ws",
-            "off",
+            *SERVE_WITHOUT_TAP,
             "--coap",
             f"127.0.0.1:{port}",
             "--state",
@@ -214,11 +214,7 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_port_held_by_another_emulator_is_refused(spawn_server: Callable[..., Any], tmp_path: Path) -> None:
     first = spawn_server("--state", ":memory:")
     done = run_cli(
-        "serve",
-        "--tcp",
-        "off",
-        "--ws",
-        "off",
+        *SERVE_WITHOUT_TAP,
         "--coap",
         f"127.0.0.1:{first.port}",
         "--state",
@@ -270,11 +266,7 @@ def test_an_unusable_state_path_is_a_clear_runtime_error(tmp_path: Path) -> None
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory", encoding="utf-8")
     done = run_cli(
-        "serve",
-        "--tcp",
-        "off",
-        "--ws",
-        "off",
+        *SERVE_WITHOUT_TAP,
         "--coap",
         "127.0.0.1:0",
         "--state",
@@ -304,11 +296,7 @@ def test_a_profile_group_the_model_forbids_exits_2(tmp_path: Path, group: str, k
         encoding="utf-8",
     )
     done = run_cli(
-        "serve",
-        "--tcp",
-        "off",
-        "--ws",
-        "off",
+        *SERVE_WITHOUT_TAP,
         "--coap",
         "127.0.0.1:0",
         "--state",
