@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tap_emulator.config import Profile, SecurityMode, load_profile
+from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
@@ -89,6 +90,7 @@ class ServeOptions:
     tcp: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_TCP_PORT))  # Tap frames
     ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_WS_PORT))  # over WebSocket
     trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
 
 
 def open_device(
@@ -184,6 +186,10 @@ class Emulator:
 
         if self.options.tcp is None and self.options.ws is None:
             return
+        faces = (self.options.tcp is not None) + (self.options.ws is not None)
+        limits, warning = fit_to_file_limit(self.options.connections, faces)
+        if warning:
+            log.warning("%s", warning)
         security = self.profile.security
         face = TapFace(
             tree,
@@ -194,11 +200,11 @@ class Emulator:
             trace=self.options.trace,
         )
         if self.options.tcp is not None:
-            tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port)
+            tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port, limits)
             self._closers.append(tcp.close)
             self.tcp_address = tcp.address
         if self.options.ws is not None:
-            ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port)
+            ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port, limits)
             self._closers.append(ws.close)
             self.ws_address = ws.address
 

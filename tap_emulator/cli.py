@@ -25,6 +25,7 @@ from tap_emulator.app import (
     parse_endpoint,
 )
 from tap_emulator.config import ConfigError, SecurityMode, load_profile
+from tap_emulator.faces.tap.connections import DEFAULT_MAX_CONNECTIONS, ConnectionLimits
 from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
@@ -51,8 +52,26 @@ def _endpoint(default_port: int) -> Callable[[str], Endpoint | None]:
     return parse
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+
+    return parse
+
+
+def _seconds_or_off(text: str) -> float:
+    return 0.0 if text == "0" else _positive(float)(text)
+
+
 # One place for the defaults: what ServeOptions holds is what the command line starts from.
 DEFAULTS = ServeOptions()
+LIMITS = DEFAULTS.connections
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -101,6 +120,37 @@ def _build_parser() -> argparse.ArgumentParser:
         "--trace",
         action="store_true",
         help="log each decoded Tap request and response (path, method, status, sizes; never secrets)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=LIMITS.max_connections,
+        metavar="N",
+        help=f"open connections per Tap face (default {DEFAULT_MAX_CONNECTIONS}, "
+        "lowered to fit the file limit)",
+    )
+    serve.add_argument(
+        "--max-connections-per-peer",
+        type=_positive(int),
+        default=LIMITS.max_per_peer,
+        metavar="N",
+        help=f"open connections per Tap face from one address (default {LIMITS.max_per_peer})",
+    )
+    serve.add_argument(
+        "--frame-timeout",
+        type=_positive(float),
+        default=LIMITS.frame_timeout,
+        metavar="SECONDS",
+        help="time a Tap connection has to complete its first frame, or a frame it started "
+        f"(default {LIMITS.frame_timeout:g})",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_off,
+        default=LIMITS.idle_timeout,
+        metavar="SECONDS",
+        help="close a Tap connection after this long without a frame "
+        f"(default {LIMITS.idle_timeout:g}; 0: never)",
     )
     serve.add_argument(
         "--security",
@@ -179,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tcp=args.tcp,
                 ws=args.ws,
                 trace=args.trace,
+                connections=ConnectionLimits(
+                    max_connections=args.max_connections,
+                    max_per_peer=args.max_connections_per_peer,
+                    frame_timeout=args.frame_timeout,
+                    idle_timeout=args.idle_timeout,
+                    keepalive=LIMITS.keepalive,
+                ),
             )
             if args.trace:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)

@@ -277,6 +277,11 @@ class ApduStreamDecoder:
         self._failed = False
         self._after_select = False
 
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not complete a frame yet (a transport times them out)."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Append received bytes and return every frame they complete, in order."""
         if self._failed:

@@ -3,8 +3,14 @@
 Thin on purpose: each connection gets a `TapSession` and this module only moves bytes. TCP splits the
 stream with `ApduStreamDecoder` and writes each response with one write call (TCP_NODELAY, so it
 leaves in one segment: the SDK has no delimiter and reads one answer per segment). A stream whose
-framing is lost is closed. WebSocket (the ``websockets`` library) carries one binary message per frame;
-a text message closes the connection (1003), as the Tap face only speaks binary frames.
+framing is lost is closed. WebSocket (the ``websockets`` library's connection, over our own accept
+loop) carries one binary message per frame; a text message closes the connection (1003), as the Tap
+face only speaks binary frames.
+
+Both accept through `connections.Listener` and obey `ConnectionLimits`: caps per face and per peer,
+a deadline to complete each frame (slowloris), an idle timeout, TCP keep-alive (WebSocket adds its
+pings). The websockets library logs every frame's bytes at DEBUG, passwords included, so its logger
+is held at WARNING whatever the verbosity.
 """
 
 from __future__ import annotations
@@ -15,23 +21,46 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from tap_emulator.codec.apdu import ApduStreamDecoder, FrameError
+from tap_emulator.faces.tap.connections import (
+    ConnectionGate,
+    ConnectionLimits,
+    Listener,
+    Tracked,
+    fit_to_file_limit,
+    set_keepalive,
+)
 from tap_emulator.faces.tap.session import TapFace
+from tap_emulator.logsafety import RateLimitedLog
 
-__all__ = ["TapServer", "start_tcp_server", "start_ws_server"]
+__all__ = ["WEBSOCKET_LOGGER", "TapServer", "start_tcp_server", "start_ws_server"]
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
+WEBSOCKET_LOGGER = "tap_emulator.faces.tap.websocket"
+_ws_log = logging.getLogger(WEBSOCKET_LOGGER)
+# Its DEBUG records are frame dumps (a login's password in hex) and its INFO one line per connection.
+_ws_log.setLevel(logging.WARNING)
 
 _CLOSE_TIMEOUT = 5.0
-_WS_HANDSHAKE_TIMEOUT = 3.0
+_WS_CLOSE_TIMEOUT = 3.0
+# websockets' defaults, stated: a ping every 20 s, a peer silent for 20 s more is dropped.
+_WS_PING_INTERVAL = 20.0
+_WS_PING_TIMEOUT = 20.0
+_WS_MAX_QUEUE = 4  # messages read ahead of the one being served; the SDK waits for each answer
 _READ_SIZE = 4096
+_BACKLOG = 128
 # The longest frame is 5 + 255 bytes; a WebSocket message much larger than that is not a Tap frame.
 _WS_MAX_MESSAGE = 1024
 _WS_UNSUPPORTED_DATA = 1003
+_WS_POLICY_VIOLATION = 1008
 
 
 class TapServer:
@@ -56,101 +85,275 @@ def _peer_name(address: object) -> str:
 
 
 def _listen_error(kind: str, host: str, port: int, exc: OSError) -> OSError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if isinstance(exc, socket.gaierror):
+        reason = exc.strerror or str(exc)
+    else:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
     return OSError(exc.errno, f"cannot listen for Tap {kind} on {host}:{port}: {reason}")
 
 
-async def start_tcp_server(face: TapFace, host: str, port: int) -> TapServer:
+def _bind(kind: str, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to (port 0: one free port for all)."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _listen_error(kind, host, port, exc) from None
+    return sockets
+
+
+def _resolve(limits: ConnectionLimits) -> ConnectionLimits:
+    return fit_to_file_limit(limits, 1)[0] if limits.max_connections is None else limits
+
+
+def _tune(sock: socket.socket, limits: ConnectionLimits) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    set_keepalive(sock, limits.keepalive)
+
+
+async def start_tcp_server(
+    face: TapFace, host: str, port: int, limits: ConnectionLimits | None = None
+) -> TapServer:
     """Listen for Tap frames over TCP; raises OSError (EADDRINUSE ...) naming the address."""
+    limits = _resolve(limits or ConnectionLimits())
+    loop = asyncio.get_running_loop()
+    gate = ConnectionGate("tcp", limits)
     writers: set[asyncio.StreamWriter] = set()
     handlers: set[asyncio.Task[None]] = set()
 
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            handlers.add(task)
-            task.add_done_callback(handlers.discard)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}")
-        decoder = ApduStreamDecoder()
+    async def connection(conn: socket.socket, tracked: Tracked) -> None:
         try:
-            while data := await reader.read(_READ_SIZE):
-                try:
-                    frames = decoder.feed(data)
-                except FrameError as exc:
-                    log.debug("%s: closing, framing lost: %s", session.peer, exc)
-                    break
-                for frame in frames:
-                    writer.write(await session.handle_frame(frame))
-                    await writer.drain()
+            _tune(conn, limits)
+            try:
+                reader, writer = await asyncio.open_connection(sock=conn)
+            except BaseException:
+                conn.close()
+                raise
+            writers.add(writer)
+            try:
+                await _serve_tcp(face, gate, tracked, limits, reader, writer)
+            finally:
+                writers.discard(writer)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
         except OSError:
             pass  # reset by the peer
-        except Exception:
-            log.exception("%s: connection failed", session.peer)
         finally:
-            session.close()
-            writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            gate.release(tracked)
 
-    try:
-        server = await asyncio.start_server(connection, host, port)
-    except OSError as exc:
-        raise _listen_error("TCP", host, port, exc) from None
-    bound = server.sockets[0].getsockname()
+    def serve(conn: socket.socket, tracked: Tracked) -> asyncio.Task[None]:
+        task = loop.create_task(connection(conn, tracked))
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
+        return task
+
+    listener = Listener("tcp", _bind("TCP", host, port), gate, serve)
+    bound = listener.sockets[0].getsockname()
+    await listener.start_serving()
 
     async def close() -> None:
-        server.close()
+        listener.close()
         for writer in list(writers):
             writer.close()
         # Let each connection handler see its end of stream and finish: a handler still pending when the
         # loop shuts down would be cancelled, which asyncio 3.11 reports as an error with a traceback.
         if handlers:
-            await asyncio.wait(list(handlers), timeout=_CLOSE_TIMEOUT)
-        await server.wait_closed()
+            _, pending = await asyncio.wait(list(handlers), timeout=_CLOSE_TIMEOUT)
+            for task in pending:
+                task.cancel()
+        await listener.wait_closed()
 
     return TapServer("tcp", (host, int(bound[1])), close)
 
 
-async def start_ws_server(face: TapFace, host: str, port: int) -> TapServer:
-    """Listen for Tap frames over WebSocket (any path); raises OSError naming the address."""
+async def _serve_tcp(
+    face: TapFace,
+    gate: ConnectionGate,
+    tracked: Tracked,
+    limits: ConnectionLimits,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """Read, split and answer frames until the peer closes, the framing is lost or a deadline passes.
 
-    async def connection(conn: ServerConnection) -> None:
-        session = face.open_session(f"ws {_peer_name(conn.remote_address)}")
-        try:
-            async for message in conn:
-                if isinstance(message, str):
-                    await conn.close(_WS_UNSUPPORTED_DATA, "Tap frames are binary messages")
-                    break
-                await conn.send(await session.handle_frame(bytes(message)))
-        except ConnectionClosed:
-            pass
-        finally:
-            session.close()
-
+    Deadlines: the first frame ``frame_timeout`` after the connection opened, a frame whose first bytes
+    arrived ``frame_timeout`` after them, the next frame ``idle_timeout`` after the last one.
+    """
+    loop = asyncio.get_running_loop()
+    session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}")
+    decoder = ApduStreamDecoder()
+    frame_started = last_frame = loop.time()
     try:
-        server: Server = await serve(
-            connection,
-            host,
-            port,
-            max_size=_WS_MAX_MESSAGE,
-            compression=None,
-            logger=log,
-            # A client on a Tap link opens and closes at once; a stalled peer must not hold a shutdown.
-            open_timeout=_WS_HANDSHAKE_TIMEOUT,
-            close_timeout=_WS_HANDSHAKE_TIMEOUT,
+        while True:
+            if not tracked.framed or decoder.pending:
+                deadline: float | None = frame_started + limits.frame_timeout
+                reason = "no complete frame"
+            else:
+                deadline = last_frame + limits.idle_timeout if limits.idle_timeout else None
+                reason = "idle"
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(_READ_SIZE)
+            except TimeoutError:
+                _limited.debug(("timeout", "tcp", reason), "%s: closing, %s in time", session.peer, reason)
+                return
+            if not data:
+                return
+            had_pending = decoder.pending
+            try:
+                frames = decoder.feed(data)
+            except FrameError as exc:
+                _limited.debug(("framing lost", "tcp"), "%s: closing, framing lost: %s", session.peer, exc)
+                return
+            now = loop.time()
+            if frames:
+                gate.framed(tracked)
+                last_frame = now
+                if decoder.pending:
+                    frame_started = now
+            elif tracked.framed and not had_pending:
+                frame_started = now
+            for frame in frames:
+                writer.write(await session.handle_frame(frame))
+                await writer.drain()
+    except OSError:
+        pass  # reset by the peer
+    except Exception:
+        log.exception("%s: connection failed", session.peer)
+    finally:
+        session.close()
+
+
+class _TapWsConnection(ServerConnection):
+    """A websockets server connection that knows its slot in the face's `ConnectionGate`."""
+
+    def __init__(self, protocol: ServerProtocol, server: Server, tracked: Tracked) -> None:
+        super().__init__(
+            protocol,
+            server,
+            ping_interval=_WS_PING_INTERVAL,
+            ping_timeout=_WS_PING_TIMEOUT,
+            close_timeout=_WS_CLOSE_TIMEOUT,
+            max_queue=_WS_MAX_QUEUE,
         )
-    except OSError as exc:
-        raise _listen_error("WebSocket", host, port, exc) from None
-    bound = next(iter(server.sockets)).getsockname()
+        self.tracked = tracked
+
+
+async def start_ws_server(
+    face: TapFace, host: str, port: int, limits: ConnectionLimits | None = None
+) -> TapServer:
+    """Listen for Tap frames over WebSocket (any path); raises OSError naming the address.
+
+    The websockets `Server` runs over our `Listener` in place of an `asyncio.Server`; this handler
+    plays the part of the one ``serve()`` would install (handshake within ``frame_timeout``, pings,
+    close), with our deadlines for each message.
+    """
+    limits = _resolve(limits or ConnectionLimits())
+    loop = asyncio.get_running_loop()
+    gate = ConnectionGate("ws", limits)
+    handshaking: set[asyncio.Task[None]] = set()
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, _TapWsConnection)
+        task = asyncio.current_task()
+        assert task is not None
+        connection.tracked.task = task
+        try:
+            handshaking.add(task)
+            try:
+                async with asyncio.timeout(limits.frame_timeout):
+                    await connection.handshake()
+            finally:
+                handshaking.discard(task)
+            if connection.protocol.state is not State.OPEN:
+                return
+            server.all_connections.add(connection)
+            connection.start_keepalive()
+            try:
+                async with connection:
+                    await _serve_ws(face, gate, connection, limits)
+            finally:
+                server.all_connections.discard(connection)
+        except Exception:
+            pass  # the handshake timed out or failed; the transport is dropped below
+        finally:
+            if not connection.transport.is_closing():
+                connection.transport.abort()
+            server.handler_tasks.discard(task)
+            gate.release(connection.tracked)
+
+    async def attach(conn: socket.socket, tracked: Tracked) -> None:
+        def connection() -> _TapWsConnection:
+            return _TapWsConnection(ServerProtocol(max_size=_WS_MAX_MESSAGE, logger=_ws_log), server, tracked)
+
+        try:
+            _tune(conn, limits)
+            await loop.connect_accepted_socket(connection, conn)
+        except BaseException as exc:
+            conn.close()
+            gate.release(tracked)
+            if not isinstance(exc, OSError):
+                raise
+
+    def serve(conn: socket.socket, tracked: Tracked) -> asyncio.Task[None]:
+        return loop.create_task(attach(conn, tracked))
+
+    listener = Listener("ws", _bind("WebSocket", host, port), gate, serve)
+
+    async def use_listener() -> asyncio.Server:
+        return cast(asyncio.Server, listener)
+
+    server = Server(use_listener, handler, _ws_log)
+    await server
+    bound = listener.sockets[0].getsockname()
+    await listener.start_serving()
 
     async def close() -> None:
-        server.close()
+        server.close()  # stops the listener, closes open connections with 1001
+        for task in list(handshaking):
+            task.cancel()  # a handshake in progress would hold the shutdown for frame_timeout
         await server.wait_closed()
 
     return TapServer("ws", (host, int(bound[1])), close)
+
+
+async def _serve_ws(
+    face: TapFace, gate: ConnectionGate, connection: _TapWsConnection, limits: ConnectionLimits
+) -> None:
+    """Answer each binary message; the first within ``frame_timeout``, later ones within ``idle_timeout``."""
+    session = face.open_session(f"ws {_peer_name(connection.remote_address)}")
+    tracked = connection.tracked
+    try:
+        while True:
+            timeout = limits.frame_timeout if not tracked.framed else (limits.idle_timeout or None)
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await connection.recv()
+            except TimeoutError:
+                reason = "idle" if tracked.framed else "no message"
+                _limited.debug(("timeout", "ws", reason), "%s: closing, %s in time", session.peer, reason)
+                await connection.close(_WS_POLICY_VIOLATION, f"{reason} in time")
+                return
+            if isinstance(message, str):
+                await connection.close(_WS_UNSUPPORTED_DATA, "Tap frames are binary messages")
+                return
+            gate.framed(tracked)
+            await connection.send(await session.handle_frame(bytes(message)))
+    except ConnectionClosed:
+        pass
+    finally:
+        session.close()
