@@ -53,6 +53,7 @@ RESERVED_DESCRIPTORS = 64
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BACKOFF_START = 0.01
 _BACKOFF_MAX = 1.0
+_EVICT_WHEN_OUT = 16  # connections without a frame closed at once when accept() runs out of descriptors
 _KEEPALIVE_PROBES = 3
 _KEEPALIVE_INTERVAL_MAX = 10
 
@@ -269,9 +270,11 @@ class Listener:
                     _limited.warning(("accept", self.kind), "%s: accept failed: %s", self.kind, exc.strerror)
                     await asyncio.sleep(_BACKOFF_MAX)
                     continue
-                self._out_of_descriptors(exc, listening)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                if self._out_of_descriptors(exc, listening):
+                    await asyncio.sleep(_BACKOFF_START)  # the evicted connection's close runs meanwhile
+                else:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_START
             if self._starved:
@@ -285,8 +288,8 @@ class Listener:
                 continue
             tracked.task = self._serve(conn, tracked)
 
-    def _out_of_descriptors(self, exc: OSError, listening: socket.socket) -> None:
-        """One warning per episode; free a descriptor by eviction, else shed the waiting connection."""
+    def _out_of_descriptors(self, exc: OSError, listening: socket.socket) -> bool:
+        """One warning per episode; True if an eviction freed a descriptor, else shed the waiting one."""
         if not self._starved:
             self._starved = True
             _limited.warning(
@@ -295,11 +298,13 @@ class Listener:
                 self.kind,
                 exc.strerror,
             )
-        if self._gate.evict_oldest_unframed():
-            return
+        # A batch, so a burst of newcomers finds room without an EMFILE round each.
+        evicted = sum(self._gate.evict_oldest_unframed() for _ in range(_EVICT_WHEN_OUT))
+        if evicted:
+            return True
         if self._reserve is None:
             self._reserve = _open_reserve()
-            return
+            return False
         os.close(self._reserve)
         self._reserve = None
         try:
@@ -310,6 +315,7 @@ class Listener:
             conn.close()
             self._shed += 1
         self._reserve = _open_reserve()
+        return False
 
 
 def _open_reserve() -> int | None:

@@ -63,6 +63,7 @@ from tap_emulator.codec.apdu import (
 from tap_emulator.codec.secure_frame import SecureChannel, SecureFrameError
 from tap_emulator.codec.values import RepresentationError, decode_wire, encode_wire
 from tap_emulator.config import ANONYMOUS_GROUP, SecurityMode
+from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueError_, ValueType
 from tap_emulator.security import (
     KEY_LENGTH,
@@ -81,6 +82,7 @@ __all__ = ["TRACE_LOGGER", "TapFace", "TapSession"]
 log = logging.getLogger(__name__)
 TRACE_LOGGER: Final = "tap_emulator.trace"
 trace_log = logging.getLogger(TRACE_LOGGER)
+_limited = RateLimitedLog(log)  # lines that a peer's bad frames can repeat
 
 T = TypeVar("T")
 
@@ -222,7 +224,7 @@ class TapSession:
         try:
             request = decode_request(frame)
         except FrameError as exc:
-            log.debug("%s: malformed frame: %s", self.peer, exc)
+            _limited.debug("malformed frame", "%s: malformed frame: %s", self.peer, exc)
             self._trace("malformed frame", len(frame), TapStatus.BAD_REQUEST, 0)
             return encode_response(TapStatus.BAD_REQUEST)
         try:
@@ -479,7 +481,7 @@ class TapSession:
         try:
             inner_bytes = channel.open_request(request.payload)
         except SecureFrameError as exc:
-            log.debug("%s: encrypted frame refused: %s", self.peer, exc)
+            _limited.debug("encrypted frame refused", "%s: encrypted frame refused: %s", self.peer, exc)
             return _Reply(TapStatus.BAD_REQUEST)
         try:
             inner = decode_inner_request(inner_bytes)
