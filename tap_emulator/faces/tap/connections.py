@@ -183,7 +183,8 @@ class ConnectionGate:
 
     def release(self, tracked: Tracked) -> None:
         """The connection is gone (idempotent)."""
-        if self._open.pop(tracked, 0) is None:
+        if tracked in self._open:
+            del self._open[tracked]
             self._unframed.pop(tracked, None)
             self._per_peer[tracked.peer] -= 1
             if self._per_peer[tracked.peer] <= 0:

@@ -135,3 +135,48 @@ def test_sigterm_with_connected_clients_stops_cleanly(
     assert process.returncode == 0
     assert "Traceback" not in stderr
     assert "Exception" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-connections", "0", "must be positive"),
+        ("--max-connections-per-peer", "x", "is not a number"),
+        ("--frame-timeout", "-1", "must be positive"),
+        ("--idle-timeout", "soon", "is not a number"),
+    ],
+)
+def test_bad_connection_limits_are_usage_errors(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    process = _serve("--tcp", "127.0.0.1:0", flag, value, cwd=tmp_path)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert message in stderr and "Traceback" not in stderr
+
+
+def test_connection_limit_flags_reach_the_tap_face(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    process = _serve(
+        "--tcp", "127.0.0.1:0", "--ws", "off", "--max-connections-per-peer", "1", "--frame-timeout", "0.5",
+        cwd=tmp_path,
+    )  # fmt: skip
+    processes.append(process)
+    [line] = _read_lines(process, 1)
+    port = int(line.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as first:
+        first.sendall(GET_FIRMWARE)
+        assert first.recv(100).startswith(b"\x45")
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as second:
+            assert second.recv(100) == b""  # refused: one connection per peer
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as other:
+            other.settimeout(5.0)  # less than the default frame timeout (10 s)
+            other.sendall(GET_FIRMWARE)
+            assert other.recv(100).startswith(b"\x45")  # another peer is admitted
+            other.sendall(GET_FIRMWARE[:5])
+            assert other.recv(100) == b""  # a frame not completed within 0.5 s closes it
+        first.sendall(GET_FIRMWARE)
+        assert first.recv(100).startswith(b"\x45")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0
+    assert "refusing connections from 127.0.0.1" in stderr
