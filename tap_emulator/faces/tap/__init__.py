@@ -1,7 +1,8 @@
 """The Tap-native face: the frames the IoTize Tap SDK sends, over TCP and WebSocket.
 
 `session` is the sans-IO core (one `TapSession` per connection: login, SCRAM, encrypted channel,
-session lifetime; everything else goes to the tree); `server` holds the thin transports. The choices
+session lifetime; everything else goes to the tree); `server` holds the thin transports and
+`connections` what bounds them (caps, deadlines, keep-alive, the accept loop). The choices
 made where the protocol spec is silent are listed in `session`'s docstring.
 """
 

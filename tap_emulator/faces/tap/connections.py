@@ -280,8 +280,13 @@ class Listener:
             backoff = _BACKOFF_START
             if self._starved:
                 self._starved = False
-                log.info("%s: accepting again (%d waiting connections were shed)", self.kind, self._shed)
-                self._shed = 0
+                if _limited.info(
+                    ("accepting again", self.kind),
+                    "%s: accepting again (%d waiting connections shed meanwhile)",
+                    self.kind,
+                    self._shed,
+                ):
+                    self._shed = 0
             peer = address[0] if isinstance(address, tuple) else str(address)
             tracked = self._gate.admit(peer)
             if tracked is None:
