@@ -51,6 +51,22 @@ DEFAULT_MAX_CONNECTIONS = 256
 # shared-memory files), the derivation worker's pipes, CoAP sockets, the event loop, stdio.
 RESERVED_DESCRIPTORS = 64
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Errors accept(2) reports for the one connection it took (Linux passes pending network errors on):
+# retried at once, as for EAGAIN.
+_THAT_CONNECTION_ONLY = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    }
+)
 _BACKOFF_START = 0.01
 _BACKOFF_MAX = 1.0
 _EVICT_WHEN_OUT = 16  # connections without a frame closed at once when accept() runs out of descriptors
@@ -267,11 +283,13 @@ class Listener:
             except OSError as exc:
                 if not self.is_serving():  # closed under us
                     return
+                if exc.errno in _THAT_CONNECTION_ONLY:
+                    continue  # the waiting connection failed (reset before accept ...): take the next
                 if exc.errno not in _OUT_OF_DESCRIPTORS:
                     _limited.warning(("accept", self.kind), "%s: accept failed: %s", self.kind, exc.strerror)
-                    await asyncio.sleep(_BACKOFF_MAX)
-                    continue
-                if self._out_of_descriptors(exc, listening):
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                elif self._out_of_descriptors(exc, listening):
                     await asyncio.sleep(_BACKOFF_START)  # the evicted connection's close runs meanwhile
                 else:
                     await asyncio.sleep(backoff)

@@ -296,3 +296,34 @@ def test_a_chosen_cap_is_kept_with_a_warning_when_the_file_limit_cannot_meet_it(
 def test_limits_refuse_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ConnectionLimits(**bad)  # type: ignore[arg-type]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_ipv6_loopback_is_served(device: Device, kind: str) -> None:
+    start = start_tcp_server if kind == "tcp" else start_ws_server
+    server = await start(device.face, "::1", 0)
+    try:
+        if kind == "tcp":
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("::1", server.address[1]), TIMEOUT
+            )
+            try:
+                assert await answers_firmware(reader, writer)
+            finally:
+                writer.close()
+        else:
+            async with connect(f"ws://[::1]:{server.address[1]}", open_timeout=TIMEOUT) as conn:
+                await conn.send(GET_FIRMWARE)
+                assert await asyncio.wait_for(conn.recv(), TIMEOUT) == FIRMWARE_ANSWER
+    finally:
+        await server.close()
