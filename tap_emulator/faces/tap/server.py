@@ -284,9 +284,9 @@ async def start_ws_server(
             server.all_connections.add(connection)
             connection.start_keepalive()
             try:
-                async with connection:
-                    await _serve_ws(face, gate, connection, limits)
-            finally:
+                await _serve_ws(face, gate, connection, limits)
+                await connection.close()
+            finally:  # cancelled (displaced, shutdown): the transport is aborted below, no close handshake
                 server.all_connections.discard(connection)
         except Exception:
             pass  # the handshake timed out or failed; the transport is dropped below
@@ -355,5 +355,7 @@ async def _serve_ws(
             await connection.send(await session.handle_frame(bytes(message)))
     except ConnectionClosed:
         pass
+    except Exception:
+        log.exception("%s: connection failed", session.peer)
     finally:
         session.close()
