@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -66,7 +67,11 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def _seconds_or_off(text: str) -> float:
-    return 0.0 if text == "0" else _positive(float)(text)
+    """Positive seconds, or 0 for no limit."""
+    with contextlib.suppress(ValueError):
+        if float(text) == 0:
+            return 0.0
+    return _positive(float)(text)
 
 
 # One place for the defaults: what ServeOptions holds is what the command line starts from.

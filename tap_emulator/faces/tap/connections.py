@@ -140,7 +140,10 @@ def set_keepalive(sock: socket.socket, idle: float) -> None:
 
 
 class Tracked:
-    """One admitted connection: its peer address, whether it completed a frame, its handler task."""
+    """One admitted connection: its peer address, whether it completed a frame, its handler task.
+
+    The transport sets ``task`` once the connection has one; until then it cannot be displaced.
+    """
 
     __slots__ = ("framed", "peer", "task")
 
@@ -217,7 +220,8 @@ class ConnectionGate:
 
 
 class Listener:
-    """Accepts on bound listening sockets for one face and hands each admitted socket to ``serve``.
+    """Accepts on bound listening sockets for one face and hands each admitted socket to ``serve``
+    (which starts its handler and sets ``Tracked.task``).
 
     It has the small surface of `asyncio.Server` the websockets server relies on (``close``,
     ``wait_closed``, ``is_serving``, ``get_loop``, ``start_serving``, ``sockets``).
@@ -228,7 +232,7 @@ class Listener:
         kind: str,
         sockets: list[socket.socket],
         gate: ConnectionGate,
-        serve: Callable[[socket.socket, Tracked], asyncio.Task[None]],
+        serve: Callable[[socket.socket, Tracked], None],
     ) -> None:
         self.kind = kind
         self._sockets = sockets
@@ -310,7 +314,7 @@ class Listener:
             if tracked is None:
                 conn.close()
                 continue
-            tracked.task = self._serve(conn, tracked)
+            self._serve(conn, tracked)
 
     def _out_of_descriptors(self, exc: OSError, listening: socket.socket) -> bool:
         """One warning per episode; True if an eviction freed a descriptor, else shed the waiting one."""

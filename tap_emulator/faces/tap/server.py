@@ -155,11 +155,10 @@ async def start_tcp_server(
         finally:
             gate.release(tracked)
 
-    def serve(conn: socket.socket, tracked: Tracked) -> asyncio.Task[None]:
-        task = loop.create_task(connection(conn, tracked))
-        handlers.add(task)
-        task.add_done_callback(handlers.discard)
-        return task
+    def serve(conn: socket.socket, tracked: Tracked) -> None:
+        tracked.task = loop.create_task(connection(conn, tracked))
+        handlers.add(tracked.task)
+        tracked.task.add_done_callback(handlers.discard)
 
     listener = Listener("tcp", _bind("TCP", host, port), gate, serve)
     bound = listener.sockets[0].getsockname()
@@ -266,6 +265,7 @@ async def start_ws_server(
     loop = asyncio.get_running_loop()
     gate = ConnectionGate("ws", limits)
     handshaking: set[asyncio.Task[None]] = set()
+    attaching: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak ones)
 
     async def handler(connection: ServerConnection) -> None:
         assert isinstance(connection, _TapWsConnection)
@@ -309,8 +309,10 @@ async def start_ws_server(
             if not isinstance(exc, OSError):
                 raise
 
-    def serve(conn: socket.socket, tracked: Tracked) -> asyncio.Task[None]:
-        return loop.create_task(attach(conn, tracked))
+    def serve(conn: socket.socket, tracked: Tracked) -> None:
+        # Not displaceable yet: the handler the connection starts sets tracked.task.
+        attaching.add(task := loop.create_task(attach(conn, tracked)))
+        task.add_done_callback(attaching.discard)
 
     listener = Listener("ws", _bind("WebSocket", host, port), gate, serve)
 
