@@ -315,6 +315,9 @@ class Listener:
                 conn.close()
                 continue
             self._serve(conn, tracked)
+            # accept() on a full queue completes without yielding: let the new handlers (and the rest
+            # of the device) run between two accepts, so a burst cannot starve them.
+            await asyncio.sleep(0)
 
     def _out_of_descriptors(self, exc: OSError, listening: socket.socket) -> bool:
         """One warning per episode; True if an eviction freed a descriptor, else shed the waiting one."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -56,7 +57,9 @@ _WS_PING_INTERVAL = 20.0
 _WS_PING_TIMEOUT = 20.0
 _WS_MAX_QUEUE = 4  # messages read ahead of the one being served; the SDK waits for each answer
 _READ_SIZE = 4096
-_BACKLOG = 128
+# A burst (a flood, a fleet reconnecting) waits in the kernel, costing no descriptor, instead of having
+# its SYNs dropped, which would cost a real client a 1 s retransmission.
+_BACKLOG = socket.SOMAXCONN
 # The longest frame is 5 + 255 bytes; a WebSocket message much larger than that is not a Tap frame.
 _WS_MAX_MESSAGE = 1024
 _WS_UNSUPPORTED_DATA = 1003
@@ -137,28 +140,28 @@ async def start_tcp_server(
     async def connection(conn: socket.socket, tracked: Tracked) -> None:
         try:
             _tune(conn, limits)
-            try:
-                reader, writer = await asyncio.open_connection(sock=conn)
-            except BaseException:
-                conn.close()
-                raise
-            writers.add(writer)
-            try:
-                await _serve_tcp(face, gate, tracked, limits, reader, writer)
-            finally:
-                writers.discard(writer)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+            reader, writer = await asyncio.open_connection(sock=conn)
         except OSError:
-            pass  # reset by the peer
+            return  # reset by the peer
+        writers.add(writer)
+        try:
+            await _serve_tcp(face, gate, tracked, limits, reader, writer)
         finally:
-            gate.release(tracked)
+            writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def done(conn: socket.socket, tracked: Tracked, task: asyncio.Task[None]) -> None:
+        """The one place a TCP connection gives back its socket and its slot."""
+        handlers.discard(task)
+        conn.close()  # idempotent; needed when the handler was displaced before it ever ran
+        gate.release(tracked)
 
     def serve(conn: socket.socket, tracked: Tracked) -> None:
         tracked.task = loop.create_task(connection(conn, tracked))
         handlers.add(tracked.task)
-        tracked.task.add_done_callback(handlers.discard)
+        tracked.task.add_done_callback(functools.partial(done, conn, tracked))
 
     listener = Listener("tcp", _bind("TCP", host, port), gate, serve)
     bound = listener.sockets[0].getsockname()
