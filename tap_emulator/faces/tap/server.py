@@ -57,6 +57,7 @@ _WS_PING_INTERVAL = 20.0
 _WS_PING_TIMEOUT = 20.0
 _WS_MAX_QUEUE = 4  # messages read ahead of the one being served; the SDK waits for each answer
 _READ_SIZE = 4096
+_TIMER_SLACK = 0.001  # asyncio may run a timer up to its clock resolution early
 # A burst (a flood, a fleet reconnecting) waits in the kernel, costing no descriptor, instead of having
 # its SYNs dropped, which would cost a real client a 1 s retransmission.
 _BACKLOG = socket.SOMAXCONN
@@ -199,22 +200,15 @@ async def _serve_tcp(
     session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}")
     decoder = ApduStreamDecoder()
     frame_started = last_frame = loop.time()
+
+    def deadline() -> tuple[float | None, str]:
+        if not tracked.framed or decoder.pending:
+            return frame_started + limits.frame_timeout, "no complete frame"
+        return (last_frame + limits.idle_timeout if limits.idle_timeout else None), "idle"
+
+    watchdog = _Watchdog(loop, writer.transport, deadline)
     try:
-        while True:
-            if not tracked.framed or decoder.pending:
-                deadline: float | None = frame_started + limits.frame_timeout
-                reason = "no complete frame"
-            else:
-                deadline = last_frame + limits.idle_timeout if limits.idle_timeout else None
-                reason = "idle"
-            try:
-                async with asyncio.timeout_at(deadline):
-                    data = await reader.read(_READ_SIZE)
-            except TimeoutError:
-                _limited.debug(("timeout", "tcp", reason), "%s: closing, %s in time", session.peer, reason)
-                return
-            if not data:
-                return
+        while data := await reader.read(_READ_SIZE):
             had_pending = decoder.pending
             try:
                 frames = decoder.feed(data)
@@ -229,6 +223,7 @@ async def _serve_tcp(
                     frame_started = now
             elif tracked.framed and not had_pending:
                 frame_started = now
+            watchdog.arm()
             for frame in frames:
                 writer.write(await session.handle_frame(frame))
                 await writer.drain()
@@ -237,7 +232,58 @@ async def _serve_tcp(
     except Exception:
         log.exception("%s: connection failed", session.peer)
     finally:
+        watchdog.cancel()
+        if watchdog.expired:
+            reason = watchdog.expired
+            _limited.debug(("timeout", "tcp", reason), "%s: closing, %s in time", session.peer, reason)
         session.close()
+
+
+class _Watchdog:
+    """Closes a transport once its deadline passes, with one lazy timer per connection.
+
+    A timeout around each read would schedule and cancel a timer per frame (half the TCP face's
+    throughput); here a read only moves the deadline, and the timer, when it fires early, re-arms itself
+    for the deadline in force.
+    """
+
+    __slots__ = ("_deadline", "_loop", "_timer", "_transport", "expired")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.BaseTransport,
+        deadline: Callable[[], tuple[float | None, str]],
+    ) -> None:
+        self._loop = loop
+        self._transport = transport
+        self._deadline = deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self.expired = ""  # the reason, once it fired
+        self.arm()
+
+    def arm(self) -> None:
+        """After a read: start the timer if none runs (a running one re-reads the deadline when due)."""
+        if self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        when, _ = self._deadline()
+        self._timer = None if when is None else self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        when, reason = self._deadline()
+        if when is not None and self._loop.time() + _TIMER_SLACK >= when:
+            self._timer = None
+            self.expired = reason
+            self._transport.close()  # the pending read sees the end of the stream
+        else:
+            self._schedule()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _TapWsConnection(ServerConnection):
