@@ -304,3 +304,56 @@ async def test_vv_malformed_frames_cost_one_short_line_each_kind(serve: Callable
     assert 1 <= log.count("framing lost") <= 2
     assert max(len(line) for line in log.splitlines()) < 300
     assert "Traceback" not in log
+
+
+def test_out_of_descriptors_with_every_slot_busy_sheds_newcomers(serve: Callable[..., Served]) -> None:
+    """Nothing to displace (every connection completed a frame): a newcomer is closed at once, not left
+    hanging in the backlog, and the busy connections keep being served."""
+    served = serve(
+        "--coap", "off", "--tcp", f"{HOST}:0", "--ws", "off",
+        "--max-connections", "1000", "--max-connections-per-peer", "1000",
+        file_limit=128,
+    )  # fmt: skip
+    port = served.ports["tcp"]
+    busy: list[socket.socket] = []
+    shed = None
+    try:
+        for _ in range(200):
+            conn = socket.create_connection((HOST, port), timeout=5.0)
+            conn.sendall(GET_FIRMWARE)
+            try:
+                answer = conn.recv(100)
+            except ConnectionError:
+                answer = b""
+            if answer != FIRMWARE_ANSWER:
+                shed = conn
+                break
+            busy.append(conn)
+        assert shed is not None, "the file limit was never reached"
+        assert len(busy) >= 30
+        for conn in busy[:5] + busy[-5:]:
+            conn.sendall(GET_FIRMWARE)
+            assert conn.recv(100) == FIRMWARE_ANSWER
+        for conn in busy[-5:]:  # give back a few descriptors: accepting resumes
+            conn.close()
+        del busy[-5:]
+        for _ in range(50):
+            with socket.create_connection((HOST, port), timeout=5.0) as again:
+                again.sendall(GET_FIRMWARE)
+                try:
+                    if again.recv(100) == FIRMWARE_ANSWER:
+                        break
+                except ConnectionError:
+                    pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("accepting did not resume after descriptors were freed")
+    finally:
+        for conn in busy:
+            conn.close()
+        if shed is not None:
+            shed.close()
+    assert served.stop() == 0
+    log = served.stderr()
+    assert log.count("out of file descriptors") == 1, log[-3000:]
+    assert_quiet_log(log)
