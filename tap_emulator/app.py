@@ -180,9 +180,9 @@ class Emulator:
         )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:
-        """The Tap-native face over TCP and WebSocket; its sessions share one login lockout."""
+        """The Tap-native face over TCP and WebSocket; its sessions share one login limiter."""
         from tap_emulator.faces.tap import TapFace, start_tcp_server, start_ws_server
-        from tap_emulator.security.lockout import LoginLockout
+        from tap_emulator.security.lockout import LoginLimiter
 
         if self.options.tcp is None and self.options.ws is None:
             return
@@ -193,10 +193,11 @@ class Emulator:
         security = self.profile.security
         face = TapFace(
             tree,
-            lockout=LoginLockout(security.max_failed_logins, security.lockout_seconds),
+            limiter=LoginLimiter(security.lockout),
             clock=time.monotonic,
             random_bytes=os.urandom,
             lifetime_unit_seconds=security.session_lifetime_unit_seconds,
+            handshake_seconds=security.scram_handshake_seconds,
             trace=self.options.trace,
         )
         if self.options.tcp is not None:

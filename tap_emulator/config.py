@@ -7,7 +7,9 @@ key on error, so a typo in a hand-written profile is a clear message, not a trac
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tap_emulator.model import RESOURCES_DIR, ValueError_, default_model
+from tap_emulator.security.lockout import LockoutPolicy
 
 __all__ = [
     "AccessPolicy",
@@ -68,9 +71,10 @@ class DeviceIdentity:
 class SecurityPolicy:
     mode: SecurityMode = SecurityMode.SCRAM
     hash_iteration: int = 5000
-    max_failed_logins: int = 3
-    lockout_seconds: float = 60.0
+    lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
     session_lifetime_unit_seconds: float = 1.0
+    # How long a SCRAM handshake (/1024//40) waits for its proof (/1024//41).
+    scram_handshake_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +104,7 @@ class Profile:
     groups: tuple[GroupSeed, ...]
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
-        security = SecurityPolicy(
-            mode,
-            self.security.hash_iteration,
-            self.security.max_failed_logins,
-            self.security.lockout_seconds,
-            self.security.session_lifetime_unit_seconds,
-        )
-        return Profile(self.name, self.device, security, self.access, self.groups)
+        return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
 
 
 def _get(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
@@ -169,12 +166,12 @@ def load_profile(name_or_path: str = "default") -> Profile:
         hash_iteration=_uint(
             _get(sec_t, "hash_iteration", int, sw, 5000), 0xFFFFFFFF, f"{sw} hash_iteration"
         ),
-        max_failed_logins=_uint(
-            _get(sec_t, "max_failed_logins", int, sw, 3), 1000, f"{sw} max_failed_logins"
-        ),
-        lockout_seconds=_get(sec_t, "lockout_seconds", float, sw, 60.0),
+        lockout=_lockout_policy(sec_t, sw),
         session_lifetime_unit_seconds=1.0 if unit == "s" else 60.0,
+        scram_handshake_seconds=_get(sec_t, "scram_handshake_seconds", float, sw, 30.0),
     )
+    if not math.isfinite(security.scram_handshake_seconds) or security.scram_handshake_seconds <= 0:
+        raise ConfigError(f"{sw}: 'scram_handshake_seconds' must be a number > 0")
     if security.hash_iteration == 0:
         raise ConfigError(f"{sw}: hash_iteration must be at least 1")
     acc_t = _get(data, "access", dict, where, {})
@@ -205,6 +202,21 @@ def load_profile(name_or_path: str = "default") -> Profile:
         )
     _check_groups_against_model(groups, where)
     return Profile(path.stem, device, security, access, tuple(groups))
+
+
+def _lockout_policy(sec_t: Mapping[str, Any], where: str) -> LockoutPolicy:
+    """The login limits of ``[security]``: every key optional, defaults from `LockoutPolicy`."""
+    defaults = LockoutPolicy()
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(LockoutPolicy):
+        default = getattr(defaults, item.name)
+        kind = float if isinstance(default, float) else int
+        value = _get(sec_t, item.name, kind, where, default)
+        values[item.name] = _uint(value, 1_000_000, f"{where} {item.name}") if kind is int else value
+    try:
+        return LockoutPolicy(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_groups_against_model(groups: list[GroupSeed], where: str) -> None:

@@ -197,7 +197,8 @@ async def _serve_tcp(
     arrived ``frame_timeout`` after them, the next frame ``idle_timeout`` after the last one.
     """
     loop = asyncio.get_running_loop()
-    session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}")
+    # The limiter's peer is the admitted address, as for the connection caps (never the port).
+    session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}", tracked.peer)
     decoder = ApduStreamDecoder()
     frame_started = last_frame = loop.time()
 
@@ -386,8 +387,9 @@ async def _serve_ws(
     face: TapFace, gate: ConnectionGate, connection: _TapWsConnection, limits: ConnectionLimits
 ) -> None:
     """Answer each binary message; the first within ``frame_timeout``, later ones within ``idle_timeout``."""
-    session = face.open_session(f"ws {_peer_name(connection.remote_address)}")
     tracked = connection.tracked
+    # Keyed by address, not connection: reconnecting must not reset a peer's failed logins.
+    session = face.open_session(f"ws {_peer_name(connection.remote_address)}", tracked.peer)
     try:
         while True:
             timeout = limits.frame_timeout if not tracked.framed else (limits.idle_timeout or None)

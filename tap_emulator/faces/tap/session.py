@@ -3,7 +3,7 @@
 The transports (`server.py`) only move bytes; everything a connection remembers lives here: the
 logged-in group, the SCRAM handshake in progress, the encrypted channel (key, IVs, frame counter) and
 the idle timer. Everything a device shares across connections lives in `TapFace`: the tree, the login
-lockout, the clock and the random source (both injected, so tests drive them).
+limiter, the clock and the random source (both injected, so tests drive them).
 
 Which requests the session serves itself: the resources of the model whose behaviour is ``session``
 (object 1024: login, logout, current group and profile, keep-alive, SCRAM login and proof, IV refresh,
@@ -16,9 +16,15 @@ Choices where the spec (tap-protocol.md, section F) is silent:
   ``/1024//40`` + ``/41`` in SCRAM mode; the other mechanism answers METHOD_NOT_ALLOWED (0x85) and is
   not counted as a failed login.
 - A wrong password, an unknown user and a wrong SCRAM proof all answer UNAUTHORIZED (0x81), which the
-  SDK reports as invalid credentials, and each counts as one failed login (device-wide, see
-  `tap_emulator.security.lockout`). While locked out, logins answer SERVICE_UNAVAILABLE (0xA3).
-  A malformed login body is BAD_REQUEST (0x80) and is not counted.
+  SDK reports as invalid credentials, and each counts as one failed login of that account from that
+  peer (see `tap_emulator.security.lockout`). An attempt the limits refuse answers
+  SERVICE_UNAVAILABLE (0xA3, the SDK's "too many login attempts") without being evaluated. The failure
+  is counted before the password work is awaited and refunded on success, so concurrent attempts
+  cannot slip past the limits. A malformed login body is BAD_REQUEST (0x80) and is not counted.
+- SCRAM: ``/1024//40`` is refused (0xA3) while the limits refuse that peer and account; the proof
+  (``/41``) is the attempt that is counted, and is refused while locked like a plain login. A
+  handshake expires ``scram_handshake_seconds`` after its ``/40``; a proof after that is UNAUTHORIZED
+  and is not evaluated.
 - Once a SCRAM session exists, its rights belong to the encrypted channel: requests sent in clear on
   the same connection are served as anonymous (group 0).
 - ``/1024//45`` and a proof without a pending ``/40`` answer UNAUTHORIZED outside an encrypted session;
@@ -74,7 +80,7 @@ from tap_emulator.security import (
     check_hash_login,
     check_plain_login,
 )
-from tap_emulator.security.lockout import LoginLockout
+from tap_emulator.security.lockout import LoginLimiter, Reservation, peer_key
 from tap_emulator.tree import Caller, DeviceTree, Request
 
 __all__ = ["TRACE_LOGGER", "TapFace", "TapSession"]
@@ -83,6 +89,7 @@ log = logging.getLogger(__name__)
 TRACE_LOGGER: Final = "tap_emulator.trace"
 trace_log = logging.getLogger(TRACE_LOGGER)
 _limited = RateLimitedLog(log)  # lines that a peer's bad frames can repeat
+limit_log = RateLimitedLog(log, interval=10.0)
 
 T = TypeVar("T")
 
@@ -128,11 +135,20 @@ class _Reply:
     data: bytes = b""
 
 
+@dataclass(slots=True)
+class _PendingHandshake:
+    """A SCRAM login between its ``/40`` and its proof: who it is for and when it started."""
+
+    handshake: ScramServerHandshake
+    account: str
+    started: float
+
+
 _Handler = Callable[["TapSession", TapRequest, ResourceDef, bool], Awaitable[_Reply]]
 
 
 class TapFace:
-    """What every Tap session of one device shares: tree, lockout, clock, randomness and settings.
+    """What every Tap session of one device shares: tree, login limiter, clock, randomness and settings.
 
     ``clock`` returns monotonic seconds; ``random_bytes(n)`` returns n random bytes (nonces, IVs and the
     decoy key of unknown users are drawn from it); ``offload`` runs heavy hashing off the event loop.
@@ -142,19 +158,21 @@ class TapFace:
         self,
         tree: DeviceTree,
         *,
-        lockout: LoginLockout,
+        limiter: LoginLimiter,
         clock: Callable[[], float],
         random_bytes: Callable[[int], bytes],
         lifetime_unit_seconds: float = 1.0,
+        handshake_seconds: float = 30.0,
         trace: bool = False,
         offload: Callable[[Callable[[], Any]], Awaitable[Any]] = _in_thread,
     ) -> None:
         self.tree = tree
         self.model = tree.model
-        self.lockout = lockout
+        self.limiter = limiter
         self.clock = clock
         self.random_bytes = random_bytes
         self.lifetime_unit_seconds = lifetime_unit_seconds
+        self.handshake_seconds = handshake_seconds
         self.trace = trace
         self.offload = offload
         self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
@@ -167,9 +185,13 @@ class TapFace:
                 raise LookupError(f"the model's object {iface.id} has no session resource {slug!r}")
             self.handlers[entry[0].id] = handler
 
-    def open_session(self, peer: str) -> TapSession:
-        """A new connection: anonymous, no key, no handshake."""
-        return TapSession(self, peer)
+    def open_session(self, peer: str, address: str | None = None) -> TapSession:
+        """A new connection: anonymous, no key, no handshake.
+
+        ``peer`` names it in logs; ``address`` (the client's IP address) is whose failed logins it
+        shares. Without one, the connection is its own peer.
+        """
+        return TapSession(self, peer, address)
 
     def lifetime_seconds(self, group_id: int) -> float:
         """Idle time after which a session of ``group_id`` ends; 0 means no limit."""
@@ -192,13 +214,14 @@ class TapSession:
     frame gets BAD_REQUEST and an unexpected failure INTERNAL_SERVER_ERROR (logged).
     """
 
-    def __init__(self, face: TapFace, peer: str) -> None:
+    def __init__(self, face: TapFace, peer: str, address: str | None = None) -> None:
         self.face = face
         self.peer = peer
+        self.limiter_peer = peer if address is None else peer_key(address)
         self.group_id = ANONYMOUS_GROUP
         self._channel: SecureChannel | None = None
         self._ivs: tuple[bytes, bytes] | None = None  # (client IV, Tap IV) in use on the channel
-        self._handshake: ScramServerHandshake | None = None
+        self._handshake: _PendingHandshake | None = None
         self._last_activity = face.clock()
         self._deferred: list[Callable[[], None]] = []
 
@@ -378,10 +401,12 @@ class TapSession:
             return _Reply(TapStatus.METHOD_NOT_ALLOWED)
         if not self._valid_body(resource, request.payload):
             return _Reply(TapStatus.BAD_REQUEST)
-        if face.lockout.is_locked(face.clock()):
-            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
         name = _username(request.payload[:USERNAME_LENGTH])
         secret = request.payload[USERNAME_LENGTH:]
+        # Counted before the PBKDF2 work is awaited: concurrent attempts see it at once.
+        reservation = face.limiter.reserve(self.limiter_peer, name, face.clock())
+        if reservation is None:
+            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
         account = face.tree.find_account(name)
         credential = None if account is None else account.credential
         if mode is SecurityMode.NONE:
@@ -390,12 +415,20 @@ class TapSession:
         else:
             accepted = check_hash_login(credential, secret)
         if not accepted or account is None:
-            face.lockout.record_failure(face.clock())
+            self._login_failed(reservation)
             return _Reply(TapStatus.UNAUTHORIZED)
-        face.lockout.record_success()
+        face.limiter.succeeded(reservation, face.clock())
         self._end_session()
         self.group_id = account.group_id
         return _Reply(TapStatus.CHANGED)
+
+    def _login_failed(self, reservation: Reservation) -> None:
+        """The failure is already counted; say once in a while when it earned a wait."""
+        wait = self.face.limiter.wait(reservation.peer, reservation.account, self.face.clock())
+        if wait > 0:
+            limit_log.warning(
+                "login-limit", "%s: failed logins; further attempts refused for %.0f s", self.peer, wait
+            )
 
     async def _logout(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
         group = self.group_id
@@ -427,7 +460,10 @@ class TapSession:
             return _Reply(TapStatus.METHOD_NOT_ALLOWED)
         if not self._valid_body(resource, request.payload):
             return _Reply(TapStatus.BAD_REQUEST)
-        if face.lockout.is_locked(face.clock()):
+        name = _username(request.payload[:USERNAME_LENGTH])
+        now = face.clock()
+        if face.limiter.wait(self.limiter_peer, name, now) > 0:
+            self._handshake = None
             return _Reply(TapStatus.SERVICE_UNAVAILABLE)
         handshake = ScramServerHandshake(
             face.scram_lookup, face.decoy_key, decoy_iterations=face.tree.hash_iteration
@@ -437,22 +473,26 @@ class TapSession:
             answer = handshake.start(request.payload, server_nonce)
         except AuthenticationFailed:
             return _Reply(TapStatus.BAD_REQUEST)
-        self._handshake = handshake
+        self._handshake = _PendingHandshake(handshake, name, now)
         return _Reply(TapStatus.CONTENT, answer)
 
     async def _scram_proof(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
         face = self.face
-        handshake, self._handshake = self._handshake, None
+        pending, self._handshake = self._handshake, None
         if not self._valid_body(resource, request.payload):
             return _Reply(TapStatus.BAD_REQUEST)
-        if handshake is None:
-            return _Reply(TapStatus.UNAUTHORIZED)
+        now = face.clock()
+        if pending is None or now - pending.started > face.handshake_seconds:
+            return _Reply(TapStatus.UNAUTHORIZED)  # no handshake, or an expired one: nothing evaluated
+        reservation = face.limiter.reserve(self.limiter_peer, pending.account, now)
+        if reservation is None:
+            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
         try:
-            result = handshake.finish(request.payload)
+            result = pending.handshake.finish(request.payload)
         except AuthenticationFailed:
-            face.lockout.record_failure(face.clock())
+            self._login_failed(reservation)
             return _Reply(TapStatus.UNAUTHORIZED)
-        face.lockout.record_success()
+        face.limiter.succeeded(reservation, now)
         self.group_id = result.group_id
         key = result.session_key
         # The proof is answered under the old key (or in clear); the new key applies to the next frame.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from tap_emulator.app import open_device
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
@@ -17,7 +18,7 @@ from tap_emulator.config import Profile, SecurityMode, load_profile
 from tap_emulator.faces.tap import TapFace, TapSession
 from tap_emulator.model import Operation
 from tap_emulator.security import client_proof, derive_scram_keys, hash_login_password, session_key
-from tap_emulator.security.lockout import LoginLockout
+from tap_emulator.security.lockout import LoginLimiter
 from tap_emulator.tree import MAINTENANCE, DeviceTree, Request
 
 ADMIN = 0xFFFF
@@ -69,16 +70,26 @@ def device_profile(
     max_failed_logins: int = 3,
     lockout_seconds: float = 60.0,
     lifetime_unit_seconds: float = 1.0,
+    scram_handshake_seconds: float = 30.0,
+    **lockout: Any,
 ) -> Profile:
+    """The default profile with a serial, a security mode and login limits of the test's choosing;
+    ``lockout`` takes the other `LockoutPolicy` fields (``account_max_failed_logins=...``)."""
     base = load_profile("default").with_security_mode(mode)
+    policy = dataclasses.replace(
+        base.security.lockout,
+        max_failed_logins=max_failed_logins,
+        lockout_seconds=lockout_seconds,
+        **lockout,
+    )
     return dataclasses.replace(
         base,
         device=dataclasses.replace(base.device, serial_number=serial),
         security=dataclasses.replace(
             base.security,
-            max_failed_logins=max_failed_logins,
-            lockout_seconds=lockout_seconds,
+            lockout=policy,
             session_lifetime_unit_seconds=lifetime_unit_seconds,
+            scram_handshake_seconds=scram_handshake_seconds,
         ),
     )
 
@@ -94,8 +105,8 @@ class Device:
     clock: FakeClock
     random: FakeRandom
 
-    def session(self, peer: str = "test") -> TapSession:
-        return self.face.open_session(peer)
+    def session(self, peer: str = "test", address: str | None = None) -> TapSession:
+        return self.face.open_session(peer, address)
 
     async def maintenance(
         self, operation: Operation, obj: int, inst: int | None, res: int, value: object = None
@@ -114,10 +125,11 @@ def make_device(profile: Profile | None = None, *, trace: bool = False) -> Devic
     tree = open_device(profile, ":memory:", random_bytes=random, clock_ms=lambda: int(clock.now * 1000))
     face = TapFace(
         tree,
-        lockout=LoginLockout(profile.security.max_failed_logins, profile.security.lockout_seconds),
+        limiter=LoginLimiter(profile.security.lockout),
         clock=clock,
         random_bytes=random,
         lifetime_unit_seconds=profile.security.session_lifetime_unit_seconds,
+        handshake_seconds=profile.security.scram_handshake_seconds,
         trace=trace,
         offload=_inline,
     )

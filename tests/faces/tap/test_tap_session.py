@@ -257,13 +257,15 @@ async def test_relogin_on_an_encrypted_connection_keeps_the_ivs(scram_device: De
     assert await client.call(get(INTERFACE, None, 7)) == (0x45, b"\xff\xfe")
 
 
-async def test_scram_failures_count_and_lock_out_every_connection(scram_device: Device) -> None:
-    s1, s2 = scram_device.session("one"), scram_device.session("two")
+async def test_scram_failures_count_per_peer_address_across_its_connections(scram_device: Device) -> None:
+    s1, s2 = scram_device.session("one", "10.0.0.5"), scram_device.session("two", "10.0.0.5")
     for _ in range(2):
         assert (await ScramClient(s1).login("admin", "wrong"))[0] == 0x81
     assert (await ScramClient(s2).login("nobody", "x"))[0] == 0x81  # unknown user: same answer, counted
     assert (await ScramClient(s1).login("admin", "admin"))[0] == 0xA3
-    assert (await ScramClient(scram_device.session("three")).login("admin", "admin"))[0] == 0xA3
+    assert (await ScramClient(scram_device.session("three", "10.0.0.5")).login("admin", "admin"))[0] == 0xA3
+    # Another peer is not held back by this one's failures.
+    assert (await ScramClient(scram_device.session("four", "10.0.0.6")).login("admin", "admin"))[0] == 0x45
     scram_device.clock.advance(59)
     assert (await ScramClient(s2).login("admin", "admin"))[0] == 0xA3
     scram_device.clock.advance(1)
