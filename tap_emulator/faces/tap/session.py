@@ -89,7 +89,7 @@ log = logging.getLogger(__name__)
 TRACE_LOGGER: Final = "tap_emulator.trace"
 trace_log = logging.getLogger(TRACE_LOGGER)
 _limited = RateLimitedLog(log)  # lines that a peer's bad frames can repeat
-limit_log = RateLimitedLog(log, interval=10.0)
+_LIMIT_LOG_INTERVAL: Final = 10.0
 
 T = TypeVar("T")
 
@@ -173,6 +173,8 @@ class TapFace:
         self.random_bytes = random_bytes
         self.lifetime_unit_seconds = lifetime_unit_seconds
         self.handshake_seconds = handshake_seconds
+        # Failed logins are network input: their log line is rate-limited device-wide.
+        self.limit_log = RateLimitedLog(log, interval=_LIMIT_LOG_INTERVAL, clock=clock)
         self.trace = trace
         self.offload = offload
         self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
@@ -426,7 +428,7 @@ class TapSession:
         """The failure is already counted; say once in a while when it earned a wait."""
         wait = self.face.limiter.wait(reservation.peer, reservation.account, self.face.clock())
         if wait > 0:
-            limit_log.warning(
+            self.face.limit_log.warning(
                 "login-limit", "%s: failed logins; further attempts refused for %.0f s", self.peer, wait
             )
 

@@ -6,10 +6,14 @@ proofs), so session tests exchange exactly the bytes a real SDK would.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
+
+from websockets.asyncio.client import ClientConnection, connect
 
 from tap_emulator.app import open_device
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
@@ -168,10 +172,72 @@ def hash_login(name: str, password: str) -> bytes:
     return login_frame(name, hash_login_password(password))
 
 
+class FrameLink(Protocol):
+    """Anything that answers a request frame with a response frame: a session, or a socket to one."""
+
+    async def handle_frame(self, frame: bytes) -> bytes: ...
+
+
+LINK_TIMEOUT = 5.0
+
+
+class TcpLink:
+    """A real TCP connection to a Tap server, from a chosen loopback source address (a distinct peer)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> TcpLink:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(source, 0)), LINK_TIMEOUT
+        )
+        return cls(reader, writer)
+
+    async def handle_frame(self, frame: bytes) -> bytes:
+        self.writer.write(frame)
+        await self.writer.drain()
+        data = b""
+        # Every answer ends in 90 00 and is written in one piece.
+        while not (len(data) >= 3 and data.endswith(b"\x90\x00")) and data != b"\x90\x00":
+            chunk = await asyncio.wait_for(self.reader.read(4096), LINK_TIMEOUT)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            data += chunk
+        return data
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), LINK_TIMEOUT)
+
+
+class WsLink:
+    """A real WebSocket connection to a Tap server, from a chosen loopback source address."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> WsLink:
+        conn = await connect(f"ws://{host}:{port}", open_timeout=LINK_TIMEOUT, local_addr=(source, 0))
+        return cls(conn)
+
+    async def handle_frame(self, frame: bytes) -> bytes:
+        await self.conn.send(frame)
+        answer = await asyncio.wait_for(self.conn.recv(), LINK_TIMEOUT)
+        assert isinstance(answer, bytes)
+        return answer
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
 class ScramClient:
     """The SDK's side of a SCRAM login and of the encrypted channel, for one session."""
 
-    def __init__(self, session: TapSession) -> None:
+    def __init__(self, session: FrameLink) -> None:
         self.session = session
         self.key: bytes | None = None
         self.counter = 0
