@@ -4,7 +4,8 @@ Each test starts an in-process emulator on 127.0.0.1 with every port 0 and drive
 harness of `sdk.py` (node/driver.js). Covered: every GroupService call, SCRAM login as admin, supervisor
 and a created user, plain and 1-hash login with the security mode overridden, `tap.auth.changePassword`
 then a new login, more than 100 encrypted frames (IV refresh through /1024//45), logout, a wrong
-password, the lockout after three failures, a write refused to anonymous, and cross-face behaviour with
+password, the lockout after three failures (and that another peer's failures do not lock the SDK out),
+a write refused to anonymous, and cross-face behaviour with
 the CoAP face (rename seen by a CoAP observer; a password set over CoAP used for a SCRAM login).
 """
 
@@ -22,6 +23,7 @@ import pytest
 from sdk import hex_arg, require_sdk, run_sdk_async
 
 from tap_emulator.app import Emulator, Endpoint, ServeOptions
+from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
 from tap_emulator.config import PROFILES_DIR, SecurityMode
 from tap_emulator.faces.tap import TRACE_LOGGER
 from tap_emulator.security import derive_scram_keys, hash_login_password
@@ -208,6 +210,34 @@ async def test_wrong_password_then_lockout_after_three_failures(tmp_path: Path, 
     assert error_code(results[3]) == TOO_MANY_ATTEMPTS
     ok(results[5])
     assert ok(results[6]) == ADMIN
+
+
+async def _garbage_scram_login(port: int, source: str) -> list[int]:
+    """An attacker's SCRAM login over raw TCP from ``source``: the statuses of /40 and, if served, /41."""
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    statuses = []
+    try:
+        start = TapRequest(Method.GET, 1024, None, 40, b"admin".ljust(16, b"\0") + b"\0\0\0\1")
+        for request in (start, TapRequest(Method.GET, 1024, None, 41, bytes(16))):
+            writer.write(encode_request(request))
+            status, _ = decode_response(await asyncio.wait_for(reader.read(4096), 5))
+            statuses.append(status)
+            if status != 0x45:
+                break
+    finally:
+        writer.close()
+    return statuses
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_another_peers_failed_logins_do_not_lock_the_sdk_out(tmp_path: Path, transport: str) -> None:
+    async with running_emulator(tmp_path) as emulator:
+        assert emulator.tcp_address is not None
+        attack = [await _garbage_scram_login(emulator.tcp_address[1], "127.0.0.2") for _ in range(5)]
+        assert attack == [[0x45, 0x81]] * 3 + [[0xA3]] * 2  # the attacker is held back ...
+        results = await sdk(emulator, transport, [login("admin", "admin"), CURRENT_GROUP])
+    ok(results[0])  # ... and the SDK, from 127.0.0.1, logs in at once
+    assert ok(results[1]) == ADMIN
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
