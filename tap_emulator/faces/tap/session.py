@@ -20,7 +20,9 @@ Choices where the spec (tap-protocol.md, section F) is silent:
   peer (see `tap_emulator.security.lockout`). An attempt the limits refuse answers
   SERVICE_UNAVAILABLE (0xA3, the SDK's "too many login attempts") without being evaluated. The failure
   is counted before the password work is awaited and refunded on success, so concurrent attempts
-  cannot slip past the limits. A malformed login body is BAD_REQUEST (0x80) and is not counted.
+  cannot slip past the limits. The password checks of one peer run one at a time, so a client
+  logging in on several connections at once waits for its own checks instead of being refused by
+  them. A malformed login body is BAD_REQUEST (0x80) and is not counted.
 - SCRAM: ``/1024//40`` is refused (0xA3) while the limits refuse that peer and account; the proof
   (``/41``) is the attempt that is counted, and is refused while locked like a plain login. A
   handshake expires ``scram_handshake_seconds`` after its ``/40``; a proof after that is UNAUTHORIZED
@@ -49,8 +51,10 @@ Choices where the spec (tap-protocol.md, section F) is silent:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -175,6 +179,9 @@ class TapFace:
         self.handshake_seconds = handshake_seconds
         # Failed logins are network input: their log line is rate-limited device-wide.
         self.limit_log = RateLimitedLog(log, interval=_LIMIT_LOG_INTERVAL, clock=clock)
+        # Peers with a password check running or waiting; an entry lives only as long as its users.
+        self._check_locks: dict[str, asyncio.Lock] = {}
+        self._check_users: Counter[str] = Counter()
         self.trace = trace
         self.offload = offload
         self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
@@ -194,6 +201,20 @@ class TapFace:
         shares. Without one, the connection is its own peer.
         """
         return TapSession(self, peer, address)
+
+    @contextlib.asynccontextmanager
+    async def one_check_per_peer(self, peer: str) -> AsyncIterator[None]:
+        """Serialise the password checks of one peer (see the module docstring)."""
+        lock = self._check_locks.setdefault(peer, asyncio.Lock())
+        self._check_users[peer] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._check_users[peer] -= 1
+            if not self._check_users[peer]:
+                del self._check_users[peer]
+                del self._check_locks[peer]
 
     def lifetime_seconds(self, group_id: int) -> float:
         """Idle time after which a session of ``group_id`` ends; 0 means no limit."""
@@ -405,21 +426,22 @@ class TapSession:
             return _Reply(TapStatus.BAD_REQUEST)
         name = _username(request.payload[:USERNAME_LENGTH])
         secret = request.payload[USERNAME_LENGTH:]
-        # Counted before the PBKDF2 work is awaited: concurrent attempts see it at once.
-        reservation = face.limiter.reserve(self.limiter_peer, name, face.clock())
-        if reservation is None:
-            return _Reply(TapStatus.SERVICE_UNAVAILABLE)
-        account = face.tree.find_account(name)
-        credential = None if account is None else account.credential
-        if mode is SecurityMode.NONE:
-            # One PBKDF2 run, also for an unknown user, so timing does not tell the two apart.
-            accepted = await face.offload(lambda: check_plain_login(credential, secret))
-        else:
-            accepted = check_hash_login(credential, secret)
-        if not accepted or account is None:
-            self._login_failed(reservation)
-            return _Reply(TapStatus.UNAUTHORIZED)
-        face.limiter.succeeded(reservation, face.clock())
+        async with face.one_check_per_peer(self.limiter_peer):
+            # Counted before the PBKDF2 work is awaited: concurrent attempts see it at once.
+            reservation = face.limiter.reserve(self.limiter_peer, name, face.clock())
+            if reservation is None:
+                return _Reply(TapStatus.SERVICE_UNAVAILABLE)
+            account = face.tree.find_account(name)
+            credential = None if account is None else account.credential
+            if mode is SecurityMode.NONE:
+                # One PBKDF2 run, also for an unknown user, so timing does not tell the two apart.
+                accepted = await face.offload(lambda: check_plain_login(credential, secret))
+            else:
+                accepted = check_hash_login(credential, secret)
+            if not accepted or account is None:
+                self._login_failed(reservation)
+                return _Reply(TapStatus.UNAUTHORIZED)
+            face.limiter.succeeded(reservation, face.clock())
         self._end_session()
         self.group_id = account.group_id
         return _Reply(TapStatus.CHANGED)

@@ -235,6 +235,17 @@ async def test_concurrent_wrong_logins_from_one_peer_evaluate_at_most_three(rig:
 
 
 @pytest.mark.parametrize("profile_args", [_mode(SecurityMode.NONE)])
+async def test_concurrent_right_logins_from_one_peer_all_succeed(rig: Rig) -> None:
+    """A client on several connections at once waits for its own checks, never refused by them."""
+    counter = CountingOffload()
+    rig.device.face.offload = counter
+    links = [await rig.open("tcp", ADMIN_DESK) for _ in range(12)]
+    statuses = await asyncio.gather(*(status_of(link, plain_login("admin", "admin")) for link in links))
+    assert statuses == [CHANGED] * 12 and counter.runs == 12
+    assert rig.device.face._check_locks == {}  # nothing kept once the checks are done
+
+
+@pytest.mark.parametrize("profile_args", [_mode(SecurityMode.NONE)])
 async def test_concurrent_wrong_logins_from_many_peers_evaluate_at_most_the_account_limit(rig: Rig) -> None:
     sources = [f"127.0.0.{10 + i}" for i in range(40) for _ in range(3)]
     statuses, evaluated = await _concurrent_wrong_logins(rig, sources)
