@@ -158,18 +158,19 @@ async def _open_handshake(link: FrameLink, client_nonce: int) -> tuple[int, byte
 
 
 async def test_pre_opened_handshakes_cannot_outlast_the_lockout(rig: Rig) -> None:
-    links = [await rig.open("tcp", ATTACKER) for _ in range(100)]
+    # 50 handshakes from one address, over both transports (each under the per-peer connection cap).
+    links = [await rig.open(transport, ATTACKER) for transport in ("tcp", "ws") for _ in range(25)]
     opened = [await _open_handshake(link, 1000 + i) for i, link in enumerate(links)]
     salt, iterations = opened[0][1][4:8], int.from_bytes(opened[0][1][8:12], "big")
     keys = derive_scram_keys(hash_login_password("admin"), salt, iterations)
     statuses = []
     for i, (link, (server_nonce, _)) in enumerate(zip(links, opened, strict=True)):
-        right = i == 60  # the guess that would have logged in
+        right = i == 30  # the guess that would have logged in
         proof = client_proof(keys, 1000 + i, server_nonce) if right else bytes([i]) * 16
         statuses.append(await status_of(link, get(INTERFACE, None, 41, proof)))
-    assert statuses == [UNAUTHORIZED] * 3 + [SERVICE_UNAVAILABLE] * 97
+    assert statuses == [UNAUTHORIZED] * 3 + [SERVICE_UNAVAILABLE] * 47
     # Every connection is still served, and still anonymous.
-    assert decode_response(await links[60].handle_frame(get(INTERFACE, None, 7))) == (CONTENT, b"\x00\x00")
+    assert decode_response(await links[30].handle_frame(get(INTERFACE, None, 7))) == (CONTENT, b"\x00\x00")
 
 
 async def test_a_handshake_expires_and_its_late_proof_is_not_evaluated(rig: Rig) -> None:
@@ -219,19 +220,20 @@ class CountingOffload:
         return await asyncio.to_thread(counted)
 
 
-async def _concurrent_wrong_logins(rig: Rig, sources: list[str]) -> tuple[list[int], int]:
+async def _concurrent_wrong_logins(rig: Rig, sources: list[tuple[str, str]]) -> tuple[list[int], int]:
     counter = CountingOffload()
     rig.device.face.offload = counter
-    links = [await rig.open("tcp", source) for source in sources]
+    links = [await rig.open(transport, source) for transport, source in sources]
     results = await asyncio.gather(*(status_of(link, plain_login("admin", "wrong")) for link in links))
     return list(results), counter.runs
 
 
 @pytest.mark.parametrize("profile_args", [_mode(SecurityMode.NONE)])
 async def test_concurrent_wrong_logins_from_one_peer_evaluate_at_most_three(rig: Rig) -> None:
-    statuses, evaluated = await _concurrent_wrong_logins(rig, [ATTACKER] * 100)
+    sources = [(transport, ATTACKER) for transport in ("tcp", "ws") for _ in range(25)]
+    statuses, evaluated = await _concurrent_wrong_logins(rig, sources)
     assert evaluated == 3
-    assert sorted(statuses) == [UNAUTHORIZED] * 3 + [SERVICE_UNAVAILABLE] * 97
+    assert sorted(statuses) == [UNAUTHORIZED] * 3 + [SERVICE_UNAVAILABLE] * 47
 
 
 @pytest.mark.parametrize("profile_args", [_mode(SecurityMode.NONE)])
@@ -247,7 +249,7 @@ async def test_concurrent_right_logins_from_one_peer_all_succeed(rig: Rig) -> No
 
 @pytest.mark.parametrize("profile_args", [_mode(SecurityMode.NONE)])
 async def test_concurrent_wrong_logins_from_many_peers_evaluate_at_most_the_account_limit(rig: Rig) -> None:
-    sources = [f"127.0.0.{10 + i}" for i in range(40) for _ in range(3)]
+    sources = [("tcp", f"127.0.0.{10 + i}") for i in range(40) for _ in range(3)]
     statuses, evaluated = await _concurrent_wrong_logins(rig, sources)
     assert evaluated == 10  # account_max_failed_logins of the default profile
     assert statuses.count(UNAUTHORIZED) == 10 and statuses.count(SERVICE_UNAVAILABLE) == 110
