@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.state import DeviceState
+from tap_emulator.state import DeviceState, rollback_open_transaction
 
 __all__ = [
     "BacklogStatus",
@@ -98,7 +98,7 @@ def _write(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence[An
             changed += conn.execute(sql, params).rowcount
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_open_transaction(conn)
         raise
     return changed
 
@@ -249,7 +249,7 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
                     queued += 1
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_open_transaction(conn)
             raise
         return queued
 
