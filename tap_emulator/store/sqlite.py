@@ -271,7 +271,8 @@ def _set_journal_mode(connection: sqlite3.Connection, path: str, busy_timeout: f
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:  # e.g. an older version in WAL mode
-                    raise StoreError(f"SQLite store {path!r} is locked by another process ({error})") from error
+                    locked = f"SQLite store {path!r} is locked by another process ({error})"
+                    raise StoreError(locked) from error
                 raise
         time.sleep(0.005)
 
