@@ -47,7 +47,9 @@ def device_groups(state: Path) -> dict[int, str]:
         instances = opened.load().instances
     finally:
         opened.close()
-    return {gid: row.values.get(0, "") for (oid, gid), row in instances.items() if oid == 1025 and not row.deleted}
+    return {
+        gid: row.values.get(0, "") for (oid, gid), row in instances.items() if oid == 1025 and not row.deleted
+    }
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -59,7 +61,8 @@ async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 async def rename(client: aiocoap.Context, port: int, group_id: int, name: str) -> None:
-    response = await coap_request(client, Code.PUT, f"coap://127.0.0.1:{port}/1025/{group_id}/0", name.encode())
+    uri = f"coap://127.0.0.1:{port}/1025/{group_id}/0"
+    response = await coap_request(client, Code.PUT, uri, name.encode())
     assert response.code == Code.CHANGED, response
 
 
