@@ -69,6 +69,12 @@ _SCHEMA = (
         last_error TEXT, settled_at REAL);
     CREATE INDEX outbox_pending ON outbox (status, id);
     """,
+    # version 2: delivered rows are pruned (the newest of each instance is kept); this counts the others
+    """
+    CREATE TABLE outbox_pruned (
+        id INTEGER PRIMARY KEY CHECK (id = 1), delivered INTEGER NOT NULL DEFAULT 0);
+    INSERT INTO outbox_pruned (id, delivered) VALUES (1, 0);
+    """,
 )
 
 
