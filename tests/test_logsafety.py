@@ -65,7 +65,7 @@ def test_an_episode_logs_its_start_once_and_its_end_with_a_count(caplog: pytest.
         assert episodes.failing
         assert episodes.failed("SQLITE_IOERR", "i/o error")  # another cause is news
         assert episodes.recovered("writes succeed again")
-        assert not episodes.failing
+        assert not episodes.recovered("nothing to end")  # the episode is over
         assert episodes.failed("SQLITE_FULL", "disk full: %s", "state")  # a new episode
     assert logged.count(True) == 1
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [

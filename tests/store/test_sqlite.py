@@ -195,7 +195,7 @@ async def test_every_write_takes_the_writer_lock_up_front(tmp_path: Path) -> Non
     # another connection wrote meanwhile, whatever the busy timeout; BEGIN IMMEDIATE waits instead.
     store = await SqliteStore.open(str(tmp_path / "store.sqlite3"))
     statements: list[str] = []
-    connection = store._connection
+    connection = store._open_connection
     await store._call(lambda: connection.set_trace_callback(statements.append))
     try:
         await store.upsert_device(device())
