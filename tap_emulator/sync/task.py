@@ -214,6 +214,8 @@ class SyncTask:
                 row.id for row in await self.tree.state.pending_outbox(self.settings.batch_rows)
             )
             await outbox.record_failure(self.tree.state, waiting, error, self._clock() + delay)
+        except StateError:
+            pass  # the state logs its failures (a full disk), once per episode
         except Exception:
             log.exception("could not record a failed delivery in the outbox")
         self._attempted = ()

@@ -20,7 +20,12 @@ from typing import Any
 
 import pytest
 
+from tap_emulator.app import Emulator, ServeOptions
+from tap_emulator.model import Operation
 from tap_emulator.state import DeviceState, InstanceRow, InstanceWrite, StateError
+from tap_emulator.store import open_store
+from tap_emulator.sync import SyncSettings
+from tap_emulator.tree import Request, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,3 +160,55 @@ def test_a_really_full_filesystem_keeps_the_commit_error(
             assert state.load().instances[(1025, 1)].version == 500
         finally:
             state.close()
+
+
+async def test_a_full_disk_with_sync_running_logs_no_traceback_and_the_store_catches_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store is out of reach while the disk is full (its directory is a plain file for now), so the
+    # sync task keeps retrying, and each retry's outbox bookkeeping fails on the full disk too.
+    blocker = tmp_path / "store-dir"
+    blocker.write_bytes(b"")
+    store_url = f"sqlite:///{blocker}/store.sqlite3"
+    emulator = Emulator(
+        ServeOptions(
+            state=str(tmp_path / "device.sqlite3"),
+            coap=None,
+            tcp=None,
+            ws=None,
+            store=store_url,
+            sync=SyncSettings(backoff_base=0.01, backoff_cap=0.05),
+        ),
+        announce=lambda _line: None,
+    )
+    await emulator.start()
+    try:
+        tree = emulator.tree
+        assert tree is not None
+        with caplog.at_level(logging.INFO):
+            limit_pages(tree.state, 0)
+            statuses = [
+                (await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, f"n{i}"))).status
+                for i in range(200)
+            ]
+            assert statuses.count(Status.INTERNAL_SERVER_ERROR) > 100
+            await asyncio.sleep(0.3)  # the sync task retries meanwhile, its outbox writes failing too
+            limit_pages(tree.state, 1000)
+            blocker.unlink()
+            blocker.mkdir()
+            back = await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, "back"))
+            assert back.status is Status.CHANGED
+            store = await open_store(store_url)
+            try:
+                for _ in range(200):
+                    held = await store.get_group(tree.serial_number, 65534)
+                    if held is not None and held.name == "back":
+                        break
+                    await asyncio.sleep(0.05)
+                assert held is not None and held.name == "back"
+            finally:
+                await store.close()
+    finally:
+        await emulator.stop()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert len(full_records(caplog)) == 1
