@@ -56,7 +56,7 @@ async def test_file_uses_a_rollback_journal_and_no_shared_memory(tmp_path: Path)
                 for name in ("journal_mode", "mmap_size", "synchronous")
             ]
         )
-        assert modes == ["truncate", 0, 2]
+        assert modes == ["truncate", 0, 1]
         # No -shm (the file a truncation turned into SIGBUS) and no -wal, even with the store open.
         assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite3", "store.sqlite3-journal"]
     finally:
