@@ -9,8 +9,8 @@ The file is shared by every emulator process whose state lives beside it, and an
 can touch it, so it must not be able to crash them. WAL mode maps its -shm file into each process:
 truncating that file killed the process with SIGBUS. The store therefore uses a rollback journal
 (TRUNCATE: no shared memory, the file locks alone coordinate processes) with memory mapping off, so a
-damaged or truncated file becomes an error, never a signal. The cost is that a commit briefly keeps
-readers out, which the busy timeout absorbs (README, Performance). The file is checked when opened
+damaged or truncated file becomes an error, never a signal. The cost is fsyncs at each commit and
+readers kept out while a commit holds the lock, which the busy timeout absorbs (README, Performance). The file is checked when opened
 (quick_check) and its identity before each call: a file deleted or replaced under the store is reported
 once and opened afresh on the next call, and any other driver error also drops the connection, so the
 sync task's next attempt starts from what is on disk now.
@@ -125,7 +125,11 @@ class SqliteStore(schema.StoreReads):
         if self._connection is None:
             self._connection = _connect(self._path, self._busy_timeout)
             self._identity = _file_identity(self._path)
-            self._migrate()
+            try:
+                self._migrate()  # a file created afresh needs the schema
+            except BaseException:
+                self._disconnect()
+                raise
         try:
             return work()
         except sqlite3.IntegrityError:
