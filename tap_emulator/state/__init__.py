@@ -290,11 +290,9 @@ class DeviceState:
                     _, fn, fut = job
                     try:
                         _settle(fut, fn(conn))
-                    except sqlite3.Error as exc:
+                    except sqlite3.Error as exc:  # the caller reports it (the CLI, the sync task)
                         rollback_open_transaction(conn)
-                        error = _state_error(exc, "state access failed")
-                        self._log_failure(error)
-                        _settle(fut, error=error)
+                        _settle(fut, error=_state_error(exc, "state access failed"))
                     except BaseException as exc:
                         rollback_open_transaction(conn)
                         _settle(fut, error=exc)
