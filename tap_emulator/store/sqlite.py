@@ -10,10 +10,10 @@ can touch it, so it must not be able to crash them. WAL mode maps its -shm file 
 truncating that file killed the process with SIGBUS. The store therefore uses a rollback journal
 (TRUNCATE: no shared memory, the file locks alone coordinate processes) with memory mapping off, so a
 damaged or truncated file becomes an error, never a signal. The cost is fsyncs at each commit and
-readers kept out while a commit holds the lock, which the busy timeout absorbs (README, Performance). The file is checked when opened
-(quick_check) and its identity before each call: a file deleted or replaced under the store is reported
-once and opened afresh on the next call, and any other driver error also drops the connection, so the
-sync task's next attempt starts from what is on disk now.
+readers kept out while a commit holds the lock, which the busy timeout absorbs (README, Performance).
+The file is checked when opened (quick_check) and its identity before each call: a file deleted or
+replaced under the store is reported once and opened afresh on the next call, and any other driver
+error also drops the connection, so the sync task's next attempt starts from what is on disk now.
 """
 
 from __future__ import annotations
