@@ -13,6 +13,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def store_file(tmp_path: Path, state_file: Path) -> Path:
                 tables = conn.execute("SELECT name FROM sqlite_master WHERE name = 'access_groups'")
                 if tables.fetchone() and conn.execute("SELECT COUNT(*) FROM access_groups").fetchone()[0]:
                     break
-            subprocess.run(["sleep", "0.02"], check=True)
+            time.sleep(0.02)
     finally:
         process.terminate()
         process.communicate(timeout=20)
