@@ -20,7 +20,7 @@ from aiocoap.numbers.codes import Code
 
 from tap_emulator.state import DeviceState
 
-from .conftest import coap_request
+from .conftest import coap_request, write_profile
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,12 +28,12 @@ SERIAL = "EMU0000000001"
 SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
-def stored_groups(store: Path) -> dict[int, str]:
+def stored_groups(store: Path, serial: str = SERIAL) -> dict[int, str]:
     """group id -> name of the device's live groups as the store file at `store` holds them now."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as conn:
             rows = conn.execute(
-                "SELECT group_id, name FROM access_groups WHERE device_serial = ? AND NOT deleted", (SERIAL,)
+                "SELECT group_id, name FROM access_groups WHERE device_serial = ? AND NOT deleted", (serial,)
             ).fetchall()
     except sqlite3.Error:  # not there yet, or being rebuilt
         return {}
@@ -125,3 +125,33 @@ async def test_truncating_or_scribbling_over_the_store_files_does_not_kill_serve
     # The truncated file reads as an empty database: the task rebuilds it with the device's groups.
     await eventually(lambda: stored_groups(store) == device_groups(state))
     assert "Traceback" not in server.stderr()
+
+
+async def test_three_serve_processes_share_one_embedded_store_without_shared_memory(
+    spawn_server: Callable[..., Any], coap_client: aiocoap.Context, tmp_path: Path
+) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    serials = ["EMU-A-0001", "EMU-B-0002", "EMU-C-0003"]
+    servers = [
+        spawn_server(
+            "--profile", str(write_profile(tmp_path, serial)), "--state", str(directory / f"{serial}.sqlite3")
+        )
+        for serial in serials
+    ]
+    store = directory / "management-store.sqlite3"
+    for round_ in range(10):  # the three devices write at once, a reader looks on
+        await asyncio.gather(
+            *(
+                rename(coap_client, server.port, 65534, f"{serial[4]}{round_}")
+                for serial, server in zip(serials, servers, strict=True)
+            )
+        )
+        stored_groups(store, serials[round_ % 3])
+    final = {serial: f"{serial[4]}9" for serial in serials}
+    await eventually(lambda: {serial: stored_groups(store, serial).get(65534) for serial in serials} == final)
+    assert not Path(f"{store}-shm").exists() and not Path(f"{store}-wal").exists()
+    for server in servers:
+        assert server.process.poll() is None
+        log = server.stderr()
+        assert "Traceback" not in log and "locked" not in log and "unavailable" not in log
