@@ -3,7 +3,9 @@
 A malformed datagram, a refused frame or a failing disk can repeat thousands of times a second; each
 must cost at most one short line, and a burst must collapse into a count. ``RateLimitedLog`` lets a
 line through at most once per ``interval`` seconds per key, and reports how many it held back on the
-next line it lets through. The clock is injected so tests drive it without sleeping.
+next line it lets through. The clock is injected so tests drive it without sleeping. ``EpisodeLog`` is
+for failures that last (a full disk, an unreachable store): one line when an episode starts, silence
+while it lasts, one line with the count when it ends.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["EpisodeLog", "RateLimitedLog"]
 
 
 class RateLimitedLog:
@@ -71,3 +73,40 @@ class RateLimitedLog:
 
     def debug(self, key: Hashable, msg: str, *args: object) -> bool:
         return self.log(logging.DEBUG, key, msg, *args)
+
+
+class EpisodeLog:
+    """One error line when a failure episode starts (or its cause changes), one line when it ends.
+
+    ``failed(cause, ...)`` logs only if no episode is running or the running one had another cause;
+    ``recovered(...)`` logs only if an episode was running, with the number of failures it saw.
+    Not thread-safe: each owner calls it from one thread.
+    """
+
+    __slots__ = ("_cause", "_failures", "_logger")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._cause: Hashable | None = None
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._cause is not None
+
+    def failed(self, cause: Hashable, msg: str, *args: object) -> bool:
+        """Count a failure; True when this one was logged (a new episode or a new cause)."""
+        self._failures += 1
+        if self._cause == cause:
+            return False
+        self._cause = cause
+        self._logger.error(msg, *args)
+        return True
+
+    def recovered(self, msg: str, *args: object) -> bool:
+        """End the running episode, if any, with ``msg % args`` plus its failure count; True if logged."""
+        if self._cause is None:
+            return False
+        failures, self._cause, self._failures = self._failures, None, 0
+        self._logger.warning(msg + " (after %d failure(s))", *args, failures)
+        return True

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tap_emulator.logsafety import RateLimitedLog
+from tap_emulator.logsafety import EpisodeLog, RateLimitedLog
 
 
 class _Clock:
@@ -55,3 +55,22 @@ def test_bad_settings_are_refused() -> None:
         RateLimitedLog(logging.getLogger("t"), interval=-1)
     with pytest.raises(ValueError):
         RateLimitedLog(logging.getLogger("t"), max_keys=0)
+
+
+def test_an_episode_logs_its_start_once_and_its_end_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    episodes = EpisodeLog(logging.getLogger("t.episode"))
+    with caplog.at_level(logging.DEBUG, "t.episode"):
+        assert not episodes.recovered("fine again")  # no episode running: nothing to say
+        logged = [episodes.failed("SQLITE_FULL", "disk full: %s", "state") for _ in range(500)]
+        assert episodes.failing
+        assert episodes.failed("SQLITE_IOERR", "i/o error")  # another cause is news
+        assert episodes.recovered("writes succeed again")
+        assert not episodes.recovered("nothing to end")  # the episode is over
+        assert episodes.failed("SQLITE_FULL", "disk full: %s", "state")  # a new episode
+    assert logged.count(True) == 1
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "disk full: state"),
+        (logging.ERROR, "i/o error"),
+        (logging.WARNING, "writes succeed again (after 501 failure(s))"),
+        (logging.ERROR, "disk full: state"),
+    ]

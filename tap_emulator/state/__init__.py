@@ -7,13 +7,19 @@ without a dual-write gap. Concurrent writers are committed together (group commi
 drains everything queued while the previous transaction was being synced into the next one, so durable
 writes cost one fsync per batch, not one per request.
 
+A damaged file is refused when it is opened (``PRAGMA quick_check``), instead of being served until a
+read trips over the bad page. A failing disk (SQLITE_FULL, I/O errors) fails the writes it hits with
+their cause kept, and is logged once per episode, not once per write.
+
 The module knows nothing of CoAP, Tap frames or SCRAM: credentials arrive as opaque bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,6 +28,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tap_emulator.logsafety import EpisodeLog
 
 __all__ = [
     "DeviceState",
@@ -33,7 +41,12 @@ __all__ = [
     "StateError",
 ]
 
+log = logging.getLogger(__name__)
+
 MEMORY = ":memory:"
+DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a statement waits for another connection's lock
+# Problems `quick_check` reports before it stops; the message shows the first.
+_QUICK_CHECK_LIMIT = 5
 
 _SCHEMA = (
     # version 1
@@ -56,11 +69,24 @@ _SCHEMA = (
         last_error TEXT, settled_at REAL);
     CREATE INDEX outbox_pending ON outbox (status, id);
     """,
+    # version 2: delivered rows are pruned (the newest of each instance is kept); this counts the others
+    """
+    CREATE TABLE outbox_pruned (
+        id INTEGER PRIMARY KEY CHECK (id = 1), delivered INTEGER NOT NULL DEFAULT 0);
+    INSERT INTO outbox_pruned (id, delivered) VALUES (1, 0);
+    """,
 )
 
 
 class StateError(Exception):
-    """The state file cannot be opened, read or written."""
+    """The state file cannot be opened, read or written.
+
+    ``cause`` names what SQLite reported (``SQLITE_FULL``, ``SQLITE_CORRUPT``, ...) when it was SQLite.
+    """
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +178,24 @@ def _settle(fut: Future[Any], result: Any = None, *, error: BaseException | None
         pass
 
 
-def _state_error(exc: BaseException) -> StateError:
-    return exc if isinstance(exc, StateError) else StateError(f"state write failed: {exc}")
+def _cause(exc: BaseException) -> str:
+    """SQLite's name for the error (SQLITE_FULL, SQLITE_IOERR_WRITE, ...), else the exception's type."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return name if isinstance(name, str) else type(exc).__name__
+
+
+def _state_error(exc: BaseException, what: str = "state write failed") -> StateError:
+    if isinstance(exc, StateError):
+        return exc
+    return StateError(f"{what}: {exc} ({_cause(exc)})", _cause(exc))
+
+
+def rollback_open_transaction(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite rolls back by itself after some errors
+    (SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then would fail and hide the error that caused it."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class DeviceState:
@@ -163,9 +205,13 @@ class DeviceState:
     work and await its future; writes queued together are committed in one transaction.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float], busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    ) -> None:
         self.path = str(path)
         self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._write_failures = EpisodeLog(log)  # used on the writer thread only
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._opened: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name=f"state:{Path(self.path).name}", daemon=True)
@@ -179,15 +225,27 @@ class DeviceState:
         if self.path != MEMORY:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        if self.path != MEMORY:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StateError(f"{self.path}: cannot switch to WAL journal mode")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate(conn)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            if self.path != MEMORY:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StateError(f"{self.path}: cannot switch to WAL journal mode")
+                self._check_integrity(conn)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        # quick_check reads every page and checks the b-trees (not the index contents): a few ms for a
+        # state file, and it catches the damaged page that would otherwise fail some later request.
+        problems = [row[0] for row in conn.execute(f"PRAGMA quick_check({_QUICK_CHECK_LIMIT})")]
+        if problems != ["ok"]:
+            raise StateError(f"{self.path} is damaged ({_damage(problems)})", "SQLITE_CORRUPT")
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -203,16 +261,22 @@ class DeviceState:
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_open_transaction(conn)
             raise
+
+    def _open_error(self, exc: BaseException) -> StateError:
+        if isinstance(exc, StateError):
+            return exc
+        cause = _cause(exc)
+        if cause.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return StateError(f"{self.path} is damaged ({exc})", cause)
+        return StateError(f"{self.path}: {exc}", cause)
 
     def _run(self) -> None:
         try:
             conn = self._connect()
         except (sqlite3.Error, OSError, StateError) as exc:
-            self._opened.set_exception(
-                exc if isinstance(exc, StateError) else StateError(f"{self.path}: {exc}")
-            )
+            self._opened.set_exception(self._open_error(exc))
             return
         self._opened.set_result(None)
         carried: Any = None
@@ -226,7 +290,11 @@ class DeviceState:
                     _, fn, fut = job
                     try:
                         _settle(fut, fn(conn))
+                    except sqlite3.Error as exc:  # the caller reports it (the CLI, the sync task)
+                        rollback_open_transaction(conn)
+                        _settle(fut, error=_state_error(exc, "state access failed"))
                     except BaseException as exc:
+                        rollback_open_transaction(conn)
                         _settle(fut, error=exc)
                     continue
                 # Group commit: every write already waiting joins this transaction.
@@ -247,6 +315,8 @@ class DeviceState:
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         # Each write of the batch runs in its own savepoint: a write that cannot be applied is rolled
         # back and fails alone, instead of failing the unrelated writes that share its transaction.
+        # When SQLite has rolled the whole transaction back (a full disk, an I/O error), every write
+        # of the batch fails with that error, never with the one a later ROLLBACK would raise.
         refused: dict[int, StateError] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -256,20 +326,31 @@ class DeviceState:
                     try:
                         self._apply(conn, changes)
                     except Exception as exc:
+                        if not conn.in_transaction:
+                            raise
                         conn.execute("ROLLBACK TO one_write")
                         refused[index] = _state_error(exc)
                     conn.execute("RELEASE one_write")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback_open_transaction(conn)
                 raise
         except BaseException as exc:
             error = _state_error(exc)
+            self._log_failure(error)
             for _, _changes, fut in batch:
                 _settle(fut, error=error)
             return
+        for failure in refused.values():
+            self._log_failure(failure)
+        if not refused:
+            self._write_failures.recovered("state writes to %s succeed again", self.path)
         for index, (_, _changes, fut) in enumerate(batch):
             _settle(fut, None, error=refused.get(index))
+
+    def _log_failure(self, error: StateError) -> None:
+        # One line per episode and cause: a full disk fails every write until space is back.
+        self._write_failures.failed(error.cause, "%s: %s", self.path, error)
 
     def _apply(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
         now = self._clock()
@@ -393,6 +474,13 @@ class DeviceState:
         self._thread.join(timeout=30)
 
 
+def _damage(problems: list[str]) -> str:
+    """The first problem quick_check reported, on one line, and how many more there were."""
+    first = " ".join(problems[0].split())[:200]
+    more = len(problems) - 1
+    return first if not more else f"{first}; and {more} more problem(s)"
+
+
 class _immediate:
     """``with _immediate(conn):`` runs the block in a BEGIN IMMEDIATE transaction."""
 
@@ -404,4 +492,7 @@ class _immediate:
         return self.conn
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            rollback_open_transaction(self.conn)

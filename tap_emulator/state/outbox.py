@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.state import DeviceState
+from tap_emulator.state import DeviceState, rollback_open_transaction
 
 __all__ = [
     "BacklogStatus",
@@ -53,7 +53,7 @@ class BacklogStatus:
     last_error: str | None  # error of the most recent failed attempt still pending
     rejected: int
     last_rejection: str | None
-    delivered: int
+    delivered: int  # rows ever delivered, pruned ones included
     last_delivered_at: float | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -98,13 +98,24 @@ def _write(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence[An
             changed += conn.execute(sql, params).rowcount
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_open_transaction(conn)
         raise
     return changed
 
 
+# Delivered rows are pruned as they are settled: each instance keeps only its newest delivered row (the
+# last version the store confirmed, and when), so the outbox stays as small as the device's backlog
+# instead of growing by one row per write for ever. The pruned rows are counted in `outbox_pruned`.
+_PRUNE_DELIVERED = (
+    "DELETE FROM outbox WHERE status = 'delivered' AND id NOT IN ("
+    "SELECT id FROM (SELECT id, MAX(version) FROM outbox WHERE status = 'delivered' "
+    "GROUP BY object_id, instance_id))"
+)
+
+
 async def mark_delivered(state: DeviceState, settled: Sequence[DeliveredUpTo], now: float) -> int:
-    """Mark pending rows delivered (the store confirmed their version or a newer one); rows changed."""
+    """Mark pending rows delivered (the store confirmed their version or a newer one) and prune the
+    delivered rows no longer needed, in one transaction; returns how many rows were marked."""
     statements = [
         (
             "UPDATE outbox SET status = 'delivered', settled_at = ? "
@@ -113,7 +124,21 @@ async def mark_delivered(state: DeviceState, settled: Sequence[DeliveredUpTo], n
         )
         for item in settled
     ]
-    changed: int = await state.call(lambda conn: _write(conn, statements))
+
+    def write(conn: sqlite3.Connection) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            marked = sum(conn.execute(sql, params).rowcount for sql, params in statements)
+            pruned = conn.execute(_PRUNE_DELIVERED).rowcount
+            if pruned:
+                conn.execute("UPDATE outbox_pruned SET delivered = delivered + ?", (pruned,))
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_open_transaction(conn)
+            raise
+        return marked
+
+    changed: int = await state.call(write)
     return changed
 
 
@@ -176,7 +201,8 @@ def _read_status(conn: sqlite3.Connection) -> BacklogStatus:
         "ORDER BY settled_at DESC, id DESC LIMIT 1) FROM outbox WHERE status = 'rejected'"
     ).fetchone()
     delivered, last_delivered = conn.execute(
-        "SELECT COUNT(*), MAX(settled_at) FROM outbox WHERE status = 'delivered'"
+        "SELECT COUNT(*) + (SELECT delivered FROM outbox_pruned), MAX(settled_at) FROM outbox "
+        "WHERE status = 'delivered'"
     ).fetchone()
     return BacklogStatus(
         pending=pending,
@@ -249,7 +275,7 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
                     queued += 1
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_open_transaction(conn)
             raise
         return queued
 

@@ -4,13 +4,22 @@ sqlite3 connections are blocking and tied to their thread, so every call runs on
 that owns the connection; the event loop never blocks and statements are serialised for free.
 Writes use BEGIN IMMEDIATE: a deferred transaction that reads before it writes can fail at once with
 "database is locked" whatever the busy timeout, while an immediate one waits for the writer lock.
-WAL lets readers (e.g. `store show`) run beside the writer; synchronous=NORMAL is enough because the
-sync task replays anything a power loss might roll back.
+
+The file is shared by every emulator process whose state lives beside it, and anything on the machine
+can touch it, so it must not be able to crash them. WAL mode maps its -shm file into each process:
+truncating that file killed the process with SIGBUS. The store therefore uses a rollback journal
+(TRUNCATE: no shared memory, the file locks alone coordinate processes) with memory mapping off, so a
+damaged or truncated file becomes an error, never a signal. The cost is fsyncs at each commit and
+readers kept out while a commit holds the lock, which the busy timeout absorbs (README, Performance).
+The file is checked when opened (quick_check) and its identity before each call: a file deleted or
+replaced under the store is reported once and opened afresh on the next call, and any other driver
+error also drops the connection, so the sync task's next attempt starts from what is on disk now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +34,9 @@ from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_ut
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SqliteStore"]
 
 DEFAULT_BUSY_TIMEOUT = 10.0  # seconds a writer waits for another connection's write lock
+JOURNAL_MODE = "truncate"  # a rollback journal: no -shm file mapped into every process (see above)
+_MEMORY = ":memory:"
+_QUICK_CHECK_LIMIT = 5  # problems quick_check reports before it stops; the message shows the first
 
 _T = TypeVar("_T")
 
@@ -56,9 +68,14 @@ class SqliteStore(schema.StoreReads):
 
     dialect = DIALECT
 
-    def __init__(self, path: str, connection: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, path: str, connection: sqlite3.Connection, worker: ThreadPoolExecutor, busy_timeout: float
+    ) -> None:
         self._path = path
-        self._connection = connection
+        self._busy_timeout = busy_timeout
+        # Owned by the worker thread: None after a failure, until the next call reconnects.
+        self._connection: sqlite3.Connection | None = connection
+        self._identity = _file_identity(path)
         self._worker = worker
         self._closed = False
 
@@ -72,10 +89,13 @@ class SqliteStore(schema.StoreReads):
         loop = asyncio.get_running_loop()
         try:
             connection = await loop.run_in_executor(worker, _connect, path, busy_timeout)
-        except sqlite3.Error as error:
+        except StoreError:
+            worker.shutdown(wait=False)
+            raise
+        except (sqlite3.Error, OSError) as error:
             worker.shutdown(wait=False)
             raise StoreError(f"cannot open SQLite store {path!r}: {error}") from error
-        store = cls(path, connection, worker)
+        store = cls(path, connection, worker, busy_timeout)
         try:
             await store._call(store._migrate)
         except BaseException:
@@ -89,25 +109,60 @@ class SqliteStore(schema.StoreReads):
             raise StoreError(f"SQLite store {self._path!r} is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._worker, work)
+            return await loop.run_in_executor(self._worker, self._checked, work)
         except sqlite3.IntegrityError as error:
             raise StoreRejected(_rejection_reason(error)) from error
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
             raise StoreError(f"SQLite store {self._path!r}: {error}") from error
+
+    def _checked(self, work: Callable[[], _T]) -> _T:
+        """On the worker thread: run `work` on a connection to the file that is at the path now."""
+        if self._connection is not None and _file_identity(self._path) != self._identity:
+            self._disconnect()
+            raise StoreError(
+                f"SQLite store {self._path!r} was deleted or replaced while in use; opening it afresh"
+            )
+        if self._connection is None:
+            self._connection = _connect(self._path, self._busy_timeout)
+            self._identity = _file_identity(self._path)
+            try:
+                self._migrate()  # a file created afresh needs the schema
+            except BaseException:
+                self._disconnect()
+                raise
+        try:
+            return work()
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error:
+            self._disconnect()  # e.g. a truncated or rewritten file: the next call starts afresh
+            raise
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    @property
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"SQLite store {self._path!r} is not connected")
+        return self._connection
 
     @contextmanager
     def _write_transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connection
+        connection = self._open_connection
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
         except BaseException:
-            connection.rollback()
+            if connection.in_transaction:  # SQLite may have rolled back already (a full disk)
+                connection.rollback()
             raise
         connection.commit()
 
     def _query(self, text: str, params: dict[str, Any]) -> list[Any]:
-        return self._connection.execute(DIALECT.sql(text), params).fetchall()
+        return self._open_connection.execute(DIALECT.sql(text), params).fetchall()
 
     def _migrate(self) -> None:
         with self._write_transaction() as connection:
@@ -178,7 +233,7 @@ class SqliteStore(schema.StoreReads):
         self._closed = True
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._worker, self._connection.close)
+            await loop.run_in_executor(self._worker, self._disconnect)
         finally:
             self._worker.shutdown(wait=False)
 
@@ -188,24 +243,59 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     # timeout= is SQLite's busy timeout: how long a writer waits for another connection's lock.
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
-        _enable_wal(connection, busy_timeout)
+        # No memory mapping of the file: a truncated file must read as an error, not fault (SIGBUS).
+        connection.execute("PRAGMA mmap_size = 0")
+        _set_journal_mode(connection, path, busy_timeout)
+        if path != _MEMORY:
+            _check_integrity(connection, path)
+        # NORMAL: one fsync of the journal per commit fewer than FULL. The sync task replays what a power
+        # loss rolls back; SQLite notes a very small chance of damage on old filesystems, which the
+        # quick_check on open reports.
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        if error.sqlite_errorname.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            raise StoreError(f"SQLite store {path!r} is damaged ({error})") from error
+        raise
     except BaseException:
         connection.close()
         raise
     return connection
 
 
-def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> None:
-    # Switching a new file to WAL needs an exclusive lock and reports SQLITE_BUSY at once, without
-    # SQLite's busy handler, when several openers create the file together: wait here instead.
+def _set_journal_mode(connection: sqlite3.Connection, path: str, busy_timeout: float) -> None:
+    # Leaving WAL (a file an older tap-emulator created) needs the file to itself, and reports
+    # SQLITE_BUSY at once, without SQLite's busy handler, while another process has it open: wait here.
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
+            mode = connection.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}").fetchone()[0]
+            if mode.lower() not in (JOURNAL_MODE, "memory"):  # "memory" for an in-memory store
+                raise StoreError(f"SQLite store {path!r}: cannot leave journal mode {mode}")
             return
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:  # e.g. an older version in WAL mode
+                    locked = f"SQLite store {path!r} is locked by another process ({error})"
+                    raise StoreError(locked) from error
                 raise
         time.sleep(0.005)
+
+
+def _check_integrity(connection: sqlite3.Connection, path: str) -> None:
+    problems = [row[0] for row in connection.execute(f"PRAGMA quick_check({_QUICK_CHECK_LIMIT})")]
+    if problems != ["ok"]:
+        first = " ".join(problems[0].split())[:200]
+        raise StoreError(f"SQLite store {path!r} is damaged ({first})")
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for an in-memory store or a file that is gone."""
+    if path == _MEMORY:
+        return None
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino

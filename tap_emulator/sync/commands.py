@@ -3,7 +3,8 @@
 `show` reads the store (any engine) and prints devices with their groups; `--json` is the stable form
 of `tap_emulator.store.snapshot`. `status` reads a device's state file (running or stopped: WAL lets a
 reader in beside the server) and prints the outbox backlog, the oldest pending change and the last error.
-Both only read: a missing SQLite store or state file is an error, never silently created.
+Both only read: a missing SQLite store or state file is an error, never silently created; a damaged or
+locked file is one line (exit 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 DEFAULT_SHOW_URL = f"sqlite:///state/{DEFAULT_STORE_NAME}"
+# A running device holds its state's write lock for milliseconds at a time; longer means another
+# program locked the file, which `status` reports rather than waiting for.
+STATUS_BUSY_TIMEOUT = 3.0
 
 
 class CommandError(Exception):
@@ -130,7 +134,7 @@ def format_snapshot(snapshots: list[DeviceSnapshot]) -> str:
 def _status(path: str, as_json: bool) -> str:
     if path == ":memory:" or not Path(path).is_file():
         raise CommandError(f"no state file at {path}")
-    state = DeviceState(path, clock=time.time)
+    state = DeviceState(path, clock=time.time, busy_timeout=STATUS_BUSY_TIMEOUT)
     try:
         status = backlog_status_sync(state)
     finally:

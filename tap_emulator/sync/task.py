@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tap_emulator.state import outbox
+from tap_emulator.state import StateError, outbox
 from tap_emulator.store import DeviceRecord, ManagementStore, StoreError, StoreRejected
 from tap_emulator.tree import ChangeEvent, DeviceTree
 
@@ -169,7 +169,12 @@ class SyncTask:
                     return
                 if isinstance(error, StoreError):
                     reason = str(error)
-                else:  # a state failure: keep the task alive, the rows stay pending
+                    # The store may have lost what it held (a file deleted or replaced, a restored
+                    # database): compare versions again before the next push.
+                    self._needs_reconcile = True
+                elif isinstance(error, StateError):  # the state logs its failures, once per episode
+                    reason = f"state: {error}"
+                else:  # keep the task alive, the rows stay pending
                     log.exception("the sync task failed; retrying")
                     reason = f"internal error: {type(error).__name__}"
                 await self._back_off(reason)
@@ -209,6 +214,8 @@ class SyncTask:
                 row.id for row in await self.tree.state.pending_outbox(self.settings.batch_rows)
             )
             await outbox.record_failure(self.tree.state, waiting, error, self._clock() + delay)
+        except StateError:
+            pass  # the state logs its failures (a full disk), once per episode
         except Exception:
             log.exception("could not record a failed delivery in the outbox")
         self._attempted = ()

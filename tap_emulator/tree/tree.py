@@ -563,7 +563,10 @@ class DeviceTree:
             )
         if inst is None:
             key = (obj.id, res.id)
-            await self._state.commit([DeviceValueWrite(obj.id, res.id, value)])
+            try:
+                await self._state.commit([DeviceValueWrite(obj.id, res.id, value)])
+            except StateError:  # logged by the state, once per episode
+                return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
             self._device_values[key] = value
             self._emit(ChangeEvent(obj.id, None, frozenset({res.id})))
             return Response(Status.CHANGED)
@@ -649,8 +652,7 @@ class DeviceTree:
             await self._state.commit(
                 [InstanceWrite(_row(obj.id, instance_id, current), public_payload(obj, instance_id, current))]
             )
-        except StateError:
-            log.exception("could not store a change of %s %d", obj.name.lower(), instance_id)
+        except StateError:  # logged by the state, once per episode (a full disk fails every write)
             if instances.get(instance_id) is current:
                 if previous is None:
                     del instances[instance_id]

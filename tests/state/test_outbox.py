@@ -76,7 +76,12 @@ async def test_mark_delivered_settles_one_instance_up_to_a_version(state: Device
     await state.commit([change(1, 10), change(1, 11), change(2, 12), change(1, 13)])
     clock.now = 1005.0
     assert await mark_delivered(state, [DeliveredUpTo(GROUP, 1, 11)], clock()) == 2
-    assert [status for _, _, status, _, _ in rows(state)] == ["delivered", "delivered", "pending", "pending"]
+    # Settled rows are pruned down to the newest delivered one of the instance (version 11).
+    assert [(iid, version, status) for iid, version, status, _, _ in rows(state)] == [
+        (1, 11, "delivered"),
+        (2, 12, "pending"),
+        (1, 13, "pending"),
+    ]
     assert await pending_versions(state, GROUP) == {1: 13, 2: 12}
     status = await backlog_status(state)
     assert (status.pending, status.pending_instances, status.delivered) == (2, 2, 2)
@@ -137,3 +142,27 @@ async def test_reconcile_writes_bump_tombstone_and_requeue_in_one_transaction(st
     assert pending[0].payload == json.loads(json.dumps(bumped))
     # A second identical reconcile queues nothing: the versions no longer match, rows already cover it.
     assert apply_reconcile_sync(state, writes, 1003.0) == 0
+
+
+async def test_delivered_rows_are_pruned_to_the_newest_of_each_instance(
+    state: DeviceState, clock: Clock
+) -> None:
+    version = 0
+    for _ in range(200):  # many writes on three groups, each delivered soon after it was made
+        for iid in (1, 2, 3):
+            version += 1
+            await state.commit([change(iid, version)])
+        clock.now += 1
+        await mark_delivered(
+            state, [DeliveredUpTo(GROUP, iid, version - 3 + iid) for iid in (1, 2, 3)], clock()
+        )
+    await state.commit([change(1, version + 1)])
+    kept = rows(state)
+    assert len(kept) == 4  # one delivered row per group and the pending one, not 601
+    assert [(iid, v, status) for iid, v, status, _, _ in kept if status == "delivered"] == [
+        (1, version - 2, "delivered"),
+        (2, version - 1, "delivered"),
+        (3, version, "delivered"),
+    ]
+    status = await backlog_status(state)
+    assert (status.pending, status.delivered, status.last_delivered_at) == (1, 600, clock())

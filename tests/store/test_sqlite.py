@@ -1,8 +1,10 @@
-"""What only the SQLite engine promises: a durable file in WAL mode, waiting writers, in-memory stores."""
+"""What only the SQLite engine promises: a durable file shared without shared memory, files deleted,
+replaced, truncated or damaged under it, waiting writers, in-memory stores."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from contextlib import closing
@@ -43,11 +45,86 @@ async def test_relative_path_is_relative_to_the_working_directory(
     assert (tmp_path / "nested.sqlite3").is_file()
 
 
-async def test_file_is_in_wal_mode(tmp_path: Path) -> None:
-    store = await open_store(f"sqlite:///{tmp_path}/store.sqlite3")
-    await store.close()
-    with closing(sqlite3.connect(tmp_path / "store.sqlite3")) as connection:
-        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+async def test_file_uses_a_rollback_journal_and_no_shared_memory(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = await SqliteStore.open(str(path))
+    try:
+        await store.upsert_groups([group()])
+        modes = await store._call(
+            lambda: [
+                store._open_connection.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "mmap_size", "synchronous")
+            ]
+        )
+        assert modes == ["truncate", 0, 1]
+        # No -shm (the file a truncation turned into SIGBUS) and no -wal, even with the store open.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite3", "store.sqlite3-journal"]
+    finally:
+        await store.close()
+
+
+async def test_a_wal_file_from_an_older_version_leaves_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+        connection.execute("CREATE TABLE before_upgrade (x)")
+    store = await SqliteStore.open(str(path))
+    try:
+        await store.upsert_groups([group()])
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # WAL no longer sticks
+    assert not Path(f"{path}-shm").exists() and not Path(f"{path}-wal").exists()
+
+
+@pytest.mark.parametrize("change", ["delete", "replace"])
+async def test_a_file_deleted_or_replaced_under_the_store_is_reported_then_opened_afresh(
+    tmp_path: Path, change: str
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = await SqliteStore.open(str(path))
+    try:
+        await store.upsert_groups([group(5, 1)])
+        if change == "delete":
+            path.unlink()
+        else:
+            other = tmp_path / "other.sqlite3"
+            seeded = await SqliteStore.open(str(other))
+            await seeded.upsert_groups([group(9, 3)])
+            await seeded.close()
+            other.replace(path)
+        # Without the check the write would land in the unlinked (or the old) file and be lost.
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            await store.upsert_groups([group(5, 2)])
+        assert await store.upsert_groups([group(5, 2)]) == [True]
+        expected = {5: 2} if change == "delete" else {5: 2, 9: 3}
+        assert await store.group_versions("EMU0000000001") == expected
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as connection:  # what is on disk now, seen by anyone
+        assert dict(connection.execute("SELECT group_id, version FROM access_groups")) == expected
+
+
+async def test_a_truncated_file_is_an_error_then_a_fresh_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = await SqliteStore.open(str(path))
+    try:
+        await store.upsert_groups([group(5, 1)])
+        os.truncate(path, 0)
+        with pytest.raises(StoreError):
+            await store.upsert_groups([group(5, 2)])
+        assert await store.upsert_groups([group(5, 3)]) == [True]
+        assert await store.group_versions("EMU0000000001") == {5: 3}
+    finally:
+        await store.close()
+
+
+async def test_a_damaged_file_is_refused_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 32)
+    with pytest.raises(StoreError, match="is damaged"):
+        await SqliteStore.open(str(path))
 
 
 @pytest.mark.parametrize("url", ["sqlite://:memory:", "sqlite:///:memory:"])
@@ -118,7 +195,7 @@ async def test_every_write_takes_the_writer_lock_up_front(tmp_path: Path) -> Non
     # another connection wrote meanwhile, whatever the busy timeout; BEGIN IMMEDIATE waits instead.
     store = await SqliteStore.open(str(tmp_path / "store.sqlite3"))
     statements: list[str] = []
-    connection = store._connection
+    connection = store._open_connection
     await store._call(lambda: connection.set_trace_callback(statements.append))
     try:
         await store.upsert_device(device())
