@@ -2,9 +2,17 @@
 
 One root resource parses every path itself (a resource mounted in an aiocoap ``Site`` at ("1025",)
 would answer 4.04 for ``/1025``), maps methods and representations, and forwards to the tree.
-Observations are keyed by the tree path they watch; a change event re-renders them. Notifications go
-out NON, with every ``con_every``-th one CON so that a vanished observer is eventually dropped
+Observations are keyed by the tree path they watch; a change event renders each distinct request
+once and sends it to every observer of that shape. Notifications go out NON, with every
+``con_every``-th one CON, retried once, so that a vanished observer is dropped within seconds
 (RFC 7641 section 4.5).
+
+Every request names its caller (``--coap-access``): the tree decides what it may do. Before aiocoap
+reassembles or renders anything, ``render_to_pipe`` refuses what the face does not process (unknown
+critical options 4.02, proxying 5.05, block size exponent 7 over UDP 4.00) and bodies larger than the
+model lets the target take (4.13 with Size1, from the first block); datagrams are screened even before
+aiocoap parses them (``tap_emulator.codec.coap_screen``). What the face holds is bounded by
+``CoapLimits``.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import time
 from collections import defaultdict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +38,11 @@ import aiocoap.resource
 from aiocoap.message import Direction
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.pipe import error_to_message, run_driving_pipe
 
+from tap_emulator.codec.coap_screen import Action, screen
 from tap_emulator.codec.values import (
     CONTAINER_FORMATS,
     LINK_FORMAT,
@@ -42,13 +54,39 @@ from tap_emulator.codec.values import (
     decode_representation,
     encode_representation,
     encode_senml,
+    entity_tag,
+    max_body_size,
 )
+from tap_emulator.faces.coap.limits import NOTIFICATION_TUNING, CoapLimits, bounded_block_stores
+from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Response, Status
+from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Response, Status
 
-__all__ = ["CoapFace", "start_coap_server"]
+__all__ = ["CoapFace", "CoapLimits", "start_coap_server"]
 
 log = logging.getLogger(__name__)
+# Lines that network input can repeat (junk datagrams, observers past a cap): one per reason per 10 s.
+_limited_log = RateLimitedLog(log, interval=10.0)
+
+# Critical options (odd numbers) this face or aiocoap acts on; any other critical option is 4.02
+# (RFC 7252 section 5.4.1). Uri-Query is accepted and ignored, as a resource may; Request-Tag keys
+# block-wise reassembly in aiocoap. Proxy-Uri and Proxy-Scheme are recognised only to answer 5.05.
+_PROCESSED_CRITICAL = frozenset(
+    {
+        OptionNumber.IF_MATCH,
+        OptionNumber.URI_HOST,
+        OptionNumber.IF_NONE_MATCH,
+        OptionNumber.URI_PORT,
+        OptionNumber.URI_PATH,
+        OptionNumber.URI_QUERY,
+        OptionNumber.ACCEPT,
+        OptionNumber.BLOCK2,
+        OptionNumber.BLOCK1,
+        OptionNumber.PROXY_URI,
+        OptionNumber.PROXY_SCHEME,
+        OptionNumber.REQUEST_TAG,
+    }
+)
 
 _OPERATIONS = {
     Code.GET: Operation.READ,
@@ -91,22 +129,46 @@ def _message(status: Status, payload: bytes = b"", content_format: int | None = 
     return msg
 
 
-def _error(status: Status, diagnostic: str) -> aiocoap.Message:
+def _error(status: Status | Code, diagnostic: str) -> aiocoap.Message:
     # RFC 7252 5.5.2: a diagnostic payload, UTF-8 text, no content format.
-    return _message(status, diagnostic.encode("utf-8"))
+    return aiocoap.Message(code=Code(int(status)), payload=diagnostic.encode("utf-8"))
+
+
+def _clone(message: aiocoap.Message) -> aiocoap.Message:
+    """A fresh message with the same code, payload and options (aiocoap sets token, remote and the
+    Observe number on the message it sends, so each observer needs its own). Option objects are
+    shared: aiocoap replaces options rather than mutating them."""
+    clone = aiocoap.Message(code=message.code, payload=message.payload)
+    for option in message.opt.option_list():
+        clone.opt.add_option(option)
+    return clone
 
 
 class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource):  # type: ignore[misc]
     """The root resource: parses paths from the model and forwards to the tree."""
 
-    def __init__(self, tree: DeviceTree, *, con_every: int = 10) -> None:
+    def __init__(
+        self,
+        tree: DeviceTree,
+        *,
+        caller: Caller = MAINTENANCE,
+        con_every: int = 10,
+        limits: CoapLimits | None = None,
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.model = tree.model
+        self.caller = caller
         self.con_every = max(1, con_every)
+        self.limits = limits or CoapLimits()
+        # aiocoap's block-wise stores (set by its Resource.__init__), replaced by bounded ones.
+        self._block1, self._block2 = bounded_block_stores(self.limits, time.monotonic)
         self._observations: dict[tuple[int, int | None, int | None], set[_Observation]] = defaultdict(set)
+        self._observers_per_peer: dict[Hashable, int] = {}
+        self._observer_total = 0
         self._unsubscribe = tree.subscribe(self._on_change)
         self._link_format = self._build_link_format()
+        self._body_caps = self._build_body_caps()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
@@ -154,6 +216,73 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             raise _PathError(Status.NOT_FOUND, f"object {obj.id} has no resource {token}")
         return _Target(obj, instance_id, resource_or_none, None, "")
 
+    # ------------------------------------------------------------------ refusals before rendering
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        refusal = await self._refusal(pipe.request)
+        if refusal is not None:
+            pipe.add_response(refusal, is_last=True)
+            return
+        await super().render_to_pipe(pipe)
+
+    async def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
+        """The answer to a request that must not reach block-wise reassembly or rendering, if any."""
+        opt = request.opt
+        for option in opt.option_list():
+            if option.number.is_critical() and option.number not in _PROCESSED_CRITICAL:
+                return _error(Code.BAD_OPTION, f"critical option {int(option.number)} is not supported")
+        if opt.proxy_uri is not None or opt.proxy_scheme is not None:
+            return _error(Code.PROXYING_NOT_SUPPORTED, "this server is not a proxy")
+        block1, block2 = opt.block1, opt.block2
+        if request.remote.scheme == "coap":  # UDP
+            for block in (block1, block2):
+                # Size exponent 7 is BERT, defined for reliable transports only (RFC 8323).
+                if block is not None and block.is_bert:
+                    return _error(Status.BAD_REQUEST, "block size exponent 7 (BERT) is not defined over UDP")
+        if not request.payload and block1 is None and opt.size1 is None:
+            return None
+        extent = len(request.payload)
+        if block1 is not None:
+            extent += block1.block_number * block1.size
+        extent = max(extent, opt.size1 or 0)
+        cap = self._body_cap(request)
+        if extent <= cap:
+            return None
+        if cap == 0:
+            # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
+            # without reassembling the rest.
+            return await self.render(request)
+        response = _error(Code.REQUEST_ENTITY_TOO_LARGE, f"this target takes at most {cap} bytes")
+        response.opt.size1 = cap
+        return response
+
+    def _build_body_caps(self) -> dict[tuple[int, int, str | None], int]:
+        """Per (object, resource, addressed form or None) the largest body a write or execute may carry
+        (codec.values.max_body_size over the forms it accepts); resources that take none are absent."""
+        caps: dict[tuple[int, int, str | None], int] = {}
+        for obj in self.model.objects.values():
+            for res in obj.resources.values():
+                if not res.operations & {Operation.WRITE, Operation.EXECUTE}:
+                    continue
+                caps[(obj.id, res.id, None)] = max(max_body_size(form) for form in res.forms)
+                for form in res.forms:
+                    caps[(obj.id, res.id, form.alias)] = max_body_size(form)
+        return caps
+
+    def _body_cap(self, request: aiocoap.Message) -> int:
+        """The largest body the request's method may carry to its target; 0 for none (or no target)."""
+        operation = _OPERATIONS.get(request.code)
+        if operation not in (Operation.WRITE, Operation.EXECUTE):
+            return 0
+        try:
+            target = self._parse(tuple(request.opt.uri_path))
+        except _PathError:
+            return 0
+        if target.resource is None or operation not in target.resource.operations:
+            return 0
+        alias = None if target.form is None else target.form.alias
+        return self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+
     # ------------------------------------------------------------------ rendering
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
@@ -167,6 +296,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         operation = _OPERATIONS.get(request.code)
         if operation is None:
             return _error(Status.METHOD_NOT_ALLOWED, f"{request.code} is not supported")
+        if request.opt.if_match or request.opt.if_none_match:
+            failed = await self._precondition_failed(request, target)
+            if failed is not None:
+                return failed
         if target.resource is None:
             return await self._render_container(request, target, operation)
         return await self._render_resource(request, target, operation)
@@ -181,7 +314,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(
                 Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
             )
-        response = await self.tree.handle(Request(Operation.READ, target.obj.id, target.instance_id))
+        response = await self.tree.handle(
+            Request(Operation.READ, target.obj.id, target.instance_id, caller=self.caller)
+        )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
         assert isinstance(response.value, dict)
@@ -215,7 +350,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             except RepresentationError as exc:
                 return _error(Status.BAD_REQUEST, f"{resource.name}: {exc}")
         response: Response = await self.tree.handle(
-            Request(operation, target.obj.id, target.instance_id, resource.id, value, form=form)
+            Request(operation, target.obj.id, target.instance_id, resource.id, value, self.caller, form=form)
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
@@ -223,7 +358,42 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _message(response.status)
         content_format = TEXT if accept is None else int(accept)
         payload = encode_representation(form or resource.form, response.value, content_format)
-        return _message(response.status, payload, content_format)
+        message = _message(response.status, payload, content_format)
+        message.opt.etag = entity_tag(response.value)
+        return message
+
+    # ------------------------------------------------------------------ conditional requests
+
+    async def _precondition_failed(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message | None:
+        """4.12 unless If-Match / If-None-Match hold (RFC 7252 section 5.10.8), else None.
+
+        The target exists when the caller can read it (a write-only resource: when its instance
+        exists); its ETag is the value's (``entity_tag``), as GET sends it. Nothing awaits between this
+        read and the request's own dispatch, so no other request changes the target in between.
+        """
+        resource = target.resource
+        readable = resource is not None and resource.readable
+        current = await self.tree.handle(
+            Request(
+                Operation.READ,
+                target.obj.id,
+                target.instance_id,
+                resource.id if readable and resource is not None else None,
+                caller=self.caller,
+            )
+        )
+        if current.status is Status.NOT_FOUND:
+            exists, etag = False, None
+        elif current.status.is_success:
+            exists, etag = True, entity_tag(current.value) if readable else None
+        else:
+            return _error(current.status, current.diagnostic)
+        if request.opt.if_none_match and exists:
+            return _error(Code.PRECONDITION_FAILED, "the target exists (If-None-Match)")
+        if_match = list(request.opt.if_match)
+        if if_match and not (exists and any(tag == b"" or tag == etag for tag in if_match)):
+            return _error(Code.PRECONDITION_FAILED, "no If-Match entity tag matches the target")
+        return None
 
     # ------------------------------------------------------------------ discovery
 
@@ -279,15 +449,33 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if target.resource is not None and not target.resource.readable:
             return
         key = (target.obj.id, target.instance_id, None if target.resource is None else target.resource.id)
+        peer: Hashable = request.remote
+        per_peer = self._observers_per_peer.get(peer, 0)
+        if (
+            self._observer_total >= self.limits.max_observers
+            or per_peer >= self.limits.max_observers_per_peer
+        ):
+            # Not accepted: aiocoap answers the GET without an Observe option (RFC 7641 section 4.1).
+            _limited_log.warning(
+                "observer cap", "coap: observer cap reached; a GET was answered without observing"
+            )
+            return
         observation = _Observation(self, request, serverobservation)
         self._observations[key].add(observation)
+        self._observers_per_peer[peer] = per_peer + 1
+        self._observer_total += 1
 
         def cancel() -> None:
             watchers = self._observations.get(key)
-            if watchers is not None:
-                watchers.discard(observation)
-                if not watchers:
-                    del self._observations[key]
+            if watchers is None or observation not in watchers:
+                return
+            watchers.discard(observation)
+            if not watchers:
+                del self._observations[key]
+            self._observer_total -= 1
+            left = self._observers_per_peer.pop(peer) - 1
+            if left:
+                self._observers_per_peer[peer] = left
 
         serverobservation.accept(cancel)
 
@@ -298,30 +486,45 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         keys.append((event.object_id, event.instance_id, None))
         if event.instance_id is not None:
             keys.append((event.object_id, None, None))
-        for key in keys:
-            for observation in list(self._observations.get(key, ())):
-                task = asyncio.get_running_loop().create_task(observation.notify())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        observations = [o for key in keys for o in self._observations.get(key, ())]
+        if observations:
+            task = asyncio.get_running_loop().create_task(self._notify(observations))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, observations: list[_Observation]) -> None:
+        """Render each distinct observed request once, and send a copy to each of its observers."""
+        rendered: dict[Hashable, aiocoap.Message] = {}
+        for observation in observations:
+            response = rendered.get(observation.shape)
+            if response is None:
+                response = rendered[observation.shape] = await self.render(observation.request)
+            observation.send(_clone(response))
 
     @property
     def observation_count(self) -> int:
-        return sum(len(v) for v in self._observations.values())
+        return self._observer_total
 
 
 class _Observation:
-    """One accepted observation: re-renders its request and chooses NON or the periodic CON."""
+    """One accepted observation: sends its notifications, NON with the periodic CON."""
 
     def __init__(self, face: CoapFace, request: aiocoap.Message, serverobservation: Any) -> None:
         self.face = face
         self.request = request
         self.serverobservation = serverobservation
         self.sent = 0
+        opt = request.opt
+        # What the rendering depends on: observers with the same shape get the same notification.
+        self.shape: Hashable = (tuple(opt.uri_path), opt.accept, tuple(opt.if_match), opt.if_none_match)
 
-    async def notify(self) -> None:
-        response = await self.face.render(self.request)
+    def send(self, response: aiocoap.Message) -> None:
         self.sent += 1
-        response.mtype = Type.CON if self.sent % self.face.con_every == 0 else Type.NON
+        if self.sent % self.face.con_every == 0:
+            response.mtype = Type.CON
+            response.transport_tuning = NOTIFICATION_TUNING
+        else:
+            response.mtype = Type.NON
         self.serverobservation.trigger(response)
 
 
@@ -485,6 +688,75 @@ def _install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateCache]:
     return caches
 
 
+class _DatagramScreen:
+    """Runs ``coap_screen.screen`` on each datagram of one UDP transport before aiocoap parses it.
+
+    The hook is the transport's own receive method on the instance (as ``_install_duplicate_cache``
+    hooks the message manager): ``simplesocketserver`` calls ``_received_datagram(address, data)`` on
+    its message interface, ``udp6`` calls ``datagram_msg_received(data, ancdata, flags, address)``.
+    A reply built by the screen goes back from the address the datagram arrived at.
+    """
+
+    def __init__(self) -> None:
+        self._mid = int.from_bytes(os.urandom(2), "big")
+
+    def _next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def verdict(self, data: bytes, peer: object, reply: Callable[[bytes], None]) -> bool:
+        """True if aiocoap should parse the datagram; otherwise it was answered or dropped here."""
+        verdict = screen(data, self._next_mid)
+        if verdict.action is Action.PASS:
+            return True
+        _limited_log.warning(verdict.reason, "coap: %s from %s", verdict.reason, peer)
+        if verdict.action is Action.REPLY:
+            reply(verdict.reply)
+        return False
+
+    def install(self, message_interface: Any) -> bool:
+        received = getattr(message_interface, "_received_datagram", None)
+        if received is not None:  # simplesocketserver (GenericMessageInterface)
+
+            def received_datagram(address: Any, data: bytes) -> None:
+                if self.verdict(data, address.address, address.send):
+                    received(address, data)
+
+            message_interface._received_datagram = received_datagram
+            return True
+        msg_received = getattr(message_interface, "datagram_msg_received", None)
+        if msg_received is not None:  # udp6
+
+            def datagram_msg_received(data: bytes, ancdata: Any, flags: int, address: Any) -> Any:
+                pktinfo = [
+                    (level, kind, value)
+                    for level, kind, value in ancdata
+                    if (level, kind) == (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+                ]
+
+                def reply(payload: bytes) -> None:
+                    message_interface.transport.sendmsg(payload, pktinfo, 0, address)
+
+                if self.verdict(data, address, reply):
+                    return msg_received(data, ancdata, flags, address)
+                return None
+
+            message_interface.datagram_msg_received = datagram_msg_received
+            return True
+        return False
+
+
+def _install_datagram_screens(context: aiocoap.Context) -> int:
+    """Screen the datagrams of every UDP transport of the context; returns how many were hooked."""
+    hooked = 0
+    for interface in context.request_interfaces:
+        manager: Any = getattr(interface, "token_interface", None)
+        message_interface = getattr(manager, "message_interface", None)
+        if message_interface is not None and _DatagramScreen().install(message_interface):
+            hooked += 1
+    return hooked
+
+
 def _bound_address(context: aiocoap.Context, fallback_host: str) -> tuple[str, int]:
     """The (host, port) the UDP transport actually bound (port 0 resolves to a free port)."""
     for interface in context.request_interfaces:
@@ -520,9 +792,18 @@ def _transport_for(host: str) -> tuple[str, str]:
     return "simplesocketserver", host
 
 
-async def start_coap_server(tree: DeviceTree, host: str, port: int, *, con_every: int = 10) -> CoapServer:
-    """Bind a UDP CoAP server; raises OSError (EADDRINUSE ...) with the address in the message."""
-    face = CoapFace(tree, con_every=con_every)
+async def start_coap_server(
+    tree: DeviceTree,
+    host: str,
+    port: int,
+    *,
+    caller: Caller = MAINTENANCE,
+    con_every: int = 10,
+    limits: CoapLimits | None = None,
+) -> CoapServer:
+    """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
+    in the message."""
+    face = CoapFace(tree, caller=caller, con_every=con_every, limits=limits)
     transport, bind_host = _transport_for(host)
     try:
         context = await _EmulatorContext.create_server_context(
@@ -533,4 +814,7 @@ async def start_coap_server(tree: DeviceTree, host: str, port: int, *, con_every
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     server = CoapServer(context, face, _bound_address(context, host))
     server.duplicate_caches = _install_duplicate_cache(context)
+    if not _install_datagram_screens(context):
+        await server.close()
+        raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     return server
