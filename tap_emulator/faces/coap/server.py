@@ -65,8 +65,9 @@ from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Requ
 __all__ = ["CoapFace", "CoapLimits", "start_coap_server"]
 
 log = logging.getLogger(__name__)
-# Lines that network input can repeat (junk datagrams, observers past a cap): one per reason per 10 s.
-_limited_log = RateLimitedLog(log, interval=10.0)
+# Lines that network input can repeat (junk datagrams, observers past a cap): one per reason per
+# interval, per server.
+LIMITED_LOG_INTERVAL = 10.0
 
 # Critical options (odd numbers) this face or aiocoap acts on; any other critical option is 4.02
 # (RFC 7252 section 5.4.1). Uri-Query is accepted and ignored, as a resource may; Request-Tag keys
@@ -170,6 +171,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self._link_format = self._build_link_format()
         self._body_caps = self._build_body_caps()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.limited_log = RateLimitedLog(log, interval=LIMITED_LOG_INTERVAL)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -456,7 +458,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             or per_peer >= self.limits.max_observers_per_peer
         ):
             # Not accepted: aiocoap answers the GET without an Observe option (RFC 7641 section 4.1).
-            _limited_log.warning(
+            self.limited_log.warning(
                 "observer cap", "coap: observer cap reached; a GET was answered without observing"
             )
             return
@@ -697,7 +699,8 @@ class _DatagramScreen:
     A reply built by the screen goes back from the address the datagram arrived at.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limited_log: RateLimitedLog) -> None:
+        self._limited_log = limited_log
         self._mid = int.from_bytes(os.urandom(2), "big")
 
     def _next_mid(self) -> int:
@@ -709,7 +712,7 @@ class _DatagramScreen:
         verdict = screen(data, self._next_mid)
         if verdict.action is Action.PASS:
             return True
-        _limited_log.warning(verdict.reason, "coap: %s from %s", verdict.reason, peer)
+        self._limited_log.warning(verdict.reason, "coap: %s from %s", verdict.reason, peer)
         if verdict.action is Action.REPLY:
             reply(verdict.reply)
         return False
@@ -746,13 +749,13 @@ class _DatagramScreen:
         return False
 
 
-def _install_datagram_screens(context: aiocoap.Context) -> int:
+def _install_datagram_screens(context: aiocoap.Context, limited_log: RateLimitedLog) -> int:
     """Screen the datagrams of every UDP transport of the context; returns how many were hooked."""
     hooked = 0
     for interface in context.request_interfaces:
         manager: Any = getattr(interface, "token_interface", None)
         message_interface = getattr(manager, "message_interface", None)
-        if message_interface is not None and _DatagramScreen().install(message_interface):
+        if message_interface is not None and _DatagramScreen(limited_log).install(message_interface):
             hooked += 1
     return hooked
 
@@ -814,7 +817,7 @@ async def start_coap_server(
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     server = CoapServer(context, face, _bound_address(context, host))
     server.duplicate_caches = _install_duplicate_cache(context)
-    if not _install_datagram_screens(context):
+    if not _install_datagram_screens(context, face.limited_log):
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     return server
