@@ -507,6 +507,17 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     def observation_count(self) -> int:
         return self._observer_total
 
+    def held(self) -> dict[str, int]:
+        """How much peer-driven state the face holds now (for tests and the benchmarks)."""
+        assemblies, completes = self._block1._assemblies, self._block2._completes
+        return {
+            "observers": self._observer_total,
+            "observer_peers": len(self._observers_per_peer),
+            "block1": len(assemblies),
+            "block2": len(completes),
+            "block2_bytes": completes.bytes,
+        }
+
 
 class _Observation:
     """One accepted observation: sends its notifications, NON with the periodic CON."""
