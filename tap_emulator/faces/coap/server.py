@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 # Lines that network input can repeat (junk datagrams, observers past a cap): one per reason per
 # interval, per server.
 LIMITED_LOG_INTERVAL = 10.0
+NOTIFY_BATCH = 64
 
 # Critical options (odd numbers) this face or aiocoap acts on; any other critical option is 4.02
 # (RFC 7252 section 5.4.1). Uri-Query is accepted and ignored, as a resource may; Request-Tag keys
@@ -495,13 +496,19 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             task.add_done_callback(self._tasks.discard)
 
     async def _notify(self, observations: list[_Observation]) -> None:
-        """Render each distinct observed request once, and send a copy to each of its observers."""
+        """Render each distinct observed request once, and send a copy to each of its observers.
+
+        Every ``NOTIFY_BATCH`` notifications the loop gets a turn, so requests that arrive meanwhile are
+        served between batches instead of after thousands of notifications.
+        """
         rendered: dict[Hashable, aiocoap.Message] = {}
-        for observation in observations:
+        for index, observation in enumerate(observations, 1):
             response = rendered.get(observation.shape)
             if response is None:
                 response = rendered[observation.shape] = await self.render(observation.request)
             observation.send(_clone(response))
+            if index % NOTIFY_BATCH == 0:
+                await asyncio.sleep(0)
 
     @property
     def observation_count(self) -> int:
