@@ -127,6 +127,7 @@ class ServeOptions:
     state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
     coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", COAP_PORT))
     coap_access: CoapAccess | None = None  # None: CoapAccess.default_for(the CoAP host)
+    coap_oscore: str | None = None  # aiocoap credentials file: its OSCORE contexts get maintenance
     security: SecurityMode | None = None  # overrides the profile's mode when given
     store: str | None = None  # management store URL; None: beside the state file; "off": no sync
     sync: SyncSettings = field(default_factory=SyncSettings)
@@ -222,7 +223,14 @@ class Emulator:
         from tap_emulator.faces.coap import start_coap_server
 
         access = self.options.coap_access or CoapAccess.default_for(endpoint.host)
-        coap = await start_coap_server(tree, endpoint.host, endpoint.port, caller=access.caller)
+        oscore = None
+        if self.options.coap_oscore is not None:
+            from tap_emulator.faces.coap.oscore import load_oscore_credentials
+
+            oscore = load_oscore_credentials(self.options.coap_oscore)
+        coap = await start_coap_server(
+            tree, endpoint.host, endpoint.port, caller=access.caller, oscore=oscore
+        )
         self._closers.append(coap.close)
         self.coap_address = coap.address
         how = (
@@ -235,11 +243,14 @@ class Emulator:
             )
         )
         log.warning(
-            "CoAP on %s: --coap-access %s (%s): %s",
+            "CoAP on %s: --coap-access %s (%s): %s%s",
             format_address(coap.address),
             access.value,
             how,
             _ACCESS_MEANS[access],
+            ""
+            if oscore is None
+            else "; requests an OSCORE context of --coap-oscore authenticates act as maintenance",
         )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:

@@ -116,6 +116,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "read-only (default on any other bind) or anonymous (the profile's anonymous rights)",
     )
     serve.add_argument(
+        "--coap-oscore",
+        default=None,
+        metavar="PATH",
+        help="aiocoap credentials file (JSON) whose OSCORE contexts get maintenance access over CoAP "
+        "(needs the oscore extra)",
+    )
+    serve.add_argument(
         "--tcp",
         type=_endpoint(TAP_TCP_PORT),
         default=DEFAULTS.tcp,
@@ -238,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state=args.state,
                 coap=args.coap,
                 coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),
+                coap_oscore=args.coap_oscore,
                 security=None if args.security is None else SecurityMode(args.security),
                 store=args.store,
                 tcp=args.tcp,

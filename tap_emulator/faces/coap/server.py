@@ -7,7 +7,8 @@ once and sends it to every observer of that shape. Notifications go out NON, wit
 ``con_every``-th one CON, retried once, so that a vanished observer is dropped within seconds
 (RFC 7641 section 4.5).
 
-Every request names its caller (``--coap-access``): the tree decides what it may do. Before aiocoap
+Every request names its caller (``--coap-access``; with ``--coap-oscore``, requests an OSCORE context
+authenticates act as maintenance): the tree decides what it may do. Before aiocoap
 reassembles or renders anything, ``render_to_pipe`` refuses what the face does not process (unknown
 critical options 4.02, proxying 5.05, block size exponent 7 over UDP 4.00) and bodies larger than the
 model lets the target take (4.13 with Size1, from the first block); datagrams are screened even before
@@ -154,6 +155,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         tree: DeviceTree,
         *,
         caller: Caller = MAINTENANCE,
+        authenticated_caller: Caller | None = None,
         con_every: int = 10,
         limits: CoapLimits | None = None,
     ) -> None:
@@ -161,6 +163,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self.tree = tree
         self.model = tree.model
         self.caller = caller
+        # The caller of a request whose remote carries authenticated claims (an OSCORE context); None
+        # when no credentials are configured, so claims grant nothing.
+        self.authenticated_caller = authenticated_caller
         self.con_every = max(1, con_every)
         self.limits = limits or CoapLimits()
         # aiocoap's block-wise stores (set by its Resource.__init__), replaced by bounded ones.
@@ -218,6 +223,11 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if resource_or_none is None:
             raise _PathError(Status.NOT_FOUND, f"object {obj.id} has no resource {token}")
         return _Target(obj, instance_id, resource_or_none, None, "")
+
+    def _caller_for(self, request: aiocoap.Message) -> Caller:
+        if self.authenticated_caller is not None and request.remote.authenticated_claims:
+            return self.authenticated_caller
+        return self.caller
 
     # ------------------------------------------------------------------ refusals before rendering
 
@@ -318,7 +328,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
             )
         response = await self.tree.handle(
-            Request(Operation.READ, target.obj.id, target.instance_id, caller=self.caller)
+            Request(Operation.READ, target.obj.id, target.instance_id, caller=self._caller_for(request))
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
@@ -353,7 +363,15 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             except RepresentationError as exc:
                 return _error(Status.BAD_REQUEST, f"{resource.name}: {exc}")
         response: Response = await self.tree.handle(
-            Request(operation, target.obj.id, target.instance_id, resource.id, value, self.caller, form=form)
+            Request(
+                operation,
+                target.obj.id,
+                target.instance_id,
+                resource.id,
+                value,
+                self._caller_for(request),
+                form=form,
+            )
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
@@ -382,7 +400,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 target.obj.id,
                 target.instance_id,
                 resource.id if readable and resource is not None else None,
-                caller=self.caller,
+                caller=self._caller_for(request),
             )
         )
         if current.status is Status.NOT_FOUND:
@@ -819,16 +837,33 @@ async def start_coap_server(
     port: int,
     *,
     caller: Caller = MAINTENANCE,
+    oscore: Any = None,
     con_every: int = 10,
     limits: CoapLimits | None = None,
 ) -> CoapServer:
     """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
-    in the message."""
-    face = CoapFace(tree, caller=caller, con_every=con_every, limits=limits)
+    in the message.
+
+    ``oscore`` (an aiocoap CredentialsMap, see ``load_oscore_credentials``) makes aiocoap's OSCORE site
+    wrapper unprotect requests before the face sees them; those its contexts authenticate act with
+    maintenance rights, every other request as ``caller``.
+    """
+    face = CoapFace(
+        tree,
+        caller=caller,
+        authenticated_caller=None if oscore is None else MAINTENANCE,
+        con_every=con_every,
+        limits=limits,
+    )
+    site: Any = face
+    if oscore is not None:
+        from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+        site = OscoreSiteWrapper(face, oscore)
     transport, bind_host = _transport_for(host)
     try:
         context = await _EmulatorContext.create_server_context(
-            face, bind=(bind_host, port), transports=[transport]
+            site, bind=(bind_host, port), transports=[transport], server_credentials=oscore
         )
     except OSError as exc:
         face.close()
