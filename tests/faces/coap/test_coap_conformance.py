@@ -216,3 +216,28 @@ async def test_block_size_exponent_7_is_refused_over_udp(raw: RawClient) -> None
     # The same transfers with size exponent 6 are served.
     fine = encode(CON, GET, next(_mids), b"\x0c", [*path("/1025"), (BLOCK2, bytes([0x06]))])
     assert (await exchange(raw, fine)).dotted_code == "2.05"
+
+
+async def test_the_screen_answers_on_a_wildcard_bind_too(tmp_path: Any) -> None:
+    """A wildcard bind uses aiocoap's udp6 transport, hooked at its own receive method."""
+    from tap_emulator.app import Emulator, Endpoint, ServeOptions
+
+    emulator = Emulator(
+        ServeOptions(state=":memory:", coap=Endpoint("0.0.0.0", 0), tcp=None, ws=None),
+        announce=lambda _line: None,
+    )
+    await emulator.start()
+    assert emulator.coap_address is not None
+    raw = await RawClient.open(emulator.coap_address[1])
+    try:
+        mid = next(_mids)
+        raw.send(bytes([0x40 | CON << 4 | 12, GET]) + mid.to_bytes(2, "big") + bytes(12))
+        reset = await raw.receive()
+        assert (reset.mtype, reset.mid) == (RST, mid)
+        reply = await exchange(raw, encode(CON, GET, next(_mids), b"\x0e", [(URI_PATH, b"\xff")]))
+        assert (reply.mtype, reply.token, reply.dotted_code) == (ACK, b"\x0e", "4.00")
+        reply = await exchange(raw, encode(CON, GET, next(_mids), b"\x0f", path("/1025/65535/0")))
+        assert (reply.dotted_code, reply.payload) == ("2.05", b"admin")
+    finally:
+        raw.close()
+        await emulator.stop()
