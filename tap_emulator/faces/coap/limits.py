@@ -75,13 +75,6 @@ class BoundedExpiringMap(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __contains__(self, key: object) -> bool:
-        try:
-            self[key]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
-
     def __getitem__(self, key: K) -> V:
         now = self._clock()
         self._expire(now)

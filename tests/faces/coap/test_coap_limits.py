@@ -310,3 +310,28 @@ async def test_one_rendering_serves_every_observer_of_a_shape(serve: Serve, raw_
     for note in notes:
         if note.mtype == CON:
             raw.send(encode(ACK, 0, note.mid))
+
+
+def test_the_bounded_map_expires_evicts_and_keeps_its_byte_budget() -> None:
+    from tap_emulator.faces.coap.limits import BoundedExpiringMap
+
+    now = [0.0]
+    store: BoundedExpiringMap[str, bytes] = BoundedExpiringMap(
+        10.0, 3, lambda: now[0], max_bytes=100, size=len
+    )
+    for key in "abc":
+        store[key] = b"x" * 10
+    assert store["a"] == b"x" * 10  # a read refreshes: "b" is now the least recently used
+    store["d"] = b"y"
+    assert len(store) == 3
+    with pytest.raises(KeyError):
+        store["b"]
+    store["e"] = b"z" * 95  # over the byte budget: the oldest go until it fits
+    assert store.bytes <= 100 and store["e"] == b"z" * 95
+    store["huge"] = b"h" * 101  # larger than the whole budget: not kept
+    with pytest.raises(KeyError):
+        store["huge"]
+    now[0] = 10.5  # "e" was last touched at 0: expired
+    with pytest.raises(KeyError):
+        store["e"]
+    assert len(store) == 0 and store.bytes == 0
