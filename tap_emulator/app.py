@@ -233,15 +233,10 @@ class Emulator:
         )
         self._closers.append(coap.close)
         self.coap_address = coap.address
-        how = (
-            "chosen"
-            if self.options.coap_access is not None
-            else (
-                "the default for a loopback bind"
-                if is_loopback(endpoint.host)
-                else "the default for a non-loopback bind"
-            )
-        )
+        if self.options.coap_access is not None:
+            how = "chosen"
+        else:
+            how = f"the default for a {'' if is_loopback(endpoint.host) else 'non-'}loopback bind"
         log.warning(
             "CoAP on %s: --coap-access %s (%s): %s%s",
             format_address(coap.address),
