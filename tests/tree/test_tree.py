@@ -128,10 +128,10 @@ async def test_a_read_only_caller_reads_everything_and_changes_nothing(tree: Dev
     assert (read.status, read.value) == (Status.CONTENT, "admin")
     assert (await tree.handle(Request(Operation.READ, 1025, caller=caller))).status is Status.CONTENT
     refused = [
-        Request(Operation.WRITE, 1025, ADMIN, 0, "mine", caller),
-        Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", caller),
+        Request(Operation.WRITE, 1025, ADMIN, 0, "mine", caller=caller),
+        Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", caller=caller),
         Request(Operation.EXECUTE, 1025, 77, 65535, caller=caller),
-        Request(Operation.WRITE, 1024, None, 42, 1000, caller),
+        Request(Operation.WRITE, 1024, None, 42, 1000, caller=caller),
     ]
     for request in refused:
         response = await tree.handle(request)

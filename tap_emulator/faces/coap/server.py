@@ -369,7 +369,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 target.instance_id,
                 resource.id,
                 value,
-                self._caller_for(request),
+                caller=self._caller_for(request),
                 form=form,
             )
         )

@@ -26,7 +26,7 @@ from tap_emulator.config import load_profile
 from tap_emulator.faces.coap import CoapLimits, start_coap_server
 from tap_emulator.faces.coap.server import CoapServer
 from tap_emulator.model import Operation
-from tap_emulator.tree import DeviceTree, Request
+from tap_emulator.tree import MAINTENANCE, DeviceTree, Request
 
 URI_QUERY, BLOCK2, BLOCK1, SIZE1 = 15, 23, 27, 60
 NAME_CAP = 25  # a 16-character name: 16 bytes + a CBOR head of up to 9 (codec.values.max_body_size)
@@ -102,7 +102,9 @@ async def test_a_block1_body_larger_than_the_field_is_refused_at_the_block_that_
     refused = await raw.receive()
     assert refused.dotted_code == "4.13"
     assert int.from_bytes(refused.option(SIZE1) or b"", "big") == NAME_CAP
-    assert (await tree_of(server).handle(Request(Operation.READ, 1025, 0, 0))).value == "anonymous"
+    assert (
+        await tree_of(server).handle(Request(Operation.READ, 1025, 0, 0, caller=MAINTENANCE))
+    ).value == "anonymous"
 
 
 async def test_a_declared_size1_over_the_cap_is_refused_before_any_block_is_kept(
@@ -197,7 +199,9 @@ async def test_the_block2_store_is_bounded_with_distinct_queries(serve: Serve, r
     server = await serve(limits=CoapLimits(block2_responses=3))
     tree = tree_of(server)
     for group in range(1, 40):
-        assert (await tree.handle(Request(Operation.EXECUTE, 1025, group, 65535))).status.is_success
+        assert (
+            await tree.handle(Request(Operation.EXECUTE, 1025, group, 65535, caller=MAINTENANCE))
+        ).status.is_success
     raw = await raw_for(server)
     for index in range(10):
         options = [*path("/1025"), (URI_QUERY, f"q={index}".encode()), (BLOCK2, bytes([0x00]))]  # 16 B blocks
@@ -213,7 +217,9 @@ async def test_the_block2_store_keeps_at_most_its_byte_budget(serve: Serve, raw_
     server = await serve(limits=CoapLimits(block2_bytes=4000))
     tree = tree_of(server)
     for group in range(1, 40):
-        assert (await tree.handle(Request(Operation.EXECUTE, 1025, group, 65535))).status.is_success
+        assert (
+            await tree.handle(Request(Operation.EXECUTE, 1025, group, 65535, caller=MAINTENANCE))
+        ).status.is_success
     raw = await raw_for(server)
     for index in range(10):
         options = [*path("/1025"), (URI_QUERY, f"q={index}".encode()), (BLOCK2, bytes([0x02]))]
@@ -239,7 +245,9 @@ async def test_observers_past_the_caps_are_answered_without_registering(serve: S
     assert [await register(first, bytes([1, i])) for i in range(5)] == [True] * 4 + [False]
     assert [await register(second, bytes([2, i])) for i in range(3)] == [True, True, False]
     assert server.face.observation_count == 6
-    response = await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "changed"))
+    response = await tree_of(server).handle(
+        Request(Operation.WRITE, 1025, 0, 0, "changed", caller=MAINTENANCE)
+    )
     assert response.status.is_success
     heard = [(await client.receive()).token for client in (first,) * 4 + (second,) * 2]
     assert sorted(heard) == sorted([bytes([1, i]) for i in range(4)] + [bytes([2, i]) for i in range(2)])
@@ -271,7 +279,9 @@ async def test_observers_that_never_acknowledge_are_dropped_within_seconds(
         collector = asyncio.get_running_loop().create_task(collect())
         await asyncio.wait_for(live.response, 5)
         assert server.face.observation_count == 201
-        response = await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "ping"))
+        response = await tree_of(server).handle(
+            Request(Operation.WRITE, 1025, 0, 0, "ping", caller=MAINTENANCE)
+        )
         assert response.status.is_success
         assert await asyncio.wait_for(heard.get(), 5) == b"ping"
         started = time.monotonic()
@@ -279,7 +289,9 @@ async def test_observers_that_never_acknowledge_are_dropped_within_seconds(
             assert time.monotonic() - started < 20, server.face.observation_count
             await asyncio.sleep(0.25)
         # The observer that acknowledged is still there and still hears changes.
-        response = await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "pong"))
+        response = await tree_of(server).handle(
+            Request(Operation.WRITE, 1025, 0, 0, "pong", caller=MAINTENANCE)
+        )
         assert response.status.is_success
         assert await asyncio.wait_for(heard.get(), 5) == b"pong"
         live.observation.cancel()
@@ -302,7 +314,9 @@ async def test_one_rendering_serves_every_observer_of_a_shape(serve: Serve, raw_
         return await render(request)
 
     server.face.render = counting  # type: ignore[method-assign]
-    assert (await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "x"))).status.is_success
+    assert (
+        await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "x", caller=MAINTENANCE))
+    ).status.is_success
     notes = [await raw.receive() for _ in range(20)]
     assert sorted(n.token for n in notes) == [bytes([s]) for s in range(20)]
     assert {n.payload for n in notes} == {b"x"}
