@@ -58,7 +58,12 @@ from tap_emulator.codec.values import (
     entity_tag,
     max_body_size,
 )
-from tap_emulator.faces.coap.limits import NOTIFICATION_TUNING, CoapLimits, bounded_block_stores
+from tap_emulator.faces.coap.limits import (
+    NOTIFICATION_TUNING,
+    BoundedExpiringMap,
+    CoapLimits,
+    bounded_block_stores,
+)
 from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
 from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Response, Status
@@ -712,6 +717,51 @@ class _DuplicateDetector:
             self.cache.set_reply(message.remote, message.mid, message.encode())
 
 
+class _NotificationResets:
+    """Ends an observation when its client rejects a NON notification with an RST (RFC 7641 section
+    3.6). aiocoap matches an RST only against CON exchanges, so a client that forgot an observation went
+    on receiving NON notifications until the next CON failed. The message manager's first send of each
+    NON notification is remembered here with the callback that ends its stream; the same hook style as
+    the duplicate cache, on the manager instance. Bounded by a ``BoundedExpiringMap``."""
+
+    def __init__(self, manager: Any, limits: CoapLimits) -> None:
+        self.manager = manager
+        self.sent: BoundedExpiringMap[tuple[Hashable, int], Callable[[], None]] = BoundedExpiringMap(
+            # An RST answers a notification within a round trip; MAX_TRANSMIT_WAIT is ample.
+            TransportTuning().MAX_TRANSMIT_WAIT,
+            limits.max_observers,
+            manager.loop.time,
+        )
+        self._send_initially = manager._send_initially
+        self._remove_exchange = manager._remove_exchange
+        manager._send_initially = self.send_initially
+        manager._remove_exchange = self.remove_exchange
+
+    def send_initially(self, message: aiocoap.Message, messageerror_monitor: Any = None) -> None:
+        self._send_initially(message, messageerror_monitor)
+        if message.mtype is Type.NON and messageerror_monitor is not None and message.opt.observe is not None:
+            self.sent[(message.remote, message.mid)] = messageerror_monitor
+
+    def remove_exchange(self, message: aiocoap.Message) -> None:
+        key = (message.remote, message.mid)
+        if message.mtype is Type.RST and key not in self.manager._active_exchanges:
+            try:
+                end_observation = self.sent[key]
+            except KeyError:
+                pass
+            else:
+                end_observation()
+                return
+        self._remove_exchange(message)
+
+
+def _install_notification_resets(context: aiocoap.Context, limits: CoapLimits) -> None:
+    for interface in context.request_interfaces:
+        manager: Any = getattr(interface, "token_interface", None)
+        if hasattr(manager, "_remove_exchange") and hasattr(manager, "_send_initially"):
+            _NotificationResets(manager, limits)
+
+
 def _install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateCache]:
     """Give every message manager of the context a bounded DuplicateCache (before it receives)."""
     caches = []
@@ -870,6 +920,7 @@ async def start_coap_server(
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     server = CoapServer(context, face, _bound_address(context, host))
     server.duplicate_caches = _install_duplicate_cache(context)
+    _install_notification_resets(context, face.limits)
     if not _install_datagram_screens(context, face.limited_log):
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiocoap
 import pytest
-from rawcoap import ACK, CON, GET, OBSERVE, POST, PUT, URI_PATH, RawClient, encode
+from rawcoap import ACK, CON, GET, NON, OBSERVE, POST, PUT, RST, URI_PATH, RawClient, encode
 
 from bench.coap_floods import block1_flood
 from tap_emulator.app import open_device
@@ -349,3 +349,27 @@ def test_the_bounded_map_expires_evicts_and_keeps_its_byte_budget() -> None:
     with pytest.raises(KeyError):
         store["e"]
     assert len(store) == 0 and store.bytes == 0
+
+
+async def test_an_rst_to_a_non_notification_ends_the_observation(serve: Serve, raw_for: Any) -> None:
+    """RFC 7641 section 3.6: a client rejects a notification it no longer wants with an RST."""
+    server = await serve()
+    raw = await raw_for(server)
+    assert await register(raw, b"\x31")
+    assert await register(raw, b"\x32", "/1025/0/4")
+    write = Request(Operation.WRITE, 1025, 0, 0, "first", caller=MAINTENANCE)
+    assert (await tree_of(server).handle(write)).status.is_success
+    note = await raw.receive()
+    assert (note.mtype, note.token) == (NON, b"\x31")
+    raw.send(encode(RST, 0, note.mid))
+    started = time.monotonic()
+    while server.face.observation_count != 1:
+        assert time.monotonic() - started < 5, server.face.observation_count
+        await asyncio.sleep(0.05)
+    write = Request(Operation.WRITE, 1025, 0, 0, "second", caller=MAINTENANCE)
+    assert (await tree_of(server).handle(write)).status.is_success
+    with pytest.raises(asyncio.TimeoutError):
+        await raw.receive(timeout=0.3)
+    lifetime = Request(Operation.WRITE, 1025, 0, 4, 61, caller=MAINTENANCE)
+    assert (await tree_of(server).handle(lifetime)).status.is_success
+    assert (await raw.receive()).token == b"\x32"  # the other observation of that client goes on
