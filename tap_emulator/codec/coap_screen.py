@@ -79,8 +79,11 @@ def _bad_text_option(data: bytes, start: int) -> str | None:
             if pos + 1 == end:
                 raise _FormatError("payload marker without payload")
             return None
-        delta, pos = _extended(byte >> 4, data, pos + 1)
-        length, pos = _extended(byte & 0x0F, data, pos)
+        delta, length, pos = byte >> 4, byte & 0x0F, pos + 1
+        if delta >= 13:
+            delta, pos = _extended(delta, data, pos)
+        if length >= 13:
+            length, pos = _extended(length, data, pos)
         number += delta
         if pos + length > end:
             raise _FormatError("option longer than the datagram")

@@ -142,6 +142,26 @@ def _error(status: Status | Code, diagnostic: str) -> aiocoap.Message:
     return aiocoap.Message(code=Code(int(status)), payload=diagnostic.encode("utf-8"))
 
 
+# Options a request commonly carries that need no check before rendering (a fast path for GETs).
+_PLAIN_OPTIONS = frozenset(
+    {
+        OptionNumber.URI_HOST,
+        OptionNumber.URI_PORT,
+        OptionNumber.URI_PATH,
+        OptionNumber.URI_QUERY,
+        OptionNumber.ACCEPT,
+        OptionNumber.CONTENT_FORMAT,
+        OptionNumber.OBSERVE,
+        OptionNumber.IF_MATCH,
+        OptionNumber.IF_NONE_MATCH,
+        OptionNumber.ETAG,
+    }
+)
+
+# _refusal's answer for a body sent where the method takes none.
+_RENDER_ALONE = aiocoap.Message(code=Code.EMPTY)
+
+
 def _clone(message: aiocoap.Message) -> aiocoap.Message:
     """A fresh message with the same code, payload and options (aiocoap sets token, remote and the
     Observe number on the message it sends, so each observer needs its own). Option objects are
@@ -237,18 +257,30 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     # ------------------------------------------------------------------ refusals before rendering
 
     async def render_to_pipe(self, pipe: Any) -> None:
-        refusal = await self._refusal(pipe.request)
-        if refusal is not None:
-            pipe.add_response(refusal, is_last=True)
+        refusal = self._refusal(pipe.request)
+        if refusal is None:
+            await super().render_to_pipe(pipe)
             return
-        await super().render_to_pipe(pipe)
+        if refusal is _RENDER_ALONE:
+            # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
+            # without reassembling the rest.
+            refusal = await self.render(pipe.request)
+        pipe.add_response(refusal, is_last=True)
 
-    async def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
-        """The answer to a request that must not reach block-wise reassembly or rendering, if any."""
+    def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
+        """The answer to a request that must not reach block-wise reassembly or rendering, if any
+        (``_RENDER_ALONE``: render it as it is, without reassembly)."""
         opt = request.opt
+        plain = True
         for option in opt.option_list():
-            if option.number.is_critical() and option.number not in _PROCESSED_CRITICAL:
-                return _error(Code.BAD_OPTION, f"critical option {int(option.number)} is not supported")
+            number = option.number
+            if number in _PLAIN_OPTIONS:
+                continue
+            if number.is_critical() and number not in _PROCESSED_CRITICAL:
+                return _error(Code.BAD_OPTION, f"critical option {int(number)} is not supported")
+            plain = False
+        if plain and not request.payload:
+            return None  # the common GET: nothing below applies
         if opt.proxy_uri is not None or opt.proxy_scheme is not None:
             return _error(Code.PROXYING_NOT_SUPPORTED, "this server is not a proxy")
         block1, block2 = opt.block1, opt.block2
@@ -267,9 +299,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if extent <= cap:
             return None
         if cap == 0:
-            # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
-            # without reassembling the rest.
-            return await self.render(request)
+            return _RENDER_ALONE
         response = _error(Code.REQUEST_ENTITY_TOO_LARGE, f"this target takes at most {cap} bytes")
         response.opt.size1 = cap
         return response
@@ -467,13 +497,13 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
         if request.code != Code.GET:
-            return
+            return _decline(serverobservation)
         try:
             target = self._parse(tuple(request.opt.uri_path))
         except _PathError:
-            return
+            return _decline(serverobservation)
         if target.resource is not None and not target.resource.readable:
-            return
+            return _decline(serverobservation)
         key = (target.obj.id, target.instance_id, None if target.resource is None else target.resource.id)
         peer: Hashable = request.remote
         per_peer = self._observers_per_peer.get(peer, 0)
@@ -481,11 +511,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             self._observer_total >= self.limits.max_observers
             or per_peer >= self.limits.max_observers_per_peer
         ):
-            # Not accepted: aiocoap answers the GET without an Observe option (RFC 7641 section 4.1).
             self.limited_log.warning(
                 "observer cap", "coap: observer cap reached; a GET was answered without observing"
             )
-            return
+            return _decline(serverobservation)
         observation = _Observation(self, request, serverobservation)
         self._observations[key].add(observation)
         self._observers_per_peer[peer] = per_peer + 1
@@ -547,6 +576,18 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             "block2": len(completes),
             "block2_bytes": completes.bytes,
         }
+
+
+def _decline(serverobservation: Any) -> None:
+    """Answer the request without registering it (no Observe option, RFC 7641 section 4.1).
+
+    aiocoap 0.4.17 calls the cancellation callback of every observation request when its rendering
+    ends, accepted or not, and one never accepted has none (an AttributeError, logged with a traceback
+    by the task). Declining is therefore accepting with nothing to cancel and deregistering at once,
+    which aiocoap treats as an early deregistration: the first response goes out alone.
+    """
+    serverobservation.accept(lambda: None)
+    serverobservation.deregister()
 
 
 class _Observation:

@@ -373,3 +373,34 @@ async def test_an_rst_to_a_non_notification_ends_the_observation(serve: Serve, r
     lifetime = Request(Operation.WRITE, 1025, 0, 4, 61, caller=MAINTENANCE)
     assert (await tree_of(server).handle(lifetime)).status.is_success
     assert (await raw.receive()).token == b"\x32"  # the other observation of that client goes on
+
+
+async def test_declined_observations_leave_no_failed_task(serve: Serve, raw_for: Any) -> None:
+    """Past a cap, on a resource that is not readable, on no resource, or with another method than
+    GET, an Observe request is answered once; before, each left a task failing with an AttributeError
+    inside aiocoap (a traceback in the log), found by the option fuzzing."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    try:
+        server = await serve(limits=CoapLimits(max_observers_per_peer=1))
+        raw = await raw_for(server)
+        assert await register(raw, b"\x41")
+        assert not await register(raw, b"\x42")
+        for code, p, expected in [
+            (GET, "/1025/65535/2", "4.05"),
+            (GET, "/nowhere", "4.04"),
+            (PUT, "/1025/0/0", "2.04"),
+        ]:
+            raw.send(encode(CON, code, next(_mids), b"\x43", [(OBSERVE, b""), *path(p)]))
+            reply = await raw.receive()
+            assert (reply.dotted_code, reply.option(OBSERVE)) == (expected, None), p
+        await asyncio.sleep(0.1)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert failures == []
+        assert server.face.observation_count == 1
+    finally:
+        loop.set_exception_handler(None)
