@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Benchmark]] = {
     "durable_put": (("durable_put_ratio",), _one(coap_bench.durable_put)),
     "loop_isolation": (("loop_isolation_ratio",), _one(coap_bench.loop_isolation)),
     "coap_rss": (("coap_rss_mb",), _one(coap_bench.coap_rss)),
+    "coap_rss_flood": (("coap_rss_flood_ratio",), _one(coap_bench.coap_rss_flood)),
+    "coap_rss_observers": (("coap_rss_observers_ratio",), _one(coap_bench.coap_rss_observers)),
     "sync_lag": (("sync_lag_ratio",), _one(sync_bench.sync_lag)),
 }
 
@@ -84,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rss_seconds=settings.rss_seconds,
             outstanding=settings.outstanding,
             work=work,
+            small=settings.small,
         )
     names = args.only or list(BENCHMARKS)
     started = time.monotonic()

@@ -1,10 +1,12 @@
-"""CoAP benchmarks: GET throughput and p99 against bare aiocoap, durable PUTs, loop isolation, memory."""
+"""CoAP benchmarks: GET throughput and p99 against bare aiocoap, durable PUTs, loop isolation, memory
+under load, after a block1 flood and with thousands of observers."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+from bench.coap_floods import ObserverCrowd, block1_flood
 from bench.coap_wire import GET, POST, PUT, RequestTemplate
 from bench.loadgen import SideLoad, coap_load
 from bench.procs import Server, emulator_server, start_server
@@ -217,4 +219,57 @@ def coap_rss(settings: Settings) -> MetricResult:
         server.stop()
     metric.settle(loaded, idle)
     metric.details = {"load": summary([run]), "requests": run.result.completed}
+    return metric
+
+
+FLOOD_MB = {True: 4, False: 48}  # small (quick mode), full
+OBSERVERS = {True: 1000, False: 5000}
+
+
+def _idle_rss(server: Server) -> float:
+    time.sleep(0.3)
+    return server.rss_mb()
+
+
+def coap_rss_flood(settings: Settings) -> MetricResult:
+    megabytes = FLOOD_MB[settings.small]
+    metric = MetricResult(
+        "coap_rss_flood_ratio",
+        f"emulator RSS after a {megabytes} MB block1 flood (1 KB blocks, 4 transfers) at a 16-character "
+        "field, vs its idle RSS",
+        "MB",
+        Target("<=", 1.25),
+    )
+    server = _start_emulator(settings, "emulator-flood", ":memory:")
+    try:
+        idle = _idle_rss(server)
+        flood = block1_flood(server.endpoints["coap"], megabytes << 20)
+        flooded = server.rss_mb()
+    finally:
+        server.stop()
+    metric.settle(flooded, idle)
+    metric.details = {"blocks": flood.blocks, "lost": flood.lost, "codes": dict(flood.codes)}
+    return metric
+
+
+def coap_rss_observers(settings: Settings) -> MetricResult:
+    count = OBSERVERS[settings.small]
+    metric = MetricResult(
+        "coap_rss_observers_ratio",
+        f"emulator RSS with {count:,} observers (50 per endpoint) vs its idle RSS",
+        "MB",
+        Target("<=", 2.5),
+    )
+    server = _start_emulator(settings, "emulator-observers", ":memory:")
+    try:
+        idle = _idle_rss(server)
+        crowd = ObserverCrowd(server.endpoints["coap"], count)
+        try:
+            observed = server.rss_mb()
+        finally:
+            crowd.close()
+    finally:
+        server.stop()
+    metric.settle(observed, idle)
+    metric.details = {"observers": count, "accepted": crowd.accepted, "answered": crowd.answered}
     return metric

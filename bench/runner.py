@@ -21,6 +21,7 @@ class Settings:
     rss_seconds: float  # load before the RSS reading
     outstanding: int = 16
     work: Path = Path(".")
+    small: bool = False  # smaller floods and crowds in the memory benchmarks (quick mode)
 
     @classmethod
     def full(cls, work: Path) -> Settings:
@@ -28,7 +29,7 @@ class Settings:
 
     @classmethod
     def quick(cls, work: Path) -> Settings:
-        return cls(rounds=1, seconds=0.3, warmup=0.1, rss_seconds=1.0, work=work)
+        return cls(rounds=1, seconds=0.3, warmup=0.1, rss_seconds=1.0, work=work, small=True)
 
 
 @dataclass(slots=True)

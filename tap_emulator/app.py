@@ -6,6 +6,8 @@ path as ``tap-emulator serve``, and stop it cleanly.
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import logging
 import os
 import time
@@ -13,20 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tap_emulator.config import Profile, SecurityMode, load_profile
+from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
-from tap_emulator.tree import DeviceTree, Offload, run_in_thread
+from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 __all__ = [
+    "CoapAccess",
     "Emulator",
     "Endpoint",
     "ServeOptions",
     "default_state_path",
     "format_address",
+    "is_loopback",
     "open_device",
     "parse_endpoint",
 ]
@@ -74,6 +78,44 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class CoapAccess(enum.Enum):
+    """Who the CoAP face acts as (it has no login): ``--coap-access``."""
+
+    MAINTENANCE = "maintenance"  # full rights, like a debug port on the bench
+    READ_ONLY = "read-only"  # maintenance reads, no change of any kind
+    ANONYMOUS = "anonymous"  # the profile's rights for anonymous (group 0)
+
+    @property
+    def caller(self) -> Caller:
+        if self is CoapAccess.MAINTENANCE:
+            return MAINTENANCE
+        if self is CoapAccess.READ_ONLY:
+            return READ_ONLY_MAINTENANCE
+        return Caller(ANONYMOUS_GROUP)
+
+    @classmethod
+    def default_for(cls, host: str) -> CoapAccess:
+        """Maintenance on a loopback bind, read-only on any other (a wildcard or a LAN address)."""
+        return cls.MAINTENANCE if is_loopback(host) else cls.READ_ONLY
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; wildcards and every other address are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_ACCESS_MEANS = {
+    CoapAccess.MAINTENANCE: "anyone who reaches it acts with maintenance rights, writes included",
+    CoapAccess.READ_ONLY: "reads only; every write is refused",
+    CoapAccess.ANONYMOUS: "the profile's anonymous rights",
+}
+
+
 def default_state_path(profile: Profile) -> Path:
     """One state file per device under the working directory: ``state/{serial}.sqlite3``."""
     return Path("state") / f"{profile.device.serial_number}.sqlite3"
@@ -84,6 +126,8 @@ class ServeOptions:
     profile: str = "default"
     state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
     coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", COAP_PORT))
+    coap_access: CoapAccess | None = None  # None: CoapAccess.default_for(the CoAP host)
+    coap_oscore: str | None = None  # aiocoap credentials file: its OSCORE contexts get maintenance
     security: SecurityMode | None = None  # overrides the profile's mode when given
     store: str | None = None  # management store URL; None: beside the state file; "off": no sync
     sync: SyncSettings = field(default_factory=SyncSettings)
@@ -142,8 +186,6 @@ class Emulator:
         self._closers: list[Callable[[], object]] = []
 
     async def start(self) -> None:
-        from tap_emulator.faces.coap import start_coap_server
-
         state_path = self.options.state or str(default_state_path(self.profile))
         derivations = DerivationWorker()
         try:
@@ -160,9 +202,7 @@ class Emulator:
                 await tree.set_security_mode(self.options.security)
             self._start_sync(tree, state_path)
             if self.options.coap is not None:
-                coap = await start_coap_server(tree, self.options.coap.host, self.options.coap.port)
-                self._closers.append(coap.close)
-                self.coap_address = coap.address
+                await self._start_coap(tree, self.options.coap)
             await self._start_tap_faces(tree)
         except BaseException:
             await self.stop()
@@ -177,6 +217,35 @@ class Emulator:
                 self.announce(f"listening {kind} {format_address(address)}")
         log.info(
             "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
+        )
+
+    async def _start_coap(self, tree: DeviceTree, endpoint: Endpoint) -> None:
+        from tap_emulator.faces.coap import start_coap_server
+
+        access = self.options.coap_access or CoapAccess.default_for(endpoint.host)
+        oscore = None
+        if self.options.coap_oscore is not None:
+            from tap_emulator.faces.coap.oscore import load_oscore_credentials
+
+            oscore = load_oscore_credentials(self.options.coap_oscore)
+        coap = await start_coap_server(
+            tree, endpoint.host, endpoint.port, caller=access.caller, oscore=oscore
+        )
+        self._closers.append(coap.close)
+        self.coap_address = coap.address
+        if self.options.coap_access is not None:
+            how = "chosen"
+        else:
+            how = f"the default for a {'' if is_loopback(endpoint.host) else 'non-'}loopback bind"
+        log.warning(
+            "CoAP on %s: --coap-access %s (%s): %s%s",
+            format_address(coap.address),
+            access.value,
+            how,
+            _ACCESS_MEANS[access],
+            ""
+            if oscore is None
+            else "; requests an OSCORE context of --coap-oscore authenticates act as maintenance",
         )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:

@@ -18,6 +18,7 @@ from tap_emulator.app import (
     COAP_PORT,
     TAP_TCP_PORT,
     TAP_WS_PORT,
+    CoapAccess,
     Emulator,
     Endpoint,
     ServeOptions,
@@ -106,6 +107,20 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.coap,
         metavar="HOST:PORT",
         help="CoAP UDP endpoint (default 127.0.0.1:5683; port 0 picks one; 'off' disables)",
+    )
+    serve.add_argument(
+        "--coap-access",
+        choices=[a.value for a in CoapAccess],
+        default=None,
+        help="rights of CoAP requests (the face has no login): maintenance (default on a loopback bind), "
+        "read-only (default on any other bind) or anonymous (the profile's anonymous rights)",
+    )
+    serve.add_argument(
+        "--coap-oscore",
+        default=None,
+        metavar="PATH",
+        help="aiocoap credentials file (JSON) whose OSCORE contexts get maintenance access over CoAP "
+        "(needs the oscore extra)",
     )
     serve.add_argument(
         "--tcp",
@@ -229,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile=args.profile,
                 state=args.state,
                 coap=args.coap,
+                coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),
+                coap_oscore=args.coap_oscore,
                 security=None if args.security is None else SecurityMode(args.security),
                 store=args.store,
                 tcp=args.tcp,

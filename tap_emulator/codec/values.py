@@ -9,6 +9,7 @@ bytes as application/octet-stream, CBOR, and SenML for instance and object reads
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = [
     "encode_representation",
     "encode_senml",
     "encode_wire",
+    "entity_tag",
+    "max_body_size",
 ]
 
 # CoAP content-format numbers (RFC 7252 section 12.3, RFC 8428).
@@ -107,6 +110,48 @@ def encode_representation(form: Form, value: Any, content_format: int) -> bytes:
     if content_format == CBOR:
         return cbor2.dumps(value)
     raise UnsupportedFormat(f"content format {content_format} is not offered for a resource value")
+
+
+# What a body may carry beyond the value itself: text/plain numbers and hex are read with surrounding
+# whitespace stripped (a trailing CRLF from a shell client), and a CBOR item starts with a head of up to
+# 9 bytes (RFC 8949 section 3).
+TEXT_WHITESPACE_ALLOWANCE = 4
+CBOR_HEAD_MAX = 9
+_WIRE_WIDTH = {Encoding.UINT16: 2, Encoding.UINT32: 4}
+
+
+def _max_length(form: Form) -> int:
+    if form.lengths is None:
+        raise ValueError(f"form {form.alias!r} declares no length limit")
+    return max(form.lengths) if isinstance(form.lengths, frozenset) else form.lengths[1]
+
+
+def max_body_size(form: Form) -> int:
+    """The largest request body that carries a valid value of ``form`` in any accepted content format.
+
+    A face refuses a longer body (4.13) before reading it, so a body cap always follows the model's
+    limits. ValueError for a string or bytes form without a length limit.
+    """
+    if form.value_type is ValueType.NONE:
+        return 0
+    if form.value_type is ValueType.INTEGER:
+        width = _WIRE_WIDTH.get(form.encoding, 8)
+        low, high = form.int_range or (0, (1 << (8 * width)) - 1)
+        digits = max(len(str(low)), len(str(high)))
+        return max(digits + TEXT_WHITESPACE_ALLOWANCE, width, CBOR_HEAD_MAX)
+    length = _max_length(form)
+    if form.value_type is ValueType.OPAQUE:
+        return max(2 * length + TEXT_WHITESPACE_ALLOWANCE, length + CBOR_HEAD_MAX)
+    return length + CBOR_HEAD_MAX
+
+
+def entity_tag(value: Any) -> bytes:
+    """An ETag for a resource value, the same for each of its representations (8 bytes).
+
+    Derived from the value alone, so a client may send it back in If-Match whatever content format it
+    read; only readable values are tagged, never a secret.
+    """
+    return hashlib.blake2b(cbor2.dumps(value), digest_size=8).digest()
 
 
 def _form_for_payload(resource: ResourceDef, content_format: int, payload: bytes) -> Form:

@@ -352,6 +352,11 @@ def _parse_resource(item: ET.Element, source: str) -> ResourceDef:
         raise ModelError(f"{where}: a create resource must have Operations E only")
     if behaviour is Behaviour.CREDENTIAL and Operation.READ in operations:
         raise ModelError(f"{where}: a credential must not be readable")
+    if operations & {Operation.WRITE, Operation.EXECUTE}:
+        for form in resource.forms:
+            if form.value_type in (ValueType.STRING, ValueType.OPAQUE) and form.lengths is None:
+                # Request bodies are capped from these limits (codec.values.max_body_size).
+                raise ModelError(f"{where}: writable form {form.alias!r} needs a length limit (a range)")
     return resource
 
 

@@ -3,6 +3,7 @@
 from tap_emulator.tree.status import Status
 from tap_emulator.tree.tree import (
     MAINTENANCE,
+    READ_ONLY_MAINTENANCE,
     Account,
     Caller,
     ChangeEvent,
@@ -16,6 +17,7 @@ from tap_emulator.tree.tree import (
 
 __all__ = [
     "MAINTENANCE",
+    "READ_ONLY_MAINTENANCE",
     "Account",
     "Caller",
     "ChangeEvent",

@@ -42,6 +42,7 @@ from tap_emulator.tree.status import Status
 
 __all__ = [
     "MAINTENANCE",
+    "READ_ONLY_MAINTENANCE",
     "Account",
     "Caller",
     "ChangeEvent",
@@ -77,12 +78,18 @@ DEVICE_IDENTITY = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sends a request: a logged-in group id, or ``None`` for the unrestricted maintenance role."""
+    """Who sends a request: a logged-in group id, or ``None`` for the unrestricted maintenance role.
+
+    ``read_only`` withdraws every write, execute and delete from the caller's rights while keeping its
+    reads (the CoAP face's ``--coap-access read-only``).
+    """
 
     group_id: int | None
+    read_only: bool = False
 
 
 MAINTENANCE = Caller(None)
+READ_ONLY_MAINTENANCE = Caller(None, read_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +509,8 @@ class DeviceTree:
         return Response(Status.CONTENT, {r.id: inst.values.get(r.id) for r in readable})
 
     def _authorize(self, req: Request, obj: ObjectDef, res: ResourceDef | None) -> Response | None:
+        if req.caller.read_only and req.operation is not Operation.READ:
+            return Response(Status.UNAUTHORIZED, diagnostic="this access is read-only")
         caller = req.caller.group_id
         if caller is None:
             return None

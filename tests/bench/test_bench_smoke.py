@@ -24,6 +24,8 @@ METRICS = [
     "durable_put_ratio",
     "loop_isolation_ratio",
     "coap_rss_mb",
+    "coap_rss_flood_ratio",
+    "coap_rss_observers_ratio",
     "sync_lag_ratio",
 ]
 

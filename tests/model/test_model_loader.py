@@ -127,6 +127,11 @@ BROKEN = {
         "does not fit uint16",
     ),
     "bad lengths": ('range="16,36,40"', 'range="16,x"', "lengths"),
+    "writable string without lengths": (
+        "<RangeEnumeration>0..16</RangeEnumeration>",
+        "<RangeEnumeration></RangeEnumeration>",
+        "needs a length limit",
+    ),
     "duplicate alias": (
         "<emu:Alias>alias</emu:Alias>",
         "<emu:Alias>name</emu:Alias>",

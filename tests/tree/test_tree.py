@@ -14,7 +14,7 @@ import pytest
 from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
 from tap_emulator.model import Operation
-from tap_emulator.tree import Caller, ChangeEvent, DeviceTree, Request, Status
+from tap_emulator.tree import READ_ONLY_MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Status
 
 ADMIN, SUPERVISOR, ANONYMOUS = 65535, 65534, 0
 
@@ -120,6 +120,26 @@ async def test_callers_rights(tree: DeviceTree) -> None:
     assert await put(tree, 5, 0, "x", Caller(5)) is Status.UNAUTHORIZED
     assert await put(tree, 5, 5, SUPERVISOR) is Status.CHANGED
     assert await put(tree, 5, 0, "x", Caller(5)) is Status.CHANGED
+
+
+async def test_a_read_only_caller_reads_everything_and_changes_nothing(tree: DeviceTree) -> None:
+    caller = READ_ONLY_MAINTENANCE
+    read = await tree.handle(Request(Operation.READ, 1025, ADMIN, 0, caller=caller))
+    assert (read.status, read.value) == (Status.CONTENT, "admin")
+    assert (await tree.handle(Request(Operation.READ, 1025, caller=caller))).status is Status.CONTENT
+    refused = [
+        Request(Operation.WRITE, 1025, ADMIN, 0, "mine", caller=caller),
+        Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", caller=caller),
+        Request(Operation.EXECUTE, 1025, 77, 65535, caller=caller),
+        Request(Operation.WRITE, 1024, None, 42, 1000, caller=caller),
+    ]
+    for request in refused:
+        response = await tree.handle(request)
+        assert response.status is Status.UNAUTHORIZED, request
+        assert "read-only" in response.diagnostic
+    assert tree.account(ADMIN) is not None and tree.account(ADMIN).name == "admin"  # type: ignore[union-attr]
+    assert 77 not in tree.instance_ids(1025)
+    assert tree.hash_iteration == 5000
 
 
 async def test_secrets_stay_out_of_reprs_and_the_outbox(tree: DeviceTree) -> None:

@@ -12,6 +12,7 @@ Paths (derived from the model):
 - ``/.well-known/core``: every resource and alias path with ``rt``, ``if`` and ``ct``.
 """
 
+from tap_emulator.faces.coap.limits import CoapLimits
 from tap_emulator.faces.coap.server import CoapFace, start_coap_server
 
-__all__ = ["CoapFace", "start_coap_server"]
+__all__ = ["CoapFace", "CoapLimits", "start_coap_server"]

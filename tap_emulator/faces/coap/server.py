@@ -2,9 +2,18 @@
 
 One root resource parses every path itself (a resource mounted in an aiocoap ``Site`` at ("1025",)
 would answer 4.04 for ``/1025``), maps methods and representations, and forwards to the tree.
-Observations are keyed by the tree path they watch; a change event re-renders them. Notifications go
-out NON, with every ``con_every``-th one CON so that a vanished observer is eventually dropped
+Observations are keyed by the tree path they watch; a change event renders each distinct request
+once and sends it to every observer of that shape. Notifications go out NON, with every
+``con_every``-th one CON, retried once, so that a vanished observer is dropped within seconds
 (RFC 7641 section 4.5).
+
+Every request names its caller (``--coap-access``; with ``--coap-oscore``, requests an OSCORE context
+authenticates act as maintenance): the tree decides what it may do. Before aiocoap
+reassembles or renders anything, ``render_to_pipe`` refuses what the face does not process (unknown
+critical options 4.02, proxying 5.05, block size exponent 7 over UDP 4.00) and bodies larger than the
+model lets the target take (4.13 with Size1, from the first block); datagrams are screened even before
+aiocoap parses them (``tap_emulator.codec.coap_screen``). What the face holds is bounded by
+``CoapLimits``.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import defaultdict, deque
+import time
+from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +35,8 @@ import aiocoap
 import aiocoap.error
 import aiocoap.interfaces
 import aiocoap.resource
-from aiocoap.message import Direction
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.pipe import error_to_message, run_driving_pipe
 
@@ -42,13 +51,51 @@ from tap_emulator.codec.values import (
     decode_representation,
     encode_representation,
     encode_senml,
+    entity_tag,
+    max_body_size,
 )
+from tap_emulator.faces.coap.limits import (
+    NOTIFICATION_TUNING,
+    CoapLimits,
+    bounded_block_stores,
+)
+from tap_emulator.faces.coap.message_layer import (
+    DuplicateCache,
+    install_datagram_screens,
+    install_duplicate_cache,
+    install_notification_resets,
+)
+from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Response, Status
+from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Response, Status
 
-__all__ = ["CoapFace", "start_coap_server"]
+__all__ = ["CoapFace", "CoapLimits", "start_coap_server"]
 
 log = logging.getLogger(__name__)
+# Lines that network input can repeat (junk datagrams, observers past a cap): one per reason per
+# interval, per server.
+LIMITED_LOG_INTERVAL = 10.0
+NOTIFY_BATCH = 64
+
+# Critical options (odd numbers) this face or aiocoap acts on; any other critical option is 4.02
+# (RFC 7252 section 5.4.1). Uri-Query is accepted and ignored, as a resource may; Request-Tag keys
+# block-wise reassembly in aiocoap. Proxy-Uri and Proxy-Scheme are recognised only to answer 5.05.
+_PROCESSED_CRITICAL = frozenset(
+    {
+        OptionNumber.IF_MATCH,
+        OptionNumber.URI_HOST,
+        OptionNumber.IF_NONE_MATCH,
+        OptionNumber.URI_PORT,
+        OptionNumber.URI_PATH,
+        OptionNumber.URI_QUERY,
+        OptionNumber.ACCEPT,
+        OptionNumber.BLOCK2,
+        OptionNumber.BLOCK1,
+        OptionNumber.PROXY_URI,
+        OptionNumber.PROXY_SCHEME,
+        OptionNumber.REQUEST_TAG,
+    }
+)
 
 _OPERATIONS = {
     Code.GET: Operation.READ,
@@ -91,23 +138,72 @@ def _message(status: Status, payload: bytes = b"", content_format: int | None = 
     return msg
 
 
-def _error(status: Status, diagnostic: str) -> aiocoap.Message:
+def _error(status: Status | Code, diagnostic: str) -> aiocoap.Message:
     # RFC 7252 5.5.2: a diagnostic payload, UTF-8 text, no content format.
-    return _message(status, diagnostic.encode("utf-8"))
+    return aiocoap.Message(code=Code(int(status)), payload=diagnostic.encode("utf-8"))
+
+
+# Options a request commonly carries that need no check before rendering (a fast path for GETs).
+_PLAIN_OPTIONS = frozenset(
+    {
+        OptionNumber.URI_HOST,
+        OptionNumber.URI_PORT,
+        OptionNumber.URI_PATH,
+        OptionNumber.URI_QUERY,
+        OptionNumber.ACCEPT,
+        OptionNumber.CONTENT_FORMAT,
+        OptionNumber.OBSERVE,
+        OptionNumber.IF_MATCH,
+        OptionNumber.IF_NONE_MATCH,
+        OptionNumber.ETAG,
+    }
+)
+
+# _refusal's answer for a body sent where the method takes none.
+_RENDER_ALONE = aiocoap.Message(code=Code.EMPTY)
+
+
+def _clone(message: aiocoap.Message) -> aiocoap.Message:
+    """A fresh message with the same code, payload and options (aiocoap sets token, remote and the
+    Observe number on the message it sends, so each observer needs its own). Option objects are
+    shared: aiocoap replaces options rather than mutating them."""
+    clone = aiocoap.Message(code=message.code, payload=message.payload)
+    for option in message.opt.option_list():
+        clone.opt.add_option(option)
+    return clone
 
 
 class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource):  # type: ignore[misc]
     """The root resource: parses paths from the model and forwards to the tree."""
 
-    def __init__(self, tree: DeviceTree, *, con_every: int = 10) -> None:
+    def __init__(
+        self,
+        tree: DeviceTree,
+        *,
+        caller: Caller = MAINTENANCE,
+        authenticated_caller: Caller | None = None,
+        con_every: int = 10,
+        limits: CoapLimits | None = None,
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.model = tree.model
+        self.caller = caller
+        # The caller of a request whose remote carries authenticated claims (an OSCORE context); None
+        # when no credentials are configured, so claims grant nothing.
+        self.authenticated_caller = authenticated_caller
         self.con_every = max(1, con_every)
+        self.limits = limits or CoapLimits()
+        # aiocoap's block-wise stores (set by its Resource.__init__), replaced by bounded ones.
+        self._block1, self._block2 = bounded_block_stores(self.limits, time.monotonic)
         self._observations: dict[tuple[int, int | None, int | None], set[_Observation]] = defaultdict(set)
+        self._observers_per_peer: dict[Hashable, int] = {}
+        self._observer_total = 0
         self._unsubscribe = tree.subscribe(self._on_change)
         self._link_format = self._build_link_format()
+        self._body_caps = self._build_body_caps()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.limited_log = RateLimitedLog(log, interval=LIMITED_LOG_INTERVAL)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -154,6 +250,88 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             raise _PathError(Status.NOT_FOUND, f"object {obj.id} has no resource {token}")
         return _Target(obj, instance_id, resource_or_none, None, "")
 
+    def _caller_for(self, request: aiocoap.Message) -> Caller:
+        if self.authenticated_caller is not None and request.remote.authenticated_claims:
+            return self.authenticated_caller
+        return self.caller
+
+    # ------------------------------------------------------------------ refusals before rendering
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        refusal = self._refusal(pipe.request)
+        if refusal is None:
+            await super().render_to_pipe(pipe)
+            return
+        if refusal is _RENDER_ALONE:
+            # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
+            # without reassembling the rest.
+            refusal = await self.render(pipe.request)
+        pipe.add_response(refusal, is_last=True)
+
+    def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
+        """The answer to a request that must not reach block-wise reassembly or rendering, if any
+        (``_RENDER_ALONE``: render it as it is, without reassembly)."""
+        opt = request.opt
+        plain = True
+        for option in opt.option_list():
+            number = option.number
+            if number in _PLAIN_OPTIONS:
+                continue
+            if number.is_critical() and number not in _PROCESSED_CRITICAL:
+                return _error(Code.BAD_OPTION, f"critical option {int(number)} is not supported")
+            plain = False
+        if plain and not request.payload:
+            return None  # the common GET: nothing below applies
+        if opt.proxy_uri is not None or opt.proxy_scheme is not None:
+            return _error(Code.PROXYING_NOT_SUPPORTED, "this server is not a proxy")
+        block1, block2 = opt.block1, opt.block2
+        if request.remote.scheme == "coap":  # UDP
+            for block in (block1, block2):
+                # Size exponent 7 is BERT, defined for reliable transports only (RFC 8323).
+                if block is not None and block.is_bert:
+                    return _error(Status.BAD_REQUEST, "block size exponent 7 (BERT) is not defined over UDP")
+        if not request.payload and block1 is None and opt.size1 is None:
+            return None
+        extent = len(request.payload)
+        if block1 is not None:
+            extent += block1.block_number * block1.size
+        extent = max(extent, opt.size1 or 0)
+        cap = self._body_cap(request)
+        if extent <= cap:
+            return None
+        if cap == 0:
+            return _RENDER_ALONE
+        response = _error(Code.REQUEST_ENTITY_TOO_LARGE, f"this target takes at most {cap} bytes")
+        response.opt.size1 = cap
+        return response
+
+    def _build_body_caps(self) -> dict[tuple[int, int, str | None], int]:
+        """Per (object, resource, addressed form or None) the largest body a write or execute may carry
+        (codec.values.max_body_size over the forms it accepts); resources that take none are absent."""
+        caps: dict[tuple[int, int, str | None], int] = {}
+        for obj in self.model.objects.values():
+            for res in obj.resources.values():
+                if not res.operations & {Operation.WRITE, Operation.EXECUTE}:
+                    continue
+                caps[(obj.id, res.id, None)] = max(max_body_size(form) for form in res.forms)
+                for form in res.forms:
+                    caps[(obj.id, res.id, form.alias)] = max_body_size(form)
+        return caps
+
+    def _body_cap(self, request: aiocoap.Message) -> int:
+        """The largest body the request's method may carry to its target; 0 for none (or no target)."""
+        operation = _OPERATIONS.get(request.code)
+        if operation not in (Operation.WRITE, Operation.EXECUTE):
+            return 0
+        try:
+            target = self._parse(tuple(request.opt.uri_path))
+        except _PathError:
+            return 0
+        if target.resource is None or operation not in target.resource.operations:
+            return 0
+        alias = None if target.form is None else target.form.alias
+        return self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+
     # ------------------------------------------------------------------ rendering
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
@@ -167,6 +345,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         operation = _OPERATIONS.get(request.code)
         if operation is None:
             return _error(Status.METHOD_NOT_ALLOWED, f"{request.code} is not supported")
+        if request.opt.if_match or request.opt.if_none_match:
+            failed = await self._precondition_failed(request, target)
+            if failed is not None:
+                return failed
         if target.resource is None:
             return await self._render_container(request, target, operation)
         return await self._render_resource(request, target, operation)
@@ -181,7 +363,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(
                 Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
             )
-        response = await self.tree.handle(Request(Operation.READ, target.obj.id, target.instance_id))
+        response = await self.tree.handle(
+            Request(Operation.READ, target.obj.id, target.instance_id, caller=self._caller_for(request))
+        )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
         assert isinstance(response.value, dict)
@@ -215,7 +399,15 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             except RepresentationError as exc:
                 return _error(Status.BAD_REQUEST, f"{resource.name}: {exc}")
         response: Response = await self.tree.handle(
-            Request(operation, target.obj.id, target.instance_id, resource.id, value, form=form)
+            Request(
+                operation,
+                target.obj.id,
+                target.instance_id,
+                resource.id,
+                value,
+                caller=self._caller_for(request),
+                form=form,
+            )
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
@@ -223,7 +415,42 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _message(response.status)
         content_format = TEXT if accept is None else int(accept)
         payload = encode_representation(form or resource.form, response.value, content_format)
-        return _message(response.status, payload, content_format)
+        message = _message(response.status, payload, content_format)
+        message.opt.etag = entity_tag(response.value)
+        return message
+
+    # ------------------------------------------------------------------ conditional requests
+
+    async def _precondition_failed(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message | None:
+        """4.12 unless If-Match / If-None-Match hold (RFC 7252 section 5.10.8), else None.
+
+        The target exists when the caller can read it (a write-only resource: when its instance
+        exists); its ETag is the value's (``entity_tag``), as GET sends it. Nothing awaits between this
+        read and the request's own dispatch, so no other request changes the target in between.
+        """
+        resource = target.resource
+        readable = resource is not None and resource.readable
+        current = await self.tree.handle(
+            Request(
+                Operation.READ,
+                target.obj.id,
+                target.instance_id,
+                resource.id if readable and resource is not None else None,
+                caller=self._caller_for(request),
+            )
+        )
+        if current.status is Status.NOT_FOUND:
+            exists, etag = False, None
+        elif current.status.is_success:
+            exists, etag = True, entity_tag(current.value) if readable else None
+        else:
+            return _error(current.status, current.diagnostic)
+        if request.opt.if_none_match and exists:
+            return _error(Code.PRECONDITION_FAILED, "the target exists (If-None-Match)")
+        if_match = list(request.opt.if_match)
+        if if_match and not (exists and any(tag == b"" or tag == etag for tag in if_match)):
+            return _error(Code.PRECONDITION_FAILED, "no If-Match entity tag matches the target")
+        return None
 
     # ------------------------------------------------------------------ discovery
 
@@ -271,23 +498,40 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
         if request.code != Code.GET:
-            return
+            return _decline(serverobservation)
         try:
             target = self._parse(tuple(request.opt.uri_path))
         except _PathError:
-            return
+            return _decline(serverobservation)
         if target.resource is not None and not target.resource.readable:
-            return
+            return _decline(serverobservation)
         key = (target.obj.id, target.instance_id, None if target.resource is None else target.resource.id)
+        peer: Hashable = request.remote
+        per_peer = self._observers_per_peer.get(peer, 0)
+        if (
+            self._observer_total >= self.limits.max_observers
+            or per_peer >= self.limits.max_observers_per_peer
+        ):
+            self.limited_log.warning(
+                "observer cap", "coap: observer cap reached; a GET was answered without observing"
+            )
+            return _decline(serverobservation)
         observation = _Observation(self, request, serverobservation)
         self._observations[key].add(observation)
+        self._observers_per_peer[peer] = per_peer + 1
+        self._observer_total += 1
 
         def cancel() -> None:
             watchers = self._observations.get(key)
-            if watchers is not None:
-                watchers.discard(observation)
-                if not watchers:
-                    del self._observations[key]
+            if watchers is None or observation not in watchers:
+                return
+            watchers.discard(observation)
+            if not watchers:
+                del self._observations[key]
+            self._observer_total -= 1
+            left = self._observers_per_peer.pop(peer) - 1
+            if left:
+                self._observers_per_peer[peer] = left
 
         serverobservation.accept(cancel)
 
@@ -298,30 +542,74 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         keys.append((event.object_id, event.instance_id, None))
         if event.instance_id is not None:
             keys.append((event.object_id, None, None))
-        for key in keys:
-            for observation in list(self._observations.get(key, ())):
-                task = asyncio.get_running_loop().create_task(observation.notify())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        observations = [o for key in keys for o in self._observations.get(key, ())]
+        if observations:
+            task = asyncio.get_running_loop().create_task(self._notify(observations))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, observations: list[_Observation]) -> None:
+        """Render each distinct observed request once, and send a copy to each of its observers.
+
+        Every ``NOTIFY_BATCH`` notifications the loop gets a turn, so requests that arrive meanwhile are
+        served between batches instead of after thousands of notifications.
+        """
+        rendered: dict[Hashable, aiocoap.Message] = {}
+        for index, observation in enumerate(observations, 1):
+            response = rendered.get(observation.shape)
+            if response is None:
+                response = rendered[observation.shape] = await self.render(observation.request)
+            observation.send(_clone(response))
+            if index % NOTIFY_BATCH == 0:
+                await asyncio.sleep(0)
 
     @property
     def observation_count(self) -> int:
-        return sum(len(v) for v in self._observations.values())
+        return self._observer_total
+
+    def held(self) -> dict[str, int]:
+        """How much peer-driven state the face holds now (for tests and the benchmarks)."""
+        assemblies, completes = self._block1._assemblies, self._block2._completes
+        return {
+            "observers": self._observer_total,
+            "observer_peers": len(self._observers_per_peer),
+            "block1": len(assemblies),
+            "block2": len(completes),
+            "block2_bytes": completes.bytes,
+        }
+
+
+def _decline(serverobservation: Any) -> None:
+    """Answer the request without registering it (no Observe option, RFC 7641 section 4.1).
+
+    aiocoap 0.4.17 calls the cancellation callback of every observation request when its rendering
+    ends, accepted or not, and one never accepted has none (an AttributeError, logged with a traceback
+    by the task). Declining is therefore accepting with nothing to cancel and deregistering at once,
+    which aiocoap treats as an early deregistration: the first response goes out alone.
+    """
+    serverobservation.accept(lambda: None)
+    serverobservation.deregister()
 
 
 class _Observation:
-    """One accepted observation: re-renders its request and chooses NON or the periodic CON."""
+    """One accepted observation: sends its notifications, NON with the periodic CON."""
 
     def __init__(self, face: CoapFace, request: aiocoap.Message, serverobservation: Any) -> None:
         self.face = face
         self.request = request
         self.serverobservation = serverobservation
         self.sent = 0
+        opt = request.opt
+        # What the rendering depends on: observers with the same shape get the same notification.
+        self.shape: Hashable = (tuple(opt.uri_path), opt.accept, tuple(opt.if_match), opt.if_none_match)
 
-    async def notify(self) -> None:
-        response = await self.face.render(self.request)
+    def send(self, response: aiocoap.Message) -> None:
         self.sent += 1
-        response.mtype = Type.CON if self.sent % self.face.con_every == 0 else Type.NON
+        if self.sent % self.face.con_every == 0:
+            response.mtype = Type.CON
+            response.transport_tuning = NOTIFICATION_TUNING
+        else:
+            response.mtype = Type.NON
         self.serverobservation.trigger(response)
 
 
@@ -353,136 +641,6 @@ class _EmulatorContext(aiocoap.Context):  # type: ignore[misc]
 
     def render_to_pipe(self, pipe: Any) -> None:
         run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe), name=RENDER_TASK_NAME)
-
-
-# Duplicate detection (RFC 7252 4.5). aiocoap remembers every (remote, message id) with its whole
-# response Message and one timer for EXCHANGE_LIFETIME (247 s): ~2.3 KB per request, 76 MB to 631 MB in
-# a minute of load (coap-notes.md). The window that matters to a server is the one in which a client
-# retransmits a CON request: its last retransmission leaves at most MAX_TRANSMIT_SPAN (45 s with the
-# default parameters) after the first; DEDUP_JITTER covers those copies arriving later than the first
-# did. Within that window every duplicate is still recognised and answered with the same bytes.
-DEDUP_WINDOW = TransportTuning().MAX_TRANSMIT_SPAN
-DEDUP_JITTER = 15.0
-# A hard bound on remembered messages (~130 bytes each, so ~65 MB): past it, at sustained rates above
-# DEDUP_CAPACITY / (DEDUP_WINDOW + DEDUP_JITTER) requests per second, the oldest quarter goes early.
-DEDUP_CAPACITY = 500_000
-
-_ABSENT = object()
-
-
-class _Generation:
-    __slots__ = ("peers", "size", "started")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.peers: dict[Hashable, dict[int, bytes | None]] = {}
-        self.size = 0
-
-
-class DuplicateCache:
-    """Recently received (remote, message id) pairs and the encoded reply to each; sans-IO.
-
-    Entries are grouped in generations a quarter of the window long and dropped a generation at a
-    time, so there is no timer per message, and within a generation each remote is stored once with
-    a dict from message id to the reply bytes (``None`` until the reply is known). An entry stays at
-    least ``window`` seconds, unless the cache holds ``capacity`` entries, which it never exceeds.
-    """
-
-    def __init__(self, window: float, capacity: int) -> None:
-        self.window = window
-        self.capacity = max(1, capacity)
-        self._span = window / 4
-        self._generations: deque[_Generation] = deque()
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def lookup(self, remote: Hashable, mid: int, now: float) -> object:
-        """The stored reply (bytes), ``None`` if the message was seen but not answered yet, or ``_ABSENT``."""
-        self._expire(now)
-        for generation in reversed(self._generations):
-            peer = generation.peers.get(remote)
-            if peer is not None and mid in peer:
-                return peer[mid]
-        return _ABSENT
-
-    def add(self, remote: Hashable, mid: int, now: float) -> None:
-        """Remember a new message (the caller has checked it is absent)."""
-        self._expire(now)
-        generations = self._generations
-        if not generations or now - generations[-1].started >= self._span or self._size >= self.capacity:
-            generations.append(_Generation(now))
-        while self._size >= self.capacity and len(generations) > 1:
-            self._size -= generations.popleft().size
-        current = generations[-1]
-        peer = current.peers.get(remote)
-        if peer is None:
-            peer = current.peers[remote] = {}
-        if mid not in peer:
-            peer[mid] = None
-            current.size += 1
-            self._size += 1
-
-    def expects_reply(self, remote: Hashable, mid: int) -> bool:
-        for generation in reversed(self._generations):
-            peer = generation.peers.get(remote)
-            if peer is not None and mid in peer:
-                return peer[mid] is None
-        return False
-
-    def set_reply(self, remote: Hashable, mid: int, reply: bytes) -> None:
-        for generation in reversed(self._generations):
-            peer = generation.peers.get(remote)
-            if peer is not None and mid in peer:
-                peer[mid] = reply
-                return
-
-    def _expire(self, now: float) -> None:
-        generations = self._generations
-        # Every entry of a generation is at least `window` old once its last possible entry is.
-        while generations and generations[0].started + self._span + self.window <= now:
-            self._size -= generations.popleft().size
-
-
-class _DuplicateDetector:
-    """Stands in for aiocoap's deduplication in one message manager, keeping its semantics:
-    a duplicate CON is answered with the stored reply (or ignored until there is one), any other
-    duplicate is ignored, and a duplicate is never rendered twice."""
-
-    def __init__(self, manager: Any, cache: DuplicateCache) -> None:
-        self.manager = manager
-        self.cache = cache
-
-    def deduplicate(self, message: aiocoap.Message) -> bool:
-        now = self.manager.loop.time()
-        stored = self.cache.lookup(message.remote, message.mid, now)
-        if stored is _ABSENT:
-            self.cache.add(message.remote, message.mid, now)
-            return False
-        if message.mtype is Type.CON and isinstance(stored, bytes):
-            reply = aiocoap.Message.decode(stored, message.remote.as_response_address())
-            reply.direction = Direction.OUTGOING  # the stored reply goes out again, byte for byte
-            self.manager._send_via_transport(reply)
-        return True
-
-    def store_response(self, message: aiocoap.Message) -> None:
-        if self.cache.expects_reply(message.remote, message.mid):
-            self.cache.set_reply(message.remote, message.mid, message.encode())
-
-
-def _install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateCache]:
-    """Give every message manager of the context a bounded DuplicateCache (before it receives)."""
-    caches = []
-    for interface in context.request_interfaces:
-        manager: Any = getattr(interface, "token_interface", None)
-        if not hasattr(manager, "_deduplicate_message"):
-            continue  # not a message-managed transport (TCP, WebSocket): no message ids
-        detector = _DuplicateDetector(manager, DuplicateCache(DEDUP_WINDOW + DEDUP_JITTER, DEDUP_CAPACITY))
-        manager._deduplicate_message = detector.deduplicate
-        manager._store_response_for_duplicates = detector.store_response
-        caches.append(detector.cache)
-    return caches
 
 
 def _bound_address(context: aiocoap.Context, fallback_host: str) -> tuple[str, int]:
@@ -520,17 +678,47 @@ def _transport_for(host: str) -> tuple[str, str]:
     return "simplesocketserver", host
 
 
-async def start_coap_server(tree: DeviceTree, host: str, port: int, *, con_every: int = 10) -> CoapServer:
-    """Bind a UDP CoAP server; raises OSError (EADDRINUSE ...) with the address in the message."""
-    face = CoapFace(tree, con_every=con_every)
+async def start_coap_server(
+    tree: DeviceTree,
+    host: str,
+    port: int,
+    *,
+    caller: Caller = MAINTENANCE,
+    oscore: Any = None,
+    con_every: int = 10,
+    limits: CoapLimits | None = None,
+) -> CoapServer:
+    """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
+    in the message.
+
+    ``oscore`` (an aiocoap CredentialsMap, see ``load_oscore_credentials``) makes aiocoap's OSCORE site
+    wrapper unprotect requests before the face sees them; those its contexts authenticate act with
+    maintenance rights, every other request as ``caller``.
+    """
+    face = CoapFace(
+        tree,
+        caller=caller,
+        authenticated_caller=None if oscore is None else MAINTENANCE,
+        con_every=con_every,
+        limits=limits,
+    )
+    site: Any = face
+    if oscore is not None:
+        from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+        site = OscoreSiteWrapper(face, oscore)
     transport, bind_host = _transport_for(host)
     try:
         context = await _EmulatorContext.create_server_context(
-            face, bind=(bind_host, port), transports=[transport]
+            site, bind=(bind_host, port), transports=[transport], server_credentials=oscore
         )
     except OSError as exc:
         face.close()
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     server = CoapServer(context, face, _bound_address(context, host))
-    server.duplicate_caches = _install_duplicate_cache(context)
+    server.duplicate_caches = install_duplicate_cache(context)
+    install_notification_resets(context, face.limits)
+    if not install_datagram_screens(context, face.limited_log):
+        await server.close()
+        raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     return server

@@ -72,6 +72,7 @@ class LibcoapClient:
         content_format: int | None = None,
         accept: int | None = None,
         observe_seconds: int | None = None,
+        block_size: int | None = None,
         timeout: float = 15.0,
     ) -> Reply:
         out = self.workdir / "payload.out"
@@ -87,6 +88,8 @@ class LibcoapClient:
             args += ["-A", str(accept)]
         if observe_seconds is not None:
             args += ["-s", str(observe_seconds)]
+        if block_size is not None:
+            args += ["-b", str(block_size)]
         args.append(f"coap://127.0.0.1:{self.port}{p}")
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
         output = done.stdout + done.stderr
@@ -259,3 +262,15 @@ def test_observe_shows_notifications(client: LibcoapClient, tmp_path: Path) -> N
     assert len(notifications) >= 4, output  # the registration answer and three changes
     assert "'third'" in notifications[-1]
     assert any(" t:NON " in line for line in notifications[1:]), output
+
+
+def test_block_wise_bodies_are_capped_by_the_model(client: LibcoapClient) -> None:
+    """libcoap sends these block-wise (-b 16): a key fits its cap; a 1 KB name is refused at its first
+    block, since libcoap announces the whole size in Size1."""
+    assert client("POST", "/1025/401/65535").code == "2.01"
+    key = bytes(range(32)) + b"\x01\x02\x03\x04" + (50).to_bytes(4, "big")
+    assert client("POST", "/group/401/password-key", key, block_size=16).code == "2.04"
+    refused = client("PUT", "/1025/401/0", b"n" * 1024, content_format=0, block_size=16)
+    assert refused.codes == ["4.13"], refused.output
+    assert "Size1:25" in refused.output
+    assert client("GET", "/1025/401/0").payload == b""

@@ -15,14 +15,8 @@ import rawcoap
 
 from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
-from tap_emulator.faces.coap.server import (
-    _ABSENT,
-    DEDUP_WINDOW,
-    RENDER_TASK_NAME,
-    CoapServer,
-    DuplicateCache,
-    start_coap_server,
-)
+from tap_emulator.faces.coap.message_layer import _ABSENT, DEDUP_WINDOW, DuplicateCache
+from tap_emulator.faces.coap.server import RENDER_TASK_NAME, CoapServer, start_coap_server
 
 
 @pytest.fixture
