@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from . import schema
+from .cloud import CloudOperations, Transaction
 from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SqliteStore"]
@@ -51,8 +52,25 @@ def _rejection_reason(error: sqlite3.IntegrityError) -> str:
     return str(error)
 
 
-class SqliteStore(schema.StoreReads):
-    """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`."""
+class _SqliteTransaction:
+    """The open BEGIN IMMEDIATE transaction of a SqliteStore; each statement runs on the store's thread."""
+
+    dialect = DIALECT
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def rows(self, text: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
+        connection = self._store._connection
+        return await self._store._on_thread(lambda: connection.execute(DIALECT.sql(text), params).fetchall())
+
+
+class SqliteStore(schema.StoreReads, CloudOperations):
+    """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`.
+
+    One asyncio lock serialises the store's operations, since a cloud transaction (`atomic`) spans
+    several trips to the thread and no other statement may run on the connection in between.
+    """
 
     dialect = DIALECT
 
@@ -61,6 +79,7 @@ class SqliteStore(schema.StoreReads):
         self._connection = connection
         self._worker = worker
         self._closed = False
+        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
@@ -84,7 +103,27 @@ class SqliteStore(schema.StoreReads):
         return store
 
     async def _call(self, work: Callable[[], _T]) -> _T:
-        """Run `work` on the store's thread, turning driver errors into StoreError."""
+        """Run `work` on the store's thread, alone, turning driver errors into StoreError."""
+        async with self._lock:
+            return await self._on_thread(work)
+
+    async def atomic(
+        self, work: Callable[[Transaction], Awaitable[_T]], *, retry_unique_violation: bool = False
+    ) -> _T:
+        """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry)."""
+        del retry_unique_violation
+        connection = self._connection
+        async with self._lock:
+            await self._on_thread(lambda: connection.execute("BEGIN IMMEDIATE"))
+            try:
+                result = await work(_SqliteTransaction(self))
+            except BaseException:
+                await self._on_thread(connection.rollback)
+                raise
+            await self._on_thread(connection.commit)
+            return result
+
+    async def _on_thread(self, work: Callable[[], _T]) -> _T:
         if self._closed:
             raise StoreError(f"SQLite store {self._path!r} is closed")
         loop = asyncio.get_running_loop()

@@ -272,7 +272,13 @@ def _columns(url: str, table: str) -> list[str]:
 
 
 async def test_schema_has_no_column_able_to_hold_key_material(store: ManagementStore, store_url: str) -> None:
-    assert _columns(store_url, "devices") == ["serial", "model", "firmware", "last_seen"]
+    assert _columns(store_url, "devices") == [
+        "serial",
+        "model",
+        "firmware",
+        "last_seen",
+        "profile_groups_joined",
+    ]
     assert _columns(store_url, "access_groups") == [
         "device_serial",
         "group_id",
@@ -288,6 +294,26 @@ async def test_schema_has_no_column_able_to_hold_key_material(store: ManagementS
         "updated_at",
     ]
     assert _columns(store_url, "schema_migrations") == ["version", "name", "applied_at"]
+    # An external API key's token is kept only as its SHA-256; no other cloud column is meant for secrets.
+    assert _columns(store_url, "group_api_keys") == [
+        "group_id",
+        "type",
+        "name",
+        "token_sha256",
+        "created_at",
+        "created_by",
+        "updated_at",
+        "updated_by",
+    ]
+    assert _columns(store_url, "cloud_accounts") == [
+        "tenant",
+        "id",
+        "email",
+        "name",
+        "first_name",
+        "last_name",
+        "created_at",
+    ]
 
 
 async def test_migrations_are_recorded_once_across_reopenings(store_url: str) -> None:
@@ -295,8 +321,9 @@ async def test_migrations_are_recorded_once_across_reopenings(store_url: str) ->
         opened = await open_store(store_url)
         await opened.upsert_groups([group(version=len(await opened.list_devices()) + 1)])
         await opened.close()
-    assert raw_rows(store_url, "SELECT version, name FROM schema_migrations") == [
-        (1, "devices and access groups")
+    assert raw_rows(store_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+        (1, "devices and access groups"),
+        (2, "device groups, members, accounts, roles, invitations, api keys, shares"),
     ]
     reopened = await open_store(store_url)
     try:
@@ -308,7 +335,7 @@ async def test_migrations_are_recorded_once_across_reopenings(store_url: str) ->
 async def test_concurrent_openers_apply_each_migration_once(store_url: str) -> None:
     stores = await asyncio.gather(*(open_store(store_url) for _ in range(6)))
     try:
-        assert raw_rows(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+        assert raw_rows(store_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
         assert await stores[0].upsert_groups([group(version=1)]) == [True]
         assert [await s.group_versions("EMU0000000001") for s in stores] == [{5: 1}] * len(stores)
     finally:
