@@ -12,6 +12,7 @@ access groups are shown by their public fields (never a password, hash or key).
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,7 @@ __all__ = [
     "Forbidden",
     "GroupChanges",
     "GroupDraft",
+    "GroupQuotaExceeded",
     "GroupUser",
     "IdStyle",
     "InvalidInput",
@@ -68,6 +70,7 @@ __all__ = [
     "Unset",
     "check_changes",
     "check_draft",
+    "check_text",
     "parse_int",
     "parse_parent_id",
 ]
@@ -198,6 +201,15 @@ class Forbidden(CloudError):
         self.group_id = group_id
 
 
+class GroupQuotaExceeded(CloudError):
+    """A tenant already holds the most device groups the store keeps for one tenant (OceanConnect 100607)."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant {tenant} already has the maximum of {limit} device groups")
+        self.tenant = tenant
+        self.limit = limit
+
+
 class UnknownApp(CloudError):
     """An application id the tenant does not know (OceanConnect 100203). Raised by a face's auth layer,
     which holds the configured apps; defined here so every face shares one vocabulary."""
@@ -256,6 +268,8 @@ class SeedProfile:
     group_admin_rights: bool  # only a group admin may update, invite or manage keys (IoTize)
     tags_max: int = 50
     tag_max: int = 128
+    name_min: int = 1
+    scope_is_account: bool = False  # the scope must be a known account of the tenant (APP-service)
 
 
 NATIVE = SeedProfile(
@@ -273,6 +287,7 @@ NATIVE = SeedProfile(
 )
 IOTIZE = SeedProfile(
     name="iotize",
+    name_min=0,
     name_pattern=None,
     name_forbidden=frozenset(),
     name_max=256,
@@ -309,6 +324,7 @@ APP_SERVICE = SeedProfile(
     delete_requires_empty=True,
     status_values=frozenset({0, 1}),
     group_admin_rights=False,
+    scope_is_account=True,
 )
 ROMA = SeedProfile(
     name="roma",
@@ -402,6 +418,7 @@ class DeviceGroup:
     updated_at: datetime
     updated_by: str
     version: int
+    profile: str = "native"  # the name of the SeedProfile whose rules the group was made under
 
 
 @dataclass(frozen=True)
@@ -553,23 +570,154 @@ class Share:
 # --- rules (pure) -------------------------------------------------------------------------------------
 
 
+_INT64_MAX = 2**63 - 1
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
+ROMA_PARENT_MAX = 99_999_999_999_999_999  # the seed's largest parent_id
+MAX_DEVICES_LIMIT = 1_000_000_000  # a bound on max devices, far above any seed's example
+ID_MAX = 64  # the longest device-group id the store holds
+
+
 def parse_int(
     field_name: str, raw: object, *, minimum: int | None = None, numeric_string: bool = False
 ) -> int:
     """An integer field from JSON: a bool is refused; a decimal string only where the seed sends one."""
-    raise NotImplementedError
+    value: int
+    if isinstance(raw, bool):
+        raise InvalidInput(field_name, "must be an integer, not a boolean")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and numeric_string and _INTEGER_TEXT.fullmatch(raw.strip()):
+        value = int(raw.strip())
+    else:
+        raise InvalidInput(field_name, "must be an integer")
+    if not -_INT64_MAX <= value <= _INT64_MAX:
+        raise InvalidInput(field_name, "is out of range")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(field_name, f"must be at least {minimum}")
+    return value
 
 
 def parse_parent_id(profile: SeedProfile, raw: object) -> str | None:
     """A seed's raw parent into a group id or None (root): ROMA rounds a number down and 0 is the root."""
-    raise NotImplementedError
+    if profile.parent_style is ParentStyle.NONE:
+        if raw is None:
+            return None
+        raise InvalidInput("parent_id", f"{profile.name} device groups have no parent")
+    if profile.parent_style is ParentStyle.STRING:
+        if raw is None or raw == "":
+            return None
+        if not isinstance(raw, str):
+            raise InvalidInput("parent_id", "must be a device group id string")
+        check_text("parent_id", raw, ID_MAX, single_line=True)
+        return raw
+    if raw is None:
+        raise InvalidInput("parent_id", "is required (0 for the root)")
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise InvalidInput("parent_id", "must be a number")
+    parent = math.floor(raw)
+    if not 0 <= parent <= ROMA_PARENT_MAX:
+        raise InvalidInput("parent_id", f"must be in 0..{ROMA_PARENT_MAX}")
+    return None if parent == 0 else str(parent)
+
+
+def check_text(
+    field_name: str, value: object, max_length: int, *, min_length: int = 0, single_line: bool
+) -> str:
+    """A text field both engines can store: a str of bounded length, valid UTF-8, no NUL, and no control
+    character at all where it must be a single line (names, ids)."""
+    if not isinstance(value, str):
+        raise InvalidInput(field_name, "must be a string")
+    if not min_length <= len(value) <= max_length:
+        if min_length:
+            raise InvalidInput(field_name, f"must be {min_length} to {max_length} characters")
+        raise InvalidInput(field_name, f"must be at most {max_length} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field_name, "is not valid Unicode text") from None
+    allowed = "" if single_line else "\t\n\r"
+    if any((ord(char) < 32 and char not in allowed) or ord(char) == 127 for char in value):
+        raise InvalidInput(field_name, "must not contain control characters")
+    return value
+
+
+def _check_name(profile: SeedProfile, name: object) -> None:
+    check_text("name", name, profile.name_max, min_length=profile.name_min, single_line=True)
+    assert isinstance(name, str)
+    if profile.name_pattern is not None and not profile.name_pattern.fullmatch(name):
+        raise InvalidInput("name", f"must match {profile.name_pattern.pattern}")
+    forbidden = sorted(set(name) & profile.name_forbidden)
+    if forbidden:
+        raise InvalidInput("name", f"must not contain {' '.join(forbidden)}")
+
+
+def _check_fields(
+    profile: SeedProfile,
+    *,
+    name: object | Unset = UNSET,
+    description: object | Unset = UNSET,
+    status: object | Unset = UNSET,
+    sequence: object | Unset = UNSET,
+    max_devices: object | Unset = UNSET,
+    tags: object | Unset = UNSET,
+) -> None:
+    if name is not UNSET:
+        _check_name(profile, name)
+    if description is not UNSET:
+        check_text("description", description, profile.description_max, single_line=False)
+    if status is not UNSET and (
+        isinstance(status, bool) or not isinstance(status, int) or status not in profile.status_values
+    ):
+        raise InvalidInput("status", f"must be one of {', '.join(map(str, sorted(profile.status_values)))}")
+    if sequence is not UNSET:
+        parse_int("sequence", sequence)
+    if max_devices is not UNSET:
+        value = parse_int("max_devices", max_devices, minimum=0)
+        if value > MAX_DEVICES_LIMIT:
+            raise InvalidInput("max_devices", f"must be at most {MAX_DEVICES_LIMIT}")
+    if tags is not UNSET:
+        if not isinstance(tags, tuple | list) or len(tags) > profile.tags_max:
+            raise InvalidInput("tags", f"must be a list of at most {profile.tags_max} strings")
+        for tag in tags:
+            check_text("tags", tag, profile.tag_max, single_line=True)
+
+
+def _check_parent_field(profile: SeedProfile, parent_id: object) -> None:
+    if parent_id is None:
+        return
+    if profile.parent_style is ParentStyle.NONE:
+        raise InvalidInput("parent_id", f"{profile.name} device groups have no parent")
+    check_text("parent_id", parent_id, ID_MAX, min_length=1, single_line=True)
 
 
 def check_draft(profile: SeedProfile, draft: GroupDraft) -> None:
     """Raise InvalidInput if the draft breaks the profile's field rules (existence checks come later)."""
-    raise NotImplementedError
+    _check_fields(
+        profile,
+        name=draft.name,
+        description=draft.description,
+        status=draft.status,
+        sequence=draft.sequence,
+        max_devices=draft.max_devices,
+        tags=draft.tags,
+    )
+    _check_parent_field(profile, draft.parent_id)
 
 
 def check_changes(profile: SeedProfile, changes: GroupChanges) -> None:
     """Raise InvalidInput if a set field of the changes breaks the profile's field rules."""
-    raise NotImplementedError
+    _check_fields(
+        profile,
+        name=changes.name,
+        description=changes.description,
+        status=changes.status,
+        sequence=changes.sequence,
+        max_devices=changes.max_devices,
+        tags=changes.tags,
+    )
+    if changes.parent_id is not UNSET:
+        _check_parent_field(profile, changes.parent_id)
+    if changes.owner_id is not UNSET:
+        check_text("owner_id", changes.owner_id, 128, min_length=1, single_line=True)

@@ -12,13 +12,12 @@ an `any_*` flag and a non-null value instead.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .records import StoreError
+from .records import MembershipOutcome, StoreError
 from .schema import Dialect
 
 __all__ = [
@@ -90,6 +89,7 @@ GROUP_COLUMNS = (
     "updated_at",
     "updated_by",
     "version",
+    "profile",
 )
 _GROUPS = ", ".join(GROUP_COLUMNS)
 _G_GROUPS = ", ".join(f"g.{column}" for column in GROUP_COLUMNS)
@@ -364,12 +364,6 @@ async def insert_group(tx: Transaction, values: Mapping[str, object], *, unique_
     return bool(await tx.rows(INSERT_GROUP, params))
 
 
-class MembershipOutcome(enum.Enum):
-    ADDED = "added"
-    ALREADY_MEMBER = "already member"
-    FULL = "full"
-
-
 async def add_membership(
     tx: Transaction, group_id: str, serial: str, at: datetime, by: str
 ) -> MembershipOutcome:
@@ -432,6 +426,7 @@ class CloudOperations:
                         "created_by": PROFILE_ACTOR,
                         "updated_at": stamp,
                         "updated_by": PROFILE_ACTOR,
+                        "profile": PROFILE_TENANT,
                     }
                     await insert_group(tx, values, unique_name=False)
                 # A full group keeps its count: check first, so a FULL outcome never needs a rollback.

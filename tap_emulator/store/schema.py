@@ -89,8 +89,9 @@ class Dialect:
         return GroupRecord(**value)
 
 
-# A named parameter: a colon followed by a lowercase identifier (the SQL texts contain no other colon).
-_PARAM = re.compile(r":([a-z_]+)")
+# A named parameter: a colon and a lowercase identifier, digits allowed after the first character (the SQL
+# texts contain no other colon).
+_PARAM = re.compile(r":([a-z_][a-z0-9_]*)")
 
 DEVICE_COLUMNS = ("serial", "model", "firmware", "last_seen")
 GROUP_COLUMNS = (
@@ -188,6 +189,7 @@ CREATE TABLE device_groups (
     updated_at {timestamp} NOT NULL,
     updated_by TEXT NOT NULL,
     version BIGINT NOT NULL CONSTRAINT device_groups_version_positive CHECK (version >= 1),
+    profile TEXT NOT NULL CONSTRAINT device_groups_profile_length CHECK (length(profile) <= 32),
     CONSTRAINT device_groups_capacity CHECK (max_devices = 0 OR device_count <= max_devices),
     CONSTRAINT device_groups_not_own_parent CHECK (parent_id <> id)
 )"""
