@@ -244,6 +244,11 @@ class SyncTask:
             self._device_rejected = True
         self._device_sent_at = now
 
+    @property
+    def device_groups_joined(self) -> bool:
+        """Whether the profile's device groups were handed to the store (joined, or already joined once)."""
+        return self._groups_joined
+
     async def _join_device_groups(self, store: ManagementStore, at: datetime) -> None:
         """Join the device groups the profile names; the store does it only on the device's first sync."""
         try:
