@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
+from tap_emulator.store.records import GroupRecord
+
 __all__ = [
     "ADMIN_ROLE",
     "APP_SERVICE",
@@ -456,6 +458,22 @@ class AccessGroupView:
     scram_iteration: int | None
     version: int
     updated_at: datetime
+
+    @classmethod
+    def from_record(cls, record: GroupRecord) -> AccessGroupView:
+        """The public part of a synced group record (the record itself holds no secret either)."""
+        return cls(
+            record.group_id,
+            record.name,
+            record.alias,
+            record.session_lifetime,
+            record.is_profile,
+            record.password_set,
+            record.scram_salt,
+            record.scram_iteration,
+            record.version,
+            record.updated_at,
+        )
 
 
 @dataclass(frozen=True)

@@ -597,32 +597,8 @@ class CloudService:
             if not rows:
                 raise NotFound("device", serial)
             groups = await self._memberships(tx, [serial])
-            access = [
-                AccessGroupView(
-                    group_id=int(group_id),
-                    name=name,
-                    alias=int(alias),
-                    session_lifetime=int(lifetime),
-                    is_profile=bool(is_profile),
-                    password_set=bool(password_set),
-                    scram_salt=salt,
-                    scram_iteration=iteration,
-                    version=int(version),
-                    updated_at=tx.dialect.decode_timestamp(updated_at),
-                )
-                for (
-                    group_id,
-                    name,
-                    alias,
-                    lifetime,
-                    is_profile,
-                    password_set,
-                    salt,
-                    iteration,
-                    version,
-                    updated_at,
-                ) in (await tx.rows(sql.LIVE_ACCESS_GROUPS, {"serial": serial}))
-            ]
+            rows_of_groups = await tx.rows(sql.LIVE_ACCESS_GROUPS, {"serial": serial})
+            access = [AccessGroupView.from_record(tx.dialect.group_from_row(row)) for row in rows_of_groups]
             return DeviceDetail(_device(tx, rows[0], groups[serial]), tuple(access))
 
         return await self._atomic(work)

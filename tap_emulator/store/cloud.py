@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .records import MembershipOutcome, StoreError
+from .schema import GROUP_COLUMNS as ACCESS_GROUP_COLUMNS
 from .schema import Dialect
 
 __all__ = [
@@ -212,10 +213,8 @@ SELECT serial, group_id FROM device_group_members
 WHERE serial >= :first AND serial <= :last
 ORDER BY serial, group_id"""
 
-LIVE_ACCESS_GROUPS = """
-SELECT group_id, name, alias, session_lifetime, is_profile, password_set, scram_salt, scram_iteration,
-    version, updated_at
-FROM access_groups
+LIVE_ACCESS_GROUPS = f"""
+SELECT {", ".join(ACCESS_GROUP_COLUMNS)} FROM access_groups
 WHERE device_serial = :serial AND deleted = FALSE
 ORDER BY group_id"""
 
