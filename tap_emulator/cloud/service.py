@@ -81,6 +81,7 @@ _UPDATE_ATTEMPTS = 5  # a partial update re-reads the row when a concurrent one 
 _INTEGER_ID_COUNTER = "device_group_integer_id"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _CURSOR_MAX = 256
+_KEY_MAX = 256  # longer than any stored id, email or name
 
 _T = TypeVar("_T")
 
@@ -91,6 +92,23 @@ def _utc_now() -> datetime:
 
 def _uuid() -> str:
     return str(uuid.uuid4())
+
+
+def _storable(key: object) -> bool:
+    """Whether a looked-up key could name anything stored: a bounded str both engines can bind (PostgreSQL
+    refuses NUL, and no driver encodes a lone surrogate). Anything else matches nothing."""
+    if not isinstance(key, str) or len(key) > _KEY_MAX or "\x00" in key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _require_storable(field_name: str, key: str | None) -> None:
+    if key is not None and not _storable(key):
+        raise InvalidInput(field_name, "is not a valid value")
 
 
 class _Stale(Exception):
@@ -244,7 +262,7 @@ class CloudService:
 
     @staticmethod
     async def _group_row(tx: Transaction, group_id: str, tenant: Tenant | None) -> tuple[Any, ...]:
-        rows = await tx.rows(sql.GET_GROUP, {"id": group_id}) if isinstance(group_id, str) else []
+        rows = await tx.rows(sql.GET_GROUP, {"id": group_id}) if _storable(group_id) else []
         if not rows or (tenant is not None and rows[0][sql.GROUP_COLUMNS.index("tenant")] != tenant.key):
             raise NotFound("device_group", str(group_id))
         return rows[0]
@@ -275,7 +293,11 @@ class CloudService:
 
     @staticmethod
     async def _account_row(tx: Transaction, tenant: str, account_id: str) -> tuple[Any, ...]:
-        rows = await tx.rows(sql.GET_ACCOUNT, {"tenant": tenant, "id": account_id})
+        rows = (
+            await tx.rows(sql.GET_ACCOUNT, {"tenant": tenant, "id": account_id})
+            if _storable(account_id)
+            else []
+        )
         if not rows:
             raise NotFound("account", account_id)
         return rows[0]
@@ -484,6 +506,8 @@ class CloudService:
         """Groups in creation order, optionally of one scope and with one exact name (keyset pages).
         Raises InvalidInput("limit"|"cursor"), NotFound("account") for an APP-service scope."""
         _check_limit(limit)
+        _require_storable("scope", scope)
+        _require_storable("name", name)
         params = {**_filter(tenant, scope, name), "after_seq": _seq_after(cursor), "limit": limit + 1}
 
         async def work(tx: Transaction) -> Page[DeviceGroup]:
@@ -496,6 +520,8 @@ class CloudService:
 
     async def count_groups(self, tenant: Tenant, scope: str | None = None, *, name: str | None = None) -> int:
         """How many groups `list_groups` would return in all (OceanConnect totalCount)."""
+        _require_storable("scope", scope)
+        _require_storable("name", name)
 
         async def work(tx: Transaction) -> int:
             (count,) = (await tx.rows(sql.COUNT_GROUPS, _filter(tenant, scope, name)))[0]
@@ -508,6 +534,7 @@ class CloudService:
     ) -> Page[DeviceGroup]:
         """The groups a user has a role in (IoTize GET /user/groups)."""
         _check_limit(limit)
+        _require_storable("user_id", user_id)
         params = {
             "tenant": tenant.key,
             "user_id": user_id,
@@ -531,7 +558,7 @@ class CloudService:
         async def work(tx: Transaction) -> Member:
             await self._group_row(tx, group_id, tenant)
             await self._require(tx, tenant, group_id, actor, "manage_devices")
-            if not isinstance(serial, str) or not await tx.rows(sql.GET_DEVICE, {"serial": serial}):
+            if not _storable(serial) or not await tx.rows(sql.GET_DEVICE, {"serial": serial}):
                 raise NotFound("device", str(serial))
             now, _ = self._now(tx)
             outcome = await sql.add_membership(tx, group_id, serial, now, actor)
@@ -551,7 +578,9 @@ class CloudService:
         async def work(tx: Transaction) -> None:
             await self._group_row(tx, group_id, tenant)
             await self._require(tx, tenant, group_id, actor, "manage_devices")
-            if not await tx.rows(sql.DELETE_MEMBER, {"group_id": group_id, "serial": serial}):
+            if not _storable(serial) or not await tx.rows(
+                sql.DELETE_MEMBER, {"group_id": group_id, "serial": serial}
+            ):
                 raise NotFound("member", str(serial))
             await tx.rows(sql.COUNT_MEMBER_OUT, {"group_id": group_id})
 
@@ -593,7 +622,7 @@ class CloudService:
         """A device with its live access groups, public fields only. Raises NotFound("device")."""
 
         async def work(tx: Transaction) -> DeviceDetail:
-            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial})
+            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial}) if _storable(serial) else []
             if not rows:
                 raise NotFound("device", serial)
             groups = await self._memberships(tx, [serial])
@@ -607,7 +636,7 @@ class CloudService:
         """What the store knows of a device's sync. Raises NotFound("device")."""
 
         async def work(tx: Transaction) -> SyncStatus:
-            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial})
+            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial}) if _storable(serial) else []
             if not rows:
                 raise NotFound("device", serial)
             live, tombstones, newest, last_change = (await tx.rows(sql.SYNC_SUMMARY, {"serial": serial}))[0]
@@ -704,7 +733,9 @@ class CloudService:
             await self._group_row(tx, group_id, tenant)
             await self._require(tx, tenant, group_id, actor, "invite")
             await self._ensure_roles(tx, tenant.key)
-            if not await tx.rows(sql.GET_ROLE, {"tenant": tenant.key, "id": role_id}):
+            if not _storable(role_id) or not await tx.rows(
+                sql.GET_ROLE, {"tenant": tenant.key, "id": role_id}
+            ):
                 raise NotFound("role", role_id)
             (count,) = (await tx.rows(sql.COUNT_INVITATIONS, {"group_id": group_id}))[0]
             if int(count) >= MAX_INVITATIONS_PER_GROUP:
@@ -747,7 +778,9 @@ class CloudService:
             await self._require(tx, tenant, group_id, actor, "manage_users")
             await self._account_row(tx, tenant.key, user_id)
             await self._ensure_roles(tx, tenant.key)
-            if not await tx.rows(sql.GET_ROLE, {"tenant": tenant.key, "id": role_id}):
+            if not _storable(role_id) or not await tx.rows(
+                sql.GET_ROLE, {"tenant": tenant.key, "id": role_id}
+            ):
                 raise NotFound("role", role_id)
             _, stamp = self._now(tx)
             user = {"group_id": group_id, "tenant": tenant.key, "user_id": user_id, "role_id": role_id}
@@ -766,7 +799,10 @@ class CloudService:
             await self._group_row(tx, group_id, tenant)
             if target != actor:
                 await self._require(tx, tenant, group_id, actor, "manage_users")
-            if not await tx.rows(sql.DELETE_GROUP_USER, {"group_id": group_id, "user_id": target}):
+            deleted = _storable(target) and await tx.rows(
+                sql.DELETE_GROUP_USER, {"group_id": group_id, "user_id": target}
+            )
+            if not deleted:
                 raise NotFound("user", target)
 
         await self._atomic(work)

@@ -460,3 +460,43 @@ async def test_profile_groups_are_joined_once_and_created_if_missing(
     second = await engine.join_profile_groups("EMU2", [full.id, "fleet-a"], T0)
     assert second == {full.id: MembershipOutcome.FULL, "fleet-a": MembershipOutcome.ADDED}
     assert [d.serial for d in (await service.list_members(full.id)).items] == ["EMU1"]
+
+
+# --- keys no store can hold ---------------------------------------------------------------------
+
+UNSTORABLE = ["with\x00nul", "lone\ud800surrogate", "x" * 300]
+
+
+@pytest.mark.parametrize("key", UNSTORABLE)
+async def test_lookups_of_keys_no_store_can_hold_are_not_found_not_crashes(
+    service: CloudService, add_device: AddDevice, key: str
+) -> None:
+    await accounts(service, IOT, "alice")
+    await accounts(service, APP, "acct-1")
+    group = await service.create_group(IOT, "alice", GroupDraft("home"), actor="alice")
+    await add_device("EMU1")
+    calls: list[Any] = [
+        service.get_group(key),
+        service.add_member(key, "EMU1", actor="u"),
+        service.add_member(group.id, key, actor="alice", tenant=IOT),
+        service.remove_member(group.id, key, actor="alice", tenant=IOT),
+        service.get_device(key),
+        service.sync_status(key),
+        service.get_account(APP.key, key),
+        service.share_groups(APP, key, ["x"]),
+        service.set_user_role(group.id, key, MEMBER_ROLE, actor="alice", tenant=IOT),
+        service.set_user_role(group.id, "alice", key, actor="alice", tenant=IOT),
+        service.remove_user(group.id, key, actor="alice", tenant=IOT),
+    ]
+    for call in calls:
+        with pytest.raises(NotFound):
+            await call
+    for call in (
+        service.list_groups(OC, key),
+        service.list_groups(OC, name=key),
+        service.count_groups(OC, key),
+    ):
+        with pytest.raises(InvalidInput):
+            await call
+    with pytest.raises(InvalidInput):
+        await service.list_user_groups(IOT, key)
