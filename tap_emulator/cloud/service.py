@@ -21,6 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from tap_emulator.store import StoreError
 from tap_emulator.store import cloud as sql
 from tap_emulator.store.cloud import CloudStore, MembershipOutcome, Transaction
 
@@ -429,6 +430,8 @@ class CloudService:
             check_changes(owner.profile, changes)
             await self._require(tx, tenant, group_id, actor, "update")
             merged = _merge(current, changes)
+            if merged.scope != current.scope and owner.profile.scope_is_account:
+                await self._account_row(tx, owner.key, merged.scope)
             if merged.parent_id is not None and merged.parent_id != current.parent_id:
                 await self._check_parent(tx, owner, group_id, merged.parent_id)
             if (merged.name, merged.scope) != (current.name, current.scope):
@@ -459,12 +462,12 @@ class CloudService:
                 raise MaxBelowCurrentCount(group_id, merged.max_devices, latest.device_count)
             raise _Stale
 
-        for _attempt in range(_UPDATE_ATTEMPTS - 1):
+        for _attempt in range(_UPDATE_ATTEMPTS):
             try:
                 return await self._atomic(work, retry_unique=True)
             except _Stale:
                 continue
-        return await self._atomic(work, retry_unique=True)
+        raise StoreError(f"device group {group_id} kept changing during the update; retry later")
 
     async def delete_group(self, group_id: str, actor: str, tenant: Tenant | None = None) -> None:
         """Delete a group with its memberships, keys, shares and user relations. Raises NotFound,

@@ -646,3 +646,18 @@ async def test_two_connections_moving_groups_under_each_other_never_make_a_cycle
             assert None in parents
     finally:
         await asyncio.gather(first.close(), second.close())
+
+
+async def test_two_connections_updating_other_fields_of_one_group_lose_neither_change(store_url: str) -> None:
+    first, second = await asyncio.gather(open_store(store_url), open_store(store_url))
+    try:
+        for round_ in range(6):
+            group = await cloud(first).create_group(NATIVE_TENANT, "lab", GroupDraft(f"g{round_}"), "u")
+            await asyncio.gather(
+                cloud(first).update_group(group.id, GroupChanges(description=f"d{round_}"), "one"),
+                cloud(second).update_group(group.id, GroupChanges(sequence=round_ + 10), "two"),
+            )
+            stored = await cloud(first).get_group(group.id)
+            assert (stored.description, stored.sequence, stored.version) == (f"d{round_}", round_ + 10, 3)
+    finally:
+        await asyncio.gather(first.close(), second.close())
