@@ -114,11 +114,13 @@ class SqliteStore(schema.StoreReads, CloudOperations):
         del retry_unique_violation
         connection = self._connection
         async with self._lock:
-            await self._on_thread(lambda: connection.execute("BEGIN IMMEDIATE"))
             try:
+                await self._on_thread(lambda: connection.execute("BEGIN IMMEDIATE"))
                 result = await work(_SqliteTransaction(self))
             except BaseException:
-                await self._on_thread(connection.rollback)
+                # Also after a cancellation: the thread may still finish BEGIN or a statement first, so
+                # the rollback is queued behind it and checks that a transaction is open.
+                await self._on_thread(lambda: connection.rollback() if connection.in_transaction else None)
                 raise
             await self._on_thread(connection.commit)
             return result

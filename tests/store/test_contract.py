@@ -8,6 +8,7 @@ import random
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -661,3 +662,26 @@ async def test_two_connections_updating_other_fields_of_one_group_lose_neither_c
             assert (stored.description, stored.sequence, stored.version) == (f"d{round_}", round_ + 10, 3)
     finally:
         await asyncio.gather(first.close(), second.close())
+
+
+async def test_a_cancelled_cloud_transaction_writes_nothing_and_frees_the_store(
+    store: ManagementStore, store_url: str
+) -> None:
+    assert isinstance(store, CloudStore)
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(tx: Any) -> None:
+        await tx.rows("INSERT INTO cloud_counters (name, value) VALUES ('cancelled', 1)", {})
+        started.set()
+        await never.wait()
+
+    task = asyncio.create_task(store.atomic(stuck))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    group = await asyncio.wait_for(
+        cloud(store).create_group(NATIVE_TENANT, "lab", GroupDraft("after"), "u"), 10
+    )
+    assert group.name == "after"
+    assert raw_rows(store_url, "SELECT name FROM cloud_counters WHERE name = 'cancelled'") == []
