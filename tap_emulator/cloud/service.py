@@ -254,6 +254,9 @@ class CloudService:
     ) -> _T:
         return await self._store.atomic(work, retry_unique_violation=retry_unique)
 
+    async def _read(self, work: Callable[[Transaction], Awaitable[_T]]) -> _T:
+        return await self._store.atomic(work, read_only=True)
+
     def _now(self, tx: Transaction) -> tuple[datetime, object]:
         """The injected clock's time and its stored form."""
         now = self._clock()
@@ -416,7 +419,7 @@ class CloudService:
             await self._require(tx, tenant, group_id, actor, "read")
             return _group(tx, row)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def update_group(
         self, group_id: str, changes: GroupChanges, actor: str, tenant: Tenant | None = None
@@ -519,7 +522,7 @@ class CloudService:
             rows = await tx.rows(sql.LIST_GROUPS, params)
             return _group_page(tx, rows, limit)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def count_groups(self, tenant: Tenant, scope: str | None = None, *, name: str | None = None) -> int:
         """How many groups `list_groups` would return in all (OceanConnect totalCount)."""
@@ -530,7 +533,7 @@ class CloudService:
             (count,) = (await tx.rows(sql.COUNT_GROUPS, _filter(tenant, scope, name)))[0]
             return int(count)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def list_user_groups(
         self, tenant: Tenant, user_id: str, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
@@ -548,7 +551,7 @@ class CloudService:
         async def work(tx: Transaction) -> Page[DeviceGroup]:
             return _group_page(tx, await tx.rows(sql.LIST_USER_GROUPS, params), limit)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     # --- membership and devices ----------------------------------------------------------------------
 
@@ -607,7 +610,7 @@ class CloudService:
             await self._require(tx, tenant, group_id, actor, "read")
             return await self._devices_page(tx, await tx.rows(sql.LIST_MEMBERS, params), limit)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def list_devices(
         self, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
@@ -619,7 +622,7 @@ class CloudService:
         async def work(tx: Transaction) -> Page[Device]:
             return await self._devices_page(tx, await tx.rows(sql.LIST_DEVICES_PAGE, params), limit)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def get_device(self, serial: str) -> DeviceDetail:
         """A device with its live access groups, public fields only. Raises NotFound("device")."""
@@ -633,7 +636,7 @@ class CloudService:
             access = [AccessGroupView.from_record(tx.dialect.group_from_row(row)) for row in rows_of_groups]
             return DeviceDetail(_device(tx, rows[0], groups[serial]), tuple(access))
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def sync_status(self, serial: str) -> SyncStatus:
         """What the store knows of a device's sync. Raises NotFound("device")."""
@@ -652,7 +655,7 @@ class CloudService:
                 last_change_at=None if last_change is None else tx.dialect.decode_timestamp(last_change),
             )
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     # --- accounts, users and roles (IoTize; APP-service accounts) -----------------------------------
 
@@ -684,7 +687,7 @@ class CloudService:
         async def work(tx: Transaction) -> Account:
             return _account(tx, await self._account_row(tx, tenant, account_id))
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def list_roles(
         self, tenant: Tenant, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
@@ -720,7 +723,7 @@ class CloudService:
             users = [_group_user(tx, group_id, row) for row in await tx.rows(sql.LIST_GROUP_USERS, params)]
             return _page(users, limit, lambda user: user.account.id, "u")
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     async def invite_user(
         self, group_id: str, email: str, role_id: str, actor: str, tenant: Tenant
@@ -900,7 +903,7 @@ class CloudService:
                 _api_key(tx, row) for row in await tx.rows(sql.LIST_API_KEYS, {"group_id": group_id})
             )
 
-        return await self._atomic(work)
+        return await self._read(work)
 
     # --- shares (APP-service) ----------------------------------------------------------------------
 
@@ -966,7 +969,7 @@ class CloudService:
             await self._account_row(tx, tenant.key, account_id)
             return _group_page(tx, await tx.rows(sql.LIST_SHARED_GROUPS, params), limit)
 
-        return await self._atomic(work)
+        return await self._read(work)
 
 
 def _profile_of(group: DeviceGroup) -> SeedProfile:

@@ -59,13 +59,19 @@ class CloudStore(Protocol):
     dialect: Dialect
 
     async def atomic(
-        self, work: Callable[[Transaction], Awaitable[_T]], *, retry_unique_violation: bool = False
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
     ) -> _T:
-        """Run `work` in one write transaction and commit it; roll back if it raises.
+        """Run `work` in one transaction and commit it; roll back if it raises.
 
         `retry_unique_violation`: on PostgreSQL a unique violation raised by a concurrent transaction
         that committed first is retried (the new attempt's own check then sees that row and refuses
         cleanly); SQLite serialises writers, so it never needs this.
+        `read_only`: `work` only reads; on SQLite it then reads a snapshot without taking the write lock,
+        so it never waits for a writer.
         """
         ...
 
@@ -389,7 +395,11 @@ class CloudOperations:
     """Store operations the sync path needs from the cloud tables, written once for both engines."""
 
     async def atomic(
-        self, work: Callable[[Transaction], Awaitable[_T]], *, retry_unique_violation: bool = False
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
     ) -> _T:
         raise NotImplementedError
 

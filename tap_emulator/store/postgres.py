@@ -270,10 +270,15 @@ class PostgresStore(schema.StoreReads, CloudOperations):
         return await self._query(text, params)
 
     async def atomic(
-        self, work: Callable[[Transaction], Awaitable[_T]], *, retry_unique_violation: bool = False
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
     ) -> _T:
         """Run `work` in one transaction, again from the start after a serialization failure or deadlock,
-        and after a unique violation if asked (see CloudStore.atomic)."""
+        and after a unique violation if asked (see CloudStore.atomic). Reads need nothing special here."""
+        del read_only
         retried = _RETRIED_SQLSTATES | {"23505"} if retry_unique_violation else _RETRIED_SQLSTATES
         return await self._run(lambda connection: work(_PostgresTransaction(connection)), retried)
 

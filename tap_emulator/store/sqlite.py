@@ -108,14 +108,20 @@ class SqliteStore(schema.StoreReads, CloudOperations):
             return await self._on_thread(work)
 
     async def atomic(
-        self, work: Callable[[Transaction], Awaitable[_T]], *, retry_unique_violation: bool = False
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
     ) -> _T:
-        """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry)."""
+        """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry), or
+        for `read_only` work a deferred one, which reads a WAL snapshot without the write lock."""
         del retry_unique_violation
         connection = self._connection
+        begin = "BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE"
         async with self._lock:
             try:
-                await self._on_thread(lambda: connection.execute("BEGIN IMMEDIATE"))
+                await self._on_thread(lambda: connection.execute(begin))
                 result = await work(_SqliteTransaction(self))
             except BaseException:
                 # Also after a cancellation: the thread may still finish BEGIN or a statement first, so
