@@ -296,6 +296,13 @@ class CloudService:
             await tx.rows(sql.ENSURE_ROLE, params)
 
     @staticmethod
+    async def _device_row(tx: Transaction, serial: str) -> tuple[Any, ...]:
+        rows = await tx.rows(sql.GET_DEVICE, {"serial": serial}) if _storable(serial) else []
+        if not rows:
+            raise NotFound("device", str(serial))
+        return rows[0]
+
+    @staticmethod
     async def _account_row(tx: Transaction, tenant: str, account_id: str) -> tuple[Any, ...]:
         rows = (
             await tx.rows(sql.GET_ACCOUNT, {"tenant": tenant, "id": account_id})
@@ -564,8 +571,7 @@ class CloudService:
         async def work(tx: Transaction) -> Member:
             await self._group_row(tx, group_id, tenant)
             await self._require(tx, tenant, group_id, actor, "manage_devices")
-            if not _storable(serial) or not await tx.rows(sql.GET_DEVICE, {"serial": serial}):
-                raise NotFound("device", str(serial))
+            await self._device_row(tx, serial)
             now, _ = self._now(tx)
             outcome = await sql.add_membership(tx, group_id, serial, now, actor)
             if outcome is MembershipOutcome.FULL:
@@ -628,13 +634,11 @@ class CloudService:
         """A device with its live access groups, public fields only. Raises NotFound("device")."""
 
         async def work(tx: Transaction) -> DeviceDetail:
-            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial}) if _storable(serial) else []
-            if not rows:
-                raise NotFound("device", serial)
+            row = await self._device_row(tx, serial)
             groups = await self._memberships(tx, [serial])
             rows_of_groups = await tx.rows(sql.LIVE_ACCESS_GROUPS, {"serial": serial})
             access = [AccessGroupView.from_record(tx.dialect.group_from_row(row)) for row in rows_of_groups]
-            return DeviceDetail(_device(tx, rows[0], groups[serial]), tuple(access))
+            return DeviceDetail(_device(tx, row, groups[serial]), tuple(access))
 
         return await self._read(work)
 
@@ -642,13 +646,11 @@ class CloudService:
         """What the store knows of a device's sync. Raises NotFound("device")."""
 
         async def work(tx: Transaction) -> SyncStatus:
-            rows = await tx.rows(sql.GET_DEVICE, {"serial": serial}) if _storable(serial) else []
-            if not rows:
-                raise NotFound("device", serial)
+            row = await self._device_row(tx, serial)
             live, tombstones, newest, last_change = (await tx.rows(sql.SYNC_SUMMARY, {"serial": serial}))[0]
             return SyncStatus(
                 serial=serial,
-                last_seen=tx.dialect.decode_timestamp(rows[0][3]),
+                last_seen=tx.dialect.decode_timestamp(row[3]),
                 access_groups=int(live),
                 tombstones=int(tombstones),
                 newest_version=None if newest is None else int(newest),
