@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from store.conftest import raw_rows
+from store.samples import group as access_group
 
 from tap_emulator.cloud import (
     ADMIN_ROLE,
@@ -373,8 +376,6 @@ async def test_one_api_key_per_group_and_type_and_the_token_never_comes_back(
     with pytest.raises(NotFound) as caught:
         await service.delete_api_key(group.id, "lora", actor="alice", tenant=IOT)
     assert caught.value.kind == "api_key"
-    from store.conftest import raw_rows
-
     dump = repr(raw_rows(store_url, "SELECT * FROM group_api_keys"))
     assert "tok-SECRET" not in dump
 
@@ -420,8 +421,6 @@ async def test_bad_limits_and_cursors_are_invalid_input(service: CloudService, a
 async def test_synced_devices_show_their_groups_and_public_access_groups(
     service: CloudService, engine: ManagementStore, add_device: AddDevice
 ) -> None:
-    from store.samples import group as access_group
-
     await add_device("EMU0000000001")
     await engine.upsert_groups([access_group(5, 2), access_group(7, 1, deleted=True)])
     group = await service.create_group(NAT, "lab", GroupDraft("g"), actor="u")
@@ -500,3 +499,36 @@ async def test_lookups_of_keys_no_store_can_hold_are_not_found_not_crashes(
             await call
     with pytest.raises(InvalidInput):
         await service.list_user_groups(IOT, key)
+
+
+async def test_the_kept_count_always_equals_the_members_under_random_operations(
+    service: CloudService, add_device: AddDevice, store_url: str
+) -> None:
+    shuffle = random.Random(20251201)
+    serials = [f"EMU{index}" for index in range(6)]
+    for serial in serials:
+        await add_device(serial)
+    groups = [
+        (await service.create_group(NAT, "lab", GroupDraft(f"g{i}", max_devices=i), "u")).id for i in range(3)
+    ]
+    refusals = 0
+    for _step in range(150):
+        group_id, serial = shuffle.choice(groups), shuffle.choice(serials)
+        action = shuffle.choice(("add", "add", "remove", "max"))
+        try:
+            if action == "add":
+                await service.add_member(group_id, serial, "u")
+            elif action == "remove":
+                await service.remove_member(group_id, serial, "u")
+            else:
+                await service.update_group(group_id, GroupChanges(max_devices=shuffle.randrange(4)), "u")
+        except (CapacityExceeded, NotFound):
+            refusals += 1
+    assert refusals > 0  # the walk did reach the limits
+    for group_id in groups:
+        group = await service.get_group(group_id)
+        ((members,),) = raw_rows(
+            store_url, f"SELECT COUNT(*) FROM device_group_members WHERE group_id = '{group_id}'"
+        )
+        assert group.device_count == members
+        assert group.max_devices == 0 or members <= group.max_devices
