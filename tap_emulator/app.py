@@ -285,7 +285,12 @@ class Emulator:
         url = store_url_for(self.options.store, state_path)
         if url is None:
             return
-        self.sync = SyncTask(tree, lambda: open_store(url), settings=self.options.sync)
+        self.sync = SyncTask(
+            tree,
+            lambda: open_store(url),
+            settings=self.options.sync,
+            device_groups=self.profile.device_groups,
+        )
         self.sync.start()
         self._closers.append(self.sync.stop)
         log.info("syncing groups to the management store %s", redact_url(url))

@@ -102,6 +102,8 @@ class Profile:
     security: SecurityPolicy
     access: AccessPolicy
     groups: tuple[GroupSeed, ...]
+    # Ids of the management store's device groups the device joins when it first syncs ([cloud]).
+    device_groups: tuple[str, ...] = ()
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
@@ -201,7 +203,24 @@ def load_profile(name_or_path: str = "default") -> Profile:
             )
         )
     _check_groups_against_model(groups, where)
-    return Profile(path.stem, device, security, access, tuple(groups))
+    return Profile(path.stem, device, security, access, tuple(groups), _device_groups(data, where))
+
+
+MAX_PROFILE_DEVICE_GROUPS = 32
+
+
+def _device_groups(data: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """[cloud] device_groups: the device-group ids (as the native API shows them) to join on first sync."""
+    cw = f"{where} [cloud]"
+    ids = _get(_get(data, "cloud", dict, where, {}), "device_groups", list, cw, [])
+    if len(ids) > MAX_PROFILE_DEVICE_GROUPS:
+        raise ConfigError(f"{cw}: 'device_groups' names at most {MAX_PROFILE_DEVICE_GROUPS} groups")
+    for group_id in ids:
+        if not isinstance(group_id, str) or not 1 <= len(group_id) <= 64 or not group_id.isprintable():
+            raise ConfigError(
+                f"{cw}: 'device_groups' must be a list of group ids (1 to 64 printable characters)"
+            )
+    return tuple(dict.fromkeys(ids))
 
 
 def _lockout_policy(sec_t: Mapping[str, Any], where: str) -> LockoutPolicy:

@@ -5,7 +5,7 @@ Two engines sit behind the one `ManagementStore` interface, chosen by URL in `op
 (embedded default) and PostgreSQL (shared by several emulator processes; needs tap-emulator[postgres]).
 """
 
-from .records import DeviceRecord, GroupRecord, ManagementStore, StoreError, StoreRejected
+from .records import DeviceRecord, GroupRecord, ManagementStore, MembershipOutcome, StoreError, StoreRejected
 from .snapshot import DeviceSnapshot, snapshot_to_json, store_snapshot, store_snapshot_json
 from .urls import open_store, redact_url
 
@@ -14,6 +14,7 @@ __all__ = [
     "DeviceSnapshot",
     "GroupRecord",
     "ManagementStore",
+    "MembershipOutcome",
     "StoreError",
     "StoreRejected",
     "open_store",

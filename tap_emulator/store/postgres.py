@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from . import schema
+from .cloud import CloudOperations, Transaction
 from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
 from .urls import PASSWORD_PARAMETER as _PASSWORD_PARAMETER
 from .urls import redact_url
@@ -79,7 +80,20 @@ def _rejection_reason(error: psycopg.Error) -> str:
     return error.diag.message_primary or f"SQLSTATE {error.sqlstate}"
 
 
-class PostgresStore(schema.StoreReads):
+class _PostgresTransaction:
+    """The open transaction of a PostgresStore operation."""
+
+    dialect = DIALECT
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._connection = connection
+
+    async def rows(self, text: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
+        cursor = await self._connection.execute(DIALECT.sql(text), params)
+        return await cursor.fetchall() if cursor.description is not None else []
+
+
+class PostgresStore(schema.StoreReads, CloudOperations):
     """A ManagementStore in a PostgreSQL database (tables in the connection's current schema)."""
 
     dialect = DIALECT
@@ -254,6 +268,19 @@ class PostgresStore(schema.StoreReads):
 
     async def _rows(self, text: str, params: dict[str, Any]) -> list[Any]:
         return await self._query(text, params)
+
+    async def atomic(
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
+    ) -> _T:
+        """Run `work` in one transaction, again from the start after a serialization failure or deadlock,
+        and after a unique violation if asked (see CloudStore.atomic). Reads need nothing special here."""
+        del read_only
+        retried = _RETRIED_SQLSTATES | {"23505"} if retry_unique_violation else _RETRIED_SQLSTATES
+        return await self._run(lambda connection: work(_PostgresTransaction(connection)), retried)
 
     async def close(self) -> None:
         self._closed = True

@@ -7,6 +7,7 @@ The records carry no key material on purpose: a password, its hash or SCRAM keys
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ __all__ = [
     "DeviceRecord",
     "GroupRecord",
     "ManagementStore",
+    "MembershipOutcome",
     "StoreError",
     "StoreRejected",
     "as_utc",
@@ -79,6 +81,14 @@ class GroupRecord:
     updated_at: datetime
 
 
+class MembershipOutcome(enum.Enum):
+    """What adding a device to a device group did."""
+
+    ADDED = "added"
+    ALREADY_MEMBER = "already member"
+    FULL = "full"
+
+
 @runtime_checkable
 class ManagementStore(Protocol):
     """The few operations the sync task and the CLI need; implemented by the SQLite and PostgreSQL engines."""
@@ -107,6 +117,13 @@ class ManagementStore(Protocol):
 
     async def list_devices(self) -> list[DeviceRecord]:
         """All devices by serial number."""
+        ...
+
+    async def join_profile_groups(
+        self, serial: str, group_ids: Sequence[str], at: datetime
+    ) -> dict[str, MembershipOutcome]:
+        """Join a stored device to the device groups its profile names, the first time only (see
+        tap_emulator.store.cloud.CloudOperations)."""
         ...
 
     async def close(self) -> None:

@@ -89,8 +89,9 @@ class Dialect:
         return GroupRecord(**value)
 
 
-# A named parameter: a colon followed by a lowercase identifier (the SQL texts contain no other colon).
-_PARAM = re.compile(r":([a-z_]+)")
+# A named parameter: a colon and a lowercase identifier, digits allowed after the first character (the SQL
+# texts contain no other colon).
+_PARAM = re.compile(r":([a-z_][a-z0-9_]*)")
 
 DEVICE_COLUMNS = ("serial", "model", "firmware", "last_seen")
 GROUP_COLUMNS = (
@@ -155,8 +156,169 @@ CREATE TABLE access_groups (
     CONSTRAINT access_groups_profile_is_own_alias CHECK (deleted OR is_profile = (alias = group_id))
 )"""
 
+# --- migration 2: the management service (tap_emulator.cloud) ---------------------------------------
+# Invariants two store connections could race on are the database's: a name unique in its scope (the
+# unique index; `unique_scope` is NULL where a profile lets names repeat, and NULLs never collide), the
+# capacity (`device_count` is kept by the membership statements and checked against `max_devices`), one
+# API key per (group, type), one share per (group, account). Everything hanging off a group goes with it.
+
+# Named counters: store-wide sequences (creation order, ROMA's integer ids) and per-tenant lock rows.
+_CLOUD_COUNTERS = """
+CREATE TABLE cloud_counters (
+    name TEXT PRIMARY KEY CONSTRAINT cloud_counters_name_length CHECK (length(name) <= 200),
+    value BIGINT NOT NULL
+)"""
+
+_DEVICE_GROUPS = """
+CREATE TABLE device_groups (
+    id TEXT PRIMARY KEY CONSTRAINT device_groups_id_length CHECK (length(id) BETWEEN 1 AND 64),
+    seq BIGINT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL CONSTRAINT device_groups_tenant_length CHECK (length(tenant) BETWEEN 1 AND 128),
+    scope TEXT NOT NULL CONSTRAINT device_groups_scope_length CHECK (length(scope) <= 128),
+    unique_scope TEXT CONSTRAINT device_groups_unique_scope_is_scope CHECK (unique_scope = scope),
+    name TEXT NOT NULL CONSTRAINT device_groups_name_length CHECK (length(name) <= 256),
+    description TEXT NOT NULL CONSTRAINT device_groups_description_length CHECK (length(description) <= 4096),
+    parent_id TEXT REFERENCES device_groups (id),
+    status INTEGER NOT NULL,
+    sequence BIGINT NOT NULL,
+    max_devices BIGINT NOT NULL CONSTRAINT device_groups_max_devices_range CHECK (max_devices >= 0),
+    device_count BIGINT NOT NULL CONSTRAINT device_groups_device_count_range CHECK (device_count >= 0),
+    tags TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at {timestamp} NOT NULL,
+    updated_by TEXT NOT NULL,
+    version BIGINT NOT NULL CONSTRAINT device_groups_version_positive CHECK (version >= 1),
+    profile TEXT NOT NULL CONSTRAINT device_groups_profile_length CHECK (length(profile) <= 32),
+    CONSTRAINT device_groups_capacity CHECK (max_devices = 0 OR device_count <= max_devices),
+    CONSTRAINT device_groups_not_own_parent CHECK (parent_id <> id)
+)"""
+
+_DEVICE_GROUPS_UNIQUE_NAME = """
+CREATE UNIQUE INDEX device_groups_unique_name ON device_groups (tenant, unique_scope, name)"""
+
+_DEVICE_GROUPS_BY_PARENT = "CREATE INDEX device_groups_by_parent ON device_groups (parent_id)"
+
+_DEVICE_GROUP_MEMBERS = """
+CREATE TABLE device_group_members (
+    group_id TEXT NOT NULL REFERENCES device_groups (id) ON DELETE CASCADE,
+    serial TEXT NOT NULL REFERENCES devices (serial),
+    added_at {timestamp} NOT NULL,
+    added_by TEXT NOT NULL,
+    PRIMARY KEY (group_id, serial)
+)"""
+
+_MEMBERS_BY_DEVICE = "CREATE INDEX device_group_members_by_serial ON device_group_members (serial, group_id)"
+
+_CLOUD_ACCOUNTS = """
+CREATE TABLE cloud_accounts (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL CONSTRAINT cloud_accounts_id_length CHECK (length(id) BETWEEN 1 AND 128),
+    email TEXT NOT NULL CONSTRAINT cloud_accounts_email_length CHECK (length(email) <= 254),
+    name TEXT NOT NULL CONSTRAINT cloud_accounts_name_length CHECK (length(name) <= 256),
+    first_name TEXT NOT NULL CONSTRAINT cloud_accounts_first_name_length CHECK (length(first_name) <= 256),
+    last_name TEXT NOT NULL CONSTRAINT cloud_accounts_last_name_length CHECK (length(last_name) <= 256),
+    created_at {timestamp} NOT NULL,
+    PRIMARY KEY (tenant, id)
+)"""
+
+_ACCOUNTS_BY_EMAIL = "CREATE INDEX cloud_accounts_by_email ON cloud_accounts (tenant, email)"
+
+_CLOUD_ROLES = """
+CREATE TABLE cloud_roles (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL CONSTRAINT cloud_roles_id_length CHECK (length(id) BETWEEN 1 AND 64),
+    name TEXT NOT NULL CONSTRAINT cloud_roles_name_length CHECK (length(name) <= 128),
+    description TEXT NOT NULL CONSTRAINT cloud_roles_description_length CHECK (length(description) <= 1024),
+    permissions TEXT NOT NULL,
+    removable BOOLEAN NOT NULL CONSTRAINT cloud_roles_removable_bool CHECK (removable IN (FALSE, TRUE)),
+    PRIMARY KEY (tenant, id)
+)"""
+
+_GROUP_USERS = """
+CREATE TABLE group_users (
+    group_id TEXT NOT NULL REFERENCES device_groups (id) ON DELETE CASCADE,
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    role_id TEXT NOT NULL,
+    added_at {timestamp} NOT NULL,
+    PRIMARY KEY (group_id, user_id),
+    FOREIGN KEY (tenant, user_id) REFERENCES cloud_accounts (tenant, id),
+    FOREIGN KEY (tenant, role_id) REFERENCES cloud_roles (tenant, id)
+)"""
+
+_GROUP_USERS_BY_USER = "CREATE INDEX group_users_by_user ON group_users (tenant, user_id, group_id)"
+
+_INVITATIONS = """
+CREATE TABLE group_invitations (
+    id TEXT PRIMARY KEY CONSTRAINT group_invitations_id_length CHECK (length(id) BETWEEN 1 AND 64),
+    group_id TEXT NOT NULL REFERENCES device_groups (id) ON DELETE CASCADE,
+    tenant TEXT NOT NULL,
+    email TEXT NOT NULL CONSTRAINT group_invitations_email_length CHECK (length(email) BETWEEN 3 AND 254),
+    role_id TEXT NOT NULL,
+    invited_by TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    accepted BOOLEAN NOT NULL CONSTRAINT group_invitations_accepted_bool CHECK (accepted IN (FALSE, TRUE)),
+    UNIQUE (group_id, email),
+    FOREIGN KEY (tenant, role_id) REFERENCES cloud_roles (tenant, id)
+)"""
+
+# The token of an external key is kept only as a SHA-256 fingerprint: no column can give it back.
+_API_KEYS = """
+CREATE TABLE group_api_keys (
+    group_id TEXT NOT NULL REFERENCES device_groups (id) ON DELETE CASCADE,
+    type TEXT NOT NULL CONSTRAINT group_api_keys_type_length CHECK (length(type) BETWEEN 1 AND 64),
+    name TEXT NOT NULL CONSTRAINT group_api_keys_name_length CHECK (length(name) <= 256),
+    token_sha256 TEXT NOT NULL
+        CONSTRAINT group_api_keys_token_sha256_length CHECK (length(token_sha256) = 64),
+    created_at {timestamp} NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at {timestamp} NOT NULL,
+    updated_by TEXT NOT NULL,
+    PRIMARY KEY (group_id, type)
+)"""
+
+_SHARES = """
+CREATE TABLE group_shares (
+    group_id TEXT NOT NULL REFERENCES device_groups (id) ON DELETE CASCADE,
+    tenant TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    shared_by TEXT NOT NULL,
+    created_at {timestamp} NOT NULL,
+    PRIMARY KEY (group_id, account_id),
+    FOREIGN KEY (tenant, account_id) REFERENCES cloud_accounts (tenant, id)
+)"""
+
+_SHARES_BY_ACCOUNT = "CREATE INDEX group_shares_by_account ON group_shares (tenant, account_id, group_id)"
+
+# Set once a device has joined the device groups its profile names, so a later sync never re-adds it.
+_DEVICES_PROFILE_GROUPS_JOINED = """
+ALTER TABLE devices ADD COLUMN profile_groups_joined BOOLEAN NOT NULL DEFAULT FALSE"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "devices and access groups", (_INITIAL_DEVICES, _INITIAL_ACCESS_GROUPS)),
+    Migration(
+        2,
+        "device groups, members, accounts, roles, invitations, api keys, shares",
+        (
+            _CLOUD_COUNTERS,
+            _DEVICE_GROUPS,
+            _DEVICE_GROUPS_UNIQUE_NAME,
+            _DEVICE_GROUPS_BY_PARENT,
+            _DEVICE_GROUP_MEMBERS,
+            _MEMBERS_BY_DEVICE,
+            _CLOUD_ACCOUNTS,
+            _ACCOUNTS_BY_EMAIL,
+            _CLOUD_ROLES,
+            _GROUP_USERS,
+            _GROUP_USERS_BY_USER,
+            _INVITATIONS,
+            _API_KEYS,
+            _SHARES,
+            _SHARES_BY_ACCOUNT,
+            _DEVICES_PROFILE_GROUPS_JOINED,
+        ),
+    ),
 )
 
 UPSERT_DEVICE = """

@@ -22,13 +22,14 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from . import schema
+from .cloud import CloudOperations, Transaction
 from .records import DeviceRecord, GroupRecord, StoreError, StoreRejected, as_utc, check_device, check_group
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SqliteStore"]
@@ -63,8 +64,25 @@ def _rejection_reason(error: sqlite3.IntegrityError) -> str:
     return str(error)
 
 
-class SqliteStore(schema.StoreReads):
-    """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`."""
+class _SqliteTransaction:
+    """The open BEGIN IMMEDIATE transaction of a SqliteStore; each statement runs on the store's thread."""
+
+    dialect = DIALECT
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def rows(self, text: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
+        connection = self._store._connection
+        return await self._store._on_thread(lambda: connection.execute(DIALECT.sql(text), params).fetchall())
+
+
+class SqliteStore(schema.StoreReads, CloudOperations):
+    """A ManagementStore in one SQLite file (or in memory); open it with `SqliteStore.open`.
+
+    One asyncio lock serialises the store's operations, since a cloud transaction (`atomic`) spans
+    several trips to the thread and no other statement may run on the connection in between.
+    """
 
     dialect = DIALECT
 
@@ -78,6 +96,7 @@ class SqliteStore(schema.StoreReads):
         self._identity = _file_identity(path)
         self._worker = worker
         self._closed = False
+        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self._path!r})"
@@ -104,7 +123,35 @@ class SqliteStore(schema.StoreReads):
         return store
 
     async def _call(self, work: Callable[[], _T]) -> _T:
-        """Run `work` on the store's thread, turning driver errors into StoreError."""
+        """Run `work` on the store's thread, alone, turning driver errors into StoreError."""
+        async with self._lock:
+            return await self._on_thread(work)
+
+    async def atomic(
+        self,
+        work: Callable[[Transaction], Awaitable[_T]],
+        *,
+        retry_unique_violation: bool = False,
+        read_only: bool = False,
+    ) -> _T:
+        """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry), or
+        for `read_only` work a deferred one, which reads a WAL snapshot without the write lock."""
+        del retry_unique_violation
+        connection = self._connection
+        begin = "BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE"
+        async with self._lock:
+            try:
+                await self._on_thread(lambda: connection.execute(begin))
+                result = await work(_SqliteTransaction(self))
+            except BaseException:
+                # Also after a cancellation: the thread may still finish BEGIN or a statement first, so
+                # the rollback is queued behind it and checks that a transaction is open.
+                await self._on_thread(lambda: connection.rollback() if connection.in_transaction else None)
+                raise
+            await self._on_thread(connection.commit)
+            return result
+
+    async def _on_thread(self, work: Callable[[], _T]) -> _T:
         if self._closed:
             raise StoreError(f"SQLite store {self._path!r} is closed")
         loop = asyncio.get_running_loop()

@@ -20,12 +20,12 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tap_emulator.state import StateError, outbox
-from tap_emulator.store import DeviceRecord, ManagementStore, StoreError, StoreRejected
+from tap_emulator.store import DeviceRecord, ManagementStore, MembershipOutcome, StoreError, StoreRejected
 from tap_emulator.tree import ChangeEvent, DeviceTree
 
 from .core import (
@@ -92,6 +92,7 @@ class SyncTask:
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
         after_acknowledged: Callable[[], None] | None = None,
+        device_groups: Sequence[str] = (),
     ) -> None:
         self.tree = tree
         self.settings = settings
@@ -109,6 +110,8 @@ class SyncTask:
         self._needs_reconcile = True
         self._device_sent_at: float | None = None
         self._device_rejected = False
+        self._device_groups = tuple(device_groups)  # joined once, right after the device's first record
+        self._groups_joined = not device_groups
         self._failures = 0
         self._attempted: tuple[int, ...] = ()
         self._task: asyncio.Task[None] | None = None
@@ -227,8 +230,13 @@ class SyncTask:
     async def _refresh_device(self, store: ManagementStore) -> None:
         now = self._clock()
         due = self._device_sent_at is None or now - self._device_sent_at >= self.settings.heartbeat
-        if not due or self._device_rejected:
-            return
+        if due and not self._device_rejected:
+            await self._send_device(store, now)
+        # After the device record, so the store knows the device; retried with backoff until it succeeds.
+        if not (self._groups_joined or self._device_rejected or self._device_sent_at is None):
+            await self._join_device_groups(store, datetime.fromtimestamp(now, UTC))
+
+    async def _send_device(self, store: ManagementStore, now: float) -> None:
         identity = self.tree.device_identity()
         record = DeviceRecord(
             serial=self._serial,
@@ -242,6 +250,23 @@ class SyncTask:
             log.error("the management store refuses the device record: %s", rejection.reason)
             self._device_rejected = True
         self._device_sent_at = now
+
+    @property
+    def device_groups_joined(self) -> bool:
+        """Whether the profile's device groups were handed to the store (joined, or already joined once)."""
+        return self._groups_joined
+
+    async def _join_device_groups(self, store: ManagementStore, at: datetime) -> None:
+        """Join the device groups the profile names; the store does it only on the device's first sync."""
+        try:
+            outcomes = await store.join_profile_groups(self._serial, self._device_groups, at)
+        except StoreRejected as rejection:
+            log.error("the management store refuses the profile's device groups: %s", rejection.reason)
+            outcomes = {}
+        self._groups_joined = True
+        full = sorted(group for group, outcome in outcomes.items() if outcome is MembershipOutcome.FULL)
+        if full:
+            log.warning("device groups full, not joined: %s", ", ".join(full))
 
     # ------------------------------------------------------------------ reconcile
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
+from tap_emulator.cloud import (
+    NATIVE,
+    OCEANCONNECT,
+    ROMA,
+    CapacityExceeded,
+    CloudService,
+    CycleRefused,
+    GroupChanges,
+    GroupDraft,
+    NameTaken,
+    Tenant,
+)
 from tap_emulator.store import (
     DeviceRecord,
     GroupRecord,
@@ -19,6 +33,7 @@ from tap_emulator.store import (
     open_store,
     store_snapshot_json,
 )
+from tap_emulator.store.cloud import CloudStore
 
 from .conftest import raw_rows
 from .samples import T0, device, group, profile
@@ -272,7 +287,13 @@ def _columns(url: str, table: str) -> list[str]:
 
 
 async def test_schema_has_no_column_able_to_hold_key_material(store: ManagementStore, store_url: str) -> None:
-    assert _columns(store_url, "devices") == ["serial", "model", "firmware", "last_seen"]
+    assert _columns(store_url, "devices") == [
+        "serial",
+        "model",
+        "firmware",
+        "last_seen",
+        "profile_groups_joined",
+    ]
     assert _columns(store_url, "access_groups") == [
         "device_serial",
         "group_id",
@@ -288,6 +309,26 @@ async def test_schema_has_no_column_able_to_hold_key_material(store: ManagementS
         "updated_at",
     ]
     assert _columns(store_url, "schema_migrations") == ["version", "name", "applied_at"]
+    # An external API key's token is kept only as its SHA-256; no other cloud column is meant for secrets.
+    assert _columns(store_url, "group_api_keys") == [
+        "group_id",
+        "type",
+        "name",
+        "token_sha256",
+        "created_at",
+        "created_by",
+        "updated_at",
+        "updated_by",
+    ]
+    assert _columns(store_url, "cloud_accounts") == [
+        "tenant",
+        "id",
+        "email",
+        "name",
+        "first_name",
+        "last_name",
+        "created_at",
+    ]
 
 
 async def test_migrations_are_recorded_once_across_reopenings(store_url: str) -> None:
@@ -295,8 +336,9 @@ async def test_migrations_are_recorded_once_across_reopenings(store_url: str) ->
         opened = await open_store(store_url)
         await opened.upsert_groups([group(version=len(await opened.list_devices()) + 1)])
         await opened.close()
-    assert raw_rows(store_url, "SELECT version, name FROM schema_migrations") == [
-        (1, "devices and access groups")
+    assert raw_rows(store_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+        (1, "devices and access groups"),
+        (2, "device groups, members, accounts, roles, invitations, api keys, shares"),
     ]
     reopened = await open_store(store_url)
     try:
@@ -308,7 +350,7 @@ async def test_migrations_are_recorded_once_across_reopenings(store_url: str) ->
 async def test_concurrent_openers_apply_each_migration_once(store_url: str) -> None:
     stores = await asyncio.gather(*(open_store(store_url) for _ in range(6)))
     try:
-        assert raw_rows(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+        assert raw_rows(store_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
         assert await stores[0].upsert_groups([group(version=1)]) == [True]
         assert [await s.group_versions("EMU0000000001") for s in stores] == [{5: 1}] * len(stores)
     finally:
@@ -435,3 +477,211 @@ async def test_snapshot_pages_through_more_groups_than_one_page(store: Managemen
     await store.upsert_groups([profile(gid) for gid in range(1200)])
     document = json.loads(await store_snapshot_json(store))
     assert [g["group_id"] for g in document[0]["groups"]] == list(range(1200))
+
+
+# --- the management service's tables (tap_emulator.cloud over this store) ---------------------------
+
+OC_TENANT = Tenant("oceanconnect", OCEANCONNECT)
+ROMA_TENANT = Tenant("roma/proj-1/inst-1", ROMA)
+NATIVE_TENANT = Tenant("native", NATIVE)
+
+
+def cloud(store: ManagementStore) -> CloudService:
+    assert isinstance(store, CloudStore)
+    return CloudService(store)
+
+
+def _refused_by_the_database(store_url: str, sql: str) -> None:
+    """The statement, run on a plain driver connection, breaks a constraint of the schema."""
+    import psycopg
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.IntegrityError)):
+        raw_rows(store_url, sql)
+
+
+async def test_the_database_itself_holds_capacity_unique_names_and_one_key_per_type(
+    store: ManagementStore, store_url: str
+) -> None:
+    service = cloud(store)
+    group = await service.create_group(OC_TENANT, "oc-app-1", GroupDraft("lab", max_devices=2), "u")
+    other = await service.create_group(NATIVE_TENANT, "lab", GroupDraft("twin"), "u")
+    _refused_by_the_database(store_url, f"UPDATE device_groups SET device_count = 3 WHERE id = '{group.id}'")
+    _refused_by_the_database(store_url, f"UPDATE device_groups SET max_devices = -1 WHERE id = '{group.id}'")
+    _refused_by_the_database(store_url, f"UPDATE device_groups SET parent_id = id WHERE id = '{group.id}'")
+    # A name unique in its scope (OceanConnect), repeatable where the scope is NULL (native).
+    copy = (
+        "INSERT INTO device_groups (id, seq, tenant, scope, unique_scope, name, description, status,"
+        " sequence, max_devices, device_count, tags, created_at, created_by, updated_at, updated_by,"
+        " version, profile)"
+        " SELECT '{id}', seq + 100, tenant, scope, unique_scope, name, description, status, sequence,"
+        " max_devices, 0, tags, created_at, created_by, updated_at, updated_by, 1, profile"
+        " FROM device_groups WHERE id = '{source}'"
+    )
+    _refused_by_the_database(store_url, copy.format(id="copy-oc", source=group.id))
+    raw_rows(store_url, copy.format(id="copy-native", source=other.id))
+    await service.create_api_key(group.id, "sigfox", "k", "token-1", "u", OC_TENANT)
+    _refused_by_the_database(
+        store_url,
+        "INSERT INTO group_api_keys SELECT group_id, type, name, token_sha256, created_at, created_by,"
+        f" updated_at, updated_by FROM group_api_keys WHERE group_id = '{group.id}'",
+    )
+
+
+async def test_deleting_a_group_deletes_what_hangs_off_it(store: ManagementStore, store_url: str) -> None:
+    service = cloud(store)
+    await store.upsert_device(device())
+    group = await service.create_group(OC_TENANT, "oc-app-1", GroupDraft("lab"), "u")
+    await service.add_member(group.id, "EMU0000000001", "u")
+    await service.create_api_key(group.id, "sigfox", "k", "token-1", "u", OC_TENANT)
+    await service.delete_group(group.id, "u")
+    for table in ("device_group_members", "group_api_keys", "device_groups"):
+        assert raw_rows(store_url, f"SELECT COUNT(*) FROM {table}") == [(0,)]
+    assert [d.serial for d in await store.list_devices()] == ["EMU0000000001"]  # the device stays
+
+
+async def test_a_store_of_the_first_schema_is_upgraded_with_its_data(store_url: str) -> None:
+    """A store written before the cloud tables existed opens with its devices and groups intact."""
+    from tap_emulator.store import postgres, schema
+    from tap_emulator.store import sqlite as sqlite_engine
+
+    dialect = sqlite_engine.DIALECT if store_url.startswith("sqlite") else postgres.DIALECT
+    first = schema.MIGRATIONS[0]
+    for statement in (schema.CREATE_MIGRATIONS_TABLE, *first.statements):
+        raw_rows(store_url, dialect.sql(statement))
+    raw_rows(
+        store_url,
+        "INSERT INTO schema_migrations (version, name, applied_at)"
+        f" VALUES (1, '{first.name}', '2024-05-01T12:00:00.000000Z')",
+    )
+    raw_rows(
+        store_url,
+        "INSERT INTO devices (serial, model, firmware, last_seen)"
+        " VALUES ('EMU-OLD', 'TAP', '1.0', '2024-05-01T12:00:00.000000Z')",
+    )
+    upgraded = await open_store(store_url)
+    try:
+        assert [d.serial for d in await upgraded.list_devices()] == ["EMU-OLD"]
+        group = await cloud(upgraded).create_group(NATIVE_TENANT, "lab", GroupDraft("g"), "u")
+        assert (await cloud(upgraded).add_member(group.id, "EMU-OLD", "u")).serial == "EMU-OLD"
+        assert raw_rows(store_url, "SELECT MAX(version) FROM schema_migrations") == [(2,)]
+    finally:
+        await upgraded.close()
+
+
+async def test_two_connections_racing_for_the_last_places_never_pass_capacity(store_url: str) -> None:
+    first, second = await asyncio.gather(open_store(store_url), open_store(store_url))
+    try:
+        serials = [f"EMU{index:03}" for index in range(12)]
+        for serial in serials:
+            await first.upsert_device(device(serial))
+        group = await cloud(first).create_group(OC_TENANT, "oc-app-1", GroupDraft("race", max_devices=5), "u")
+
+        async def add_all(store: ManagementStore, mine: list[str]) -> list[bool]:
+            outcomes = []
+            for serial in mine:
+                try:
+                    await cloud(store).add_member(group.id, serial, "u")
+                    outcomes.append(True)
+                except CapacityExceeded:
+                    outcomes.append(False)
+            return outcomes
+
+        won = await asyncio.gather(add_all(first, serials[0::2]), add_all(second, serials[1::2]))
+        assert sum(sum(outcome) for outcome in won) == 5
+        stored = await cloud(second).get_group(group.id)
+        assert stored.device_count == 5
+        assert len((await cloud(second).list_members(group.id)).items) == 5
+        assert raw_rows(store_url, "SELECT COUNT(*) FROM device_group_members") == [(5,)]
+    finally:
+        await asyncio.gather(first.close(), second.close())
+
+
+async def test_two_connections_creating_the_same_names_keep_each_name_once(store_url: str) -> None:
+    first, second = await asyncio.gather(open_store(store_url), open_store(store_url))
+    names = [f"lab{index}" for index in range(8)]
+
+    async def create_all(store: ManagementStore) -> list[str]:
+        results = []
+        for name in names:
+            try:
+                results.append(
+                    (await cloud(store).create_group(OC_TENANT, "oc-app-1", GroupDraft(name), "u")).id
+                )
+            except NameTaken:
+                results.append("taken")
+        return results
+
+    try:
+        one, two = await asyncio.gather(create_all(first), create_all(second))
+        assert [(a == "taken") != (b == "taken") for a, b in zip(one, two, strict=True)] == [True] * len(
+            names
+        )
+        listed = (await cloud(first).list_groups(OC_TENANT)).items
+        assert sorted(g.name for g in listed) == sorted(names)
+        # Integer ids handed out by both connections never collide and count from 1.
+        roma = await asyncio.gather(
+            *(
+                cloud(store).create_group(ROMA_TENANT, "app", GroupDraft(f"r{i}"), "u")
+                for i in range(3)
+                for store in (first, second)
+            )
+        )
+        assert sorted(int(g.id) for g in roma) == [1, 2, 3, 4, 5, 6]
+    finally:
+        await asyncio.gather(first.close(), second.close())
+
+
+async def test_two_connections_moving_groups_under_each_other_never_make_a_cycle(store_url: str) -> None:
+    first, second = await asyncio.gather(open_store(store_url), open_store(store_url))
+    try:
+        for _round in range(4):
+            a = await cloud(first).create_group(NATIVE_TENANT, "lab", GroupDraft("a"), "u")
+            b = await cloud(first).create_group(NATIVE_TENANT, "lab", GroupDraft("b"), "u")
+            outcomes = await asyncio.gather(
+                cloud(first).update_group(a.id, GroupChanges(parent_id=b.id), "u"),
+                cloud(second).update_group(b.id, GroupChanges(parent_id=a.id), "u"),
+                return_exceptions=True,
+            )
+            assert sum(isinstance(outcome, CycleRefused) for outcome in outcomes) == 1, outcomes
+            parents = {(await cloud(first).get_group(g.id)).parent_id for g in (a, b)}
+            assert None in parents
+    finally:
+        await asyncio.gather(first.close(), second.close())
+
+
+async def test_two_connections_updating_other_fields_of_one_group_lose_neither_change(store_url: str) -> None:
+    first, second = await asyncio.gather(open_store(store_url), open_store(store_url))
+    try:
+        for round_ in range(6):
+            group = await cloud(first).create_group(NATIVE_TENANT, "lab", GroupDraft(f"g{round_}"), "u")
+            await asyncio.gather(
+                cloud(first).update_group(group.id, GroupChanges(description=f"d{round_}"), "one"),
+                cloud(second).update_group(group.id, GroupChanges(sequence=round_ + 10), "two"),
+            )
+            stored = await cloud(first).get_group(group.id)
+            assert (stored.description, stored.sequence, stored.version) == (f"d{round_}", round_ + 10, 3)
+    finally:
+        await asyncio.gather(first.close(), second.close())
+
+
+async def test_a_cancelled_cloud_transaction_writes_nothing_and_frees_the_store(
+    store: ManagementStore, store_url: str
+) -> None:
+    assert isinstance(store, CloudStore)
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(tx: Any) -> None:
+        await tx.rows("INSERT INTO cloud_counters (name, value) VALUES ('cancelled', 1)", {})
+        started.set()
+        await never.wait()
+
+    task = asyncio.create_task(store.atomic(stuck))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    group = await asyncio.wait_for(
+        cloud(store).create_group(NATIVE_TENANT, "lab", GroupDraft("after"), "u"), 10
+    )
+    assert group.name == "after"
+    assert raw_rows(store_url, "SELECT name FROM cloud_counters WHERE name = 'cancelled'") == []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tap_emulator.cloud import NATIVE, CloudService, GroupDraft, Tenant
 from tap_emulator.store import StoreError, open_store
 from tap_emulator.store.sqlite import SqliteStore
 
@@ -212,3 +213,20 @@ async def test_every_write_takes_the_writer_lock_up_front(tmp_path: Path) -> Non
         *("BEGIN IMMEDIATE", "INSERT", "INSERT", "INSERT", "COMMIT"),
         "SELECT",
     ]
+
+
+async def test_cloud_reads_do_not_wait_for_another_connections_writer(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = await SqliteStore.open(str(path), busy_timeout=2.0)
+    try:
+        service = CloudService(store)
+        await service.create_group(Tenant("native", NATIVE), "lab", GroupDraft("g"), "u")
+        with closing(sqlite3.connect(path, isolation_level=None)) as writer:
+            writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+            assert [g.name for g in (await service.list_groups(None)).items] == ["g"]
+            assert (await service.list_devices()).items == ()
+            with pytest.raises(StoreError, match="locked"):  # a write still waits, then says why
+                await service.create_group(Tenant("native", NATIVE), "lab", GroupDraft("h"), "u")
+            writer.execute("ROLLBACK")
+    finally:
+        await store.close()
