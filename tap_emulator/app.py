@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tap_emulator.config import Profile, SecurityMode, load_profile
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
@@ -21,7 +22,11 @@ from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import DeviceTree, Offload, run_in_thread
 
+if TYPE_CHECKING:
+    from tap_emulator.faces.http.cloud_config import CloudConfig
+
 __all__ = [
+    "CloudOnly",
     "Emulator",
     "Endpoint",
     "ServeOptions",
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 COAP_PORT = 5683  # RFC 7252
 TAP_TCP_PORT = 2000  # what a Wi-Fi TapNLink listens on
 TAP_WS_PORT = 2001
+HTTP_PORT = 8080  # the emulated cloud: native API and seed faces
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,8 @@ class ServeOptions:
     ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_WS_PORT))  # over WebSocket
     trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
+    http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
+    cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
 
 
 def open_device(
@@ -134,10 +142,16 @@ class Emulator:
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile
+        self.cloud_config: CloudConfig | None = None
+        if options.http is not None:
+            from tap_emulator.faces.http import load_cloud_config
+
+            self.cloud_config = load_cloud_config(options.cloud_config)
         self.tree: DeviceTree | None = None
         self.coap_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self._closers: list[Callable[[], object]] = []
 
@@ -164,6 +178,7 @@ class Emulator:
                 self._closers.append(coap.close)
                 self.coap_address = coap.address
             await self._start_tap_faces(tree)
+            await self._start_http(tree, state_path)
         except BaseException:
             await self.stop()
             raise
@@ -172,6 +187,7 @@ class Emulator:
             ("coap udp", self.coap_address),
             ("tcp", self.tcp_address),
             ("ws", self.ws_address),
+            ("http", self.http_address),
         ):
             if address is not None:
                 self.announce(f"listening {kind} {format_address(address)}")
@@ -208,6 +224,22 @@ class Emulator:
             self._closers.append(ws.close)
             self.ws_address = ws.address
 
+    async def _start_http(self, tree: DeviceTree, state_path: str) -> None:
+        """The emulated cloud over the store this device syncs to (a private one when it syncs to none)."""
+        from tap_emulator.faces.http import start_cloud
+
+        if self.options.http is None or self.cloud_config is None:
+            return
+        cloud = await start_cloud(
+            store_url_for(self.options.store, state_path),
+            self.options.http.host,
+            self.options.http.port,
+            self.cloud_config,
+            local_devices={tree.serial_number: tree.state},
+        )
+        self._closers.append(cloud.close)
+        self.http_address = cloud.address
+
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
         from tap_emulator.store import open_store, redact_url
@@ -234,3 +266,44 @@ class Emulator:
                     await result
             except Exception:
                 log.exception("error while stopping")
+
+
+class CloudOnly:
+    """``tap-emulator cloud``: the HTTP faces over a shared store, with no device of its own.
+
+    Several of these on one PostgreSQL store agree, since every rule runs in the store's transactions.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        http: Endpoint,
+        cloud_config: str | None = None,
+        *,
+        announce: Callable[[str], None] = print,
+    ) -> None:
+        from tap_emulator.faces.http import load_cloud_config
+        from tap_emulator.sync import check_store_url
+
+        check_store_url(store_url)
+        self.store_url = store_url
+        self.http = http
+        self.config = load_cloud_config(cloud_config)
+        self.announce = announce
+        self.http_address: tuple[str, int] | None = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        from tap_emulator.faces.http import start_cloud
+        from tap_emulator.store import redact_url
+
+        cloud = await start_cloud(self.store_url, self.http.host, self.http.port, self.config)
+        self._close = cloud.close
+        self.http_address = cloud.address
+        self.announce(f"listening http {format_address(cloud.address)}")
+        log.info("cloud up over the management store %s", redact_url(self.store_url))
+
+    async def stop(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            await close()

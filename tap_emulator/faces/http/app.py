@@ -58,7 +58,7 @@ def face_openapi(app: FastAPI, router: APIRouter, face: str) -> dict[str, Any]:
         title=f"tap-emulator {face} face",
         version=app.version,
         routes=router.routes,
-        description=(router.tags[0] if router.tags else face) + " face of tap-emulator",
+        description=f"The {face} face of tap-emulator.",
     )
 
 
@@ -72,7 +72,7 @@ def build_app(context: CloudContext) -> FastAPI:
     )
     routers = _routers(context)
     documents: dict[str, dict[str, Any]] = {}
-    for face, face_router in routers.items():
+    for face_router in routers.values():
         app.include_router(face_router)
 
     def face_document(face: str) -> JSONResponse:

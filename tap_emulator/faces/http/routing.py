@@ -12,21 +12,39 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from tap_emulator.logsafety import RateLimitedLog
+from tap_emulator.store import StoreRejected
 
 from .server import BODY_TOO_LARGE
 
-__all__ = ["Failure", "FailureKind", "FaceError", "face_route_class", "validation_message"]
+__all__ = [
+    "STARTED",
+    "FaceError",
+    "Failure",
+    "FailureKind",
+    "elapsed_ms",
+    "face_route_class",
+    "validation_message",
+]
 
 log = logging.getLogger(__name__)
 _internal_log = RateLimitedLog(log, interval=10.0)
+STARTED = "tap_emulator.started"  # scope key: perf_counter() when the face's route got the request
+
+
+def elapsed_ms(request: Request) -> int:
+    """Milliseconds since the route got the request (APP-service's ``time_used``)."""
+    started = request.scope.get(STARTED)
+    return 0 if started is None else int((time.perf_counter() - started) * 1000)
 
 
 class FailureKind(enum.Enum):
@@ -74,11 +92,18 @@ def classify(request: Request, error: Exception, is_domain_error: Callable[[Exce
         return Failure(FailureKind.FACE, error.message, error)
     if isinstance(error, HTTPException) and error.status_code < 500:
         return Failure(FailureKind.INVALID, str(error.detail), error)
+    if isinstance(error, StoreRejected):  # a value the store's constraints refuse: the input was bad
+        return Failure(FailureKind.INVALID, "a value is out of range", error)
     if is_domain_error(error):
         return Failure(FailureKind.DOMAIN, str(error), error)
     _internal_log.log(
-        logging.ERROR, type(error), "%s %s failed: %s: %s", request.method, request.url.path,
-        type(error).__name__, error,
+        logging.ERROR,
+        type(error).__name__,
+        "%s %s failed: %s: %s",
+        request.method,
+        request.url.path,
+        type(error).__name__,
+        error,
     )
     log.debug("internal error", exc_info=error)
     return Failure(FailureKind.INTERNAL, "internal error", error)
@@ -88,10 +113,11 @@ def face_route_class(render: Render, is_domain_error: Callable[[Exception], bool
     """An APIRoute subclass whose handler answers every failure through ``render``."""
 
     class FaceRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
+                request.scope[STARTED] = time.perf_counter()
                 if request.scope.get(BODY_TOO_LARGE):
                     return render(request, Failure(FailureKind.INVALID, "request body too large"))
                 try:

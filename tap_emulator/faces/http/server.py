@@ -137,7 +137,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start_http_server(app: ASGIApp, host: str, port: int, *, max_body: int = DEFAULT_MAX_BODY) -> HttpServer:
+async def start_http_server(
+    app: ASGIApp, host: str, port: int, *, max_body: int = DEFAULT_MAX_BODY
+) -> HttpServer:
     """Serve ``app`` on host:port in the running loop; raises OSError (EADDRINUSE ...) naming the address."""
     sock = _bind(host, port)
     bound: tuple[Any, ...] = sock.getsockname()
