@@ -8,8 +8,6 @@ names neither). The share endpoints give the account in the path view rights on 
 shared by that group's owner; a batch is all or nothing (the core runs it in one transaction).
 """
 
-from __future__ import annotations
-
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 

@@ -9,8 +9,6 @@ inline ``[Group]``); ``POST /group/user`` adds a user with a role and ``PUT`` ch
 the relation); an API key's token is never returned.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security

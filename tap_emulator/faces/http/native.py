@@ -7,8 +7,6 @@ face, this is the bench's own port (bound to 127.0.0.1 by default). Errors are `
 with a plain HTTP status; rules live in the core.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Annotated, Any
 

@@ -7,8 +7,6 @@ credentials 403/1010005, the throttle 403/1010009, an internal error 500/50252. 
 ``pageNo`` (from 0) and ``pageSize`` (1-500, default 1) over the core's keyset pages.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -8,8 +8,6 @@ it). Errors are ``{error_code, error_msg, request_id}``: 400 ``SCB.00000000`` fo
 the seed is silent).
 """
 
-from __future__ import annotations
-
 import time
 import uuid
 from dataclasses import dataclass
@@ -108,7 +106,7 @@ class GroupTree(BaseModel):
     parent_id: int
     app_id: str
     permissions: list[str]
-    children: list[GroupTree]
+    children: list["GroupTree"]
 
 
 class GroupTreeList(BaseModel):
