@@ -205,7 +205,9 @@ def render(request: Request, failure: Failure) -> Response:
         status, code = 503, "store_unavailable"
     else:
         status, code = 500, "internal_error"
-    message = failure.message if status < 500 else "the management store failed; retry later"
+    message = {503: "the management store failed; retry later", 500: "internal error"}.get(
+        status, failure.message
+    )
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
