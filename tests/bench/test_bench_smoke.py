@@ -25,6 +25,8 @@ METRICS = [
     "loop_isolation_ratio",
     "coap_rss_mb",
     "sync_lag_ratio",
+    "http_native_devices_ratio",
+    "http_seed_list_ratio",
 ]
 
 

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,8 +48,13 @@ class Process:
         assert self.popen.stdout is not None
         if not hasattr(self, "_queue"):
             self._queue: queue.Queue[str] = queue.Queue()
-            stdout = self.popen.stdout
-            threading.Thread(target=lambda: [self._queue.put(line) for line in stdout], daemon=True).start()
+            stdout, lines = self.popen.stdout, self._queue
+
+            def pump() -> None:
+                for line in stdout:
+                    lines.put(line)
+
+            threading.Thread(target=pump, daemon=True).start()
         found = []
         for _ in range(count):
             try:
@@ -71,8 +76,11 @@ class Process:
         return self.popen.wait(TIMEOUT)
 
 
+Runner = Callable[..., Process]
+
+
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[object]:
+def run(tmp_path: Path) -> Iterator[Runner]:
     started: list[Process] = []
 
     def start(*args: str) -> Process:
@@ -91,8 +99,8 @@ SERVE_HTTP = ("serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serve_announces_http_last_and_stops_cleanly(run: object, tmp_path: Path, sig: int) -> None:
-    server = run(*SERVE_HTTP, "--state", str(tmp_path / "d.sqlite3"))  # type: ignore[operator]
+def test_serve_announces_http_last_and_stops_cleanly(run: Runner, tmp_path: Path, sig: int) -> None:
+    server = run(*SERVE_HTTP, "--state", str(tmp_path / "d.sqlite3"))
     coap, http = server.lines(2)
     assert coap.startswith("listening coap udp 127.0.0.1:")
     port = server.port_of(http)
@@ -102,14 +110,14 @@ def test_serve_announces_http_last_and_stops_cleanly(run: object, tmp_path: Path
     assert "Traceback" not in server.stderr()
 
 
-def test_a_busy_http_port_exits_1_with_a_message(run: object, tmp_path: Path) -> None:
+def test_a_busy_http_port_exits_1_with_a_message(run: Runner, tmp_path: Path) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
     try:
         port = holder.getsockname()[1]
         args = [*SERVE_HTTP[:-1], f"127.0.0.1:{port}", "--state", str(tmp_path / "d.sqlite3")]
-        server = run(*args)  # type: ignore[operator]
+        server = run(*args)
         assert server.popen.wait(TIMEOUT) == 1
         assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in server.stderr()
         assert "Traceback" not in server.stderr()
@@ -125,17 +133,16 @@ def test_a_busy_http_port_exits_1_with_a_message(run: object, tmp_path: Path) ->
         (("--http", "127.0.0.1:99999"), "port must be"),
     ],
 )
-def test_bad_cloud_options_exit_2(run: object, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_bad_cloud_options_exit_2(run: Runner, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     for command in (SERVE_HTTP, ("cloud", "--store", f"sqlite:///{tmp_path}/s.sqlite3")):
-        process = (
-            run(*command, *args, "--state", ":memory:") if command is SERVE_HTTP else run(*command, *args)
-        )  # type: ignore[operator]
+        extra = ("--state", ":memory:") if command is SERVE_HTTP else ()
+        process = run(*command, *args, *extra)
         assert process.popen.wait(TIMEOUT) == 2
         assert message in process.stderr() and "Traceback" not in process.stderr()
 
 
-def test_tokens_never_reach_the_log(run: object, tmp_path: Path) -> None:
-    server = run(*SERVE_HTTP, "--state", str(tmp_path / "d.sqlite3"), "-vv")  # type: ignore[operator]
+def test_tokens_never_reach_the_log(run: Runner, tmp_path: Path) -> None:
+    server = run(*SERVE_HTTP, "--state", str(tmp_path / "d.sqlite3"), "-vv")
     port = server.port_of(server.lines(2)[1])
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         http.get("/user/groups", headers={"Authorization": "iotize-alice"}, params={"token": "query-secret"})
@@ -167,9 +174,9 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return cloud_store_urls(tmp_path, request)
 
 
-def test_two_cloud_processes_on_one_store_agree(run: object, shared_store: str) -> None:
-    first = run("cloud", "--store", shared_store, "--http", "127.0.0.1:0")  # type: ignore[operator]
-    second = run("cloud", "--store", shared_store, "--http", "127.0.0.1:0")  # type: ignore[operator]
+def test_two_cloud_processes_on_one_store_agree(run: Runner, shared_store: str) -> None:
+    first = run("cloud", "--store", shared_store, "--http", "127.0.0.1:0")
+    second = run("cloud", "--store", shared_store, "--http", "127.0.0.1:0")
     a = f"http://127.0.0.1:{first.port_of(first.lines(1)[0])}"
     b = f"http://127.0.0.1:{second.port_of(second.lines(1)[0])}"
     with httpx.Client(timeout=10) as http:
