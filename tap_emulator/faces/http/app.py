@@ -12,16 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from tap_emulator.cloud import CloudService
 from tap_emulator.state import DeviceState
 
 from .cloud_config import CloudConfig
+from .routing import Failure, FailureKind, Render
 
-__all__ = ["FACES", "CloudContext", "build_app", "face_openapi"]
+__all__ = ["CloudContext", "build_app", "face_openapi"]
 
 
 @dataclass(slots=True)
@@ -49,7 +51,17 @@ def _routers(context: CloudContext) -> dict[str, APIRouter]:
     }
 
 
-FACES = ("native", "iotize", "oceanconnect", "appservice", "roma")
+def _renderers() -> list[tuple[tuple[str, ...], Render]]:
+    """Each face's path prefixes and error renderer, for requests no route of the face matched."""
+    from . import appservice, iotize, native, oceanconnect, roma
+
+    return [
+        (native.PATH_PREFIXES, native.render),
+        (iotize.PATH_PREFIXES, iotize.render),
+        (oceanconnect.PATH_PREFIXES, oceanconnect.render),
+        (appservice.PATH_PREFIXES, appservice.render),
+        (roma.PATH_PREFIXES, roma.render),
+    ]
 
 
 def face_openapi(app: FastAPI, router: APIRouter, face: str) -> dict[str, Any]:
@@ -71,6 +83,18 @@ def build_app(context: CloudContext) -> FastAPI:
         redoc_url=None,
     )
     routers = _routers(context)
+    renderers = _renderers()
+
+    async def unrouted(request: Request, error: Exception) -> Response:
+        """A path or method no route serves: under a face's paths, that face's error; else plain JSON."""
+        assert isinstance(error, HTTPException)
+        path = request.url.path
+        for prefixes, render in renderers:
+            if path.startswith(prefixes):
+                return render(request, Failure(FailureKind.INVALID, "no such path or method", error))
+        return JSONResponse({"message": str(error.detail)}, status_code=error.status_code)
+
+    app.add_exception_handler(HTTPException, unrouted)
     documents: dict[str, dict[str, Any]] = {}
     for face_router in routers.values():
         app.include_router(face_router)

@@ -38,7 +38,7 @@ from .cloud_config import AppServiceApp, CloudConfig
 from .common import ID_MAX, is_cloud_error
 from .routing import FaceError, Failure, FailureKind, elapsed_ms, face_route_class
 
-__all__ = ["router", "seed_accounts", "tenant_of"]
+__all__ = ["PATH_PREFIXES", "render", "router", "seed_accounts", "tenant_of"]
 
 _BAD_CREDENTIALS = "INVALID_APP_KEY"
 _INVALID = "INVALID_PARAMETER"
@@ -70,6 +70,9 @@ def _symbol(error: BaseException | None) -> str:
         if isinstance(error, kind):
             return symbol
     return _INVALID
+
+
+PATH_PREFIXES = ("/device-groups",)  # paths this face answers, even where no route matches
 
 
 def render(request: Request, failure: Failure) -> Response:

@@ -37,7 +37,7 @@ from .cloud_config import CloudConfig, IotizeUser
 from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_date
 from .routing import FaceError, Failure, FailureKind, face_route_class
 
-__all__ = ["TENANT", "account_of", "router", "seed_accounts"]
+__all__ = ["PATH_PREFIXES", "TENANT", "account_of", "render", "router", "seed_accounts"]
 
 TENANT = Tenant("iotize", IOTIZE)
 _UNAUTHORIZED = "Unauthorized: the Authorization header must hold a valid access token"
@@ -51,6 +51,9 @@ def account_of(user: IotizeUser) -> Account:
 async def seed_accounts(service: CloudService, config: CloudConfig) -> None:
     for user in config.iotize_users:
         await service.ensure_account(TENANT.key, account_of(user))
+
+
+PATH_PREFIXES = ("/user/", "/group")  # paths this face answers, even where no route matches
 
 
 def render(request: Request, failure: Failure) -> Response:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from tap_emulator.cloud import (
     NATIVE,
@@ -35,7 +36,7 @@ from .app import CloudContext
 from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_timestamp
 from .routing import Failure, FailureKind, face_route_class
 
-__all__ = ["PREFIX", "router"]
+__all__ = ["PATH_PREFIXES", "PREFIX", "render", "router"]
 
 PREFIX = "/api/v1"
 TENANT = Tenant("native", NATIVE)
@@ -180,6 +181,9 @@ def _group(group: DeviceGroup) -> DeviceGroupOut:
     )
 
 
+PATH_PREFIXES = (PREFIX + "/",)  # paths this face answers, even where no route matches
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -197,7 +201,10 @@ def _status_of(error: BaseException | None) -> int:
 
 
 def render(request: Request, failure: Failure) -> Response:
-    if failure.kind is FailureKind.INVALID:
+    if isinstance(failure.error, HTTPException) and failure.error.status_code in (404, 405):
+        status = failure.error.status_code
+        code = "not_found" if status == 404 else "method_not_allowed"
+    elif failure.kind is FailureKind.INVALID:
         status, code = 400, "invalid_input"
     elif failure.kind is FailureKind.DOMAIN and isinstance(failure.error, CloudError):
         status, code = _status_of(failure.error), _snake(type(failure.error).__name__)

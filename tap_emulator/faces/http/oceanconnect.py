@@ -40,7 +40,7 @@ from .cloud_config import CloudConfig, OceanConnectApp
 from .common import ID_MAX, is_cloud_error
 from .routing import FaceError, Failure, FailureKind, face_route_class
 
-__all__ = ["BASE", "Throttle", "router", "tenant_of"]
+__all__ = ["BASE", "PATH_PREFIXES", "Throttle", "render", "router", "tenant_of"]
 
 BASE = "/iocm/app/devgroup/v1.3.0/devGroups"
 
@@ -66,6 +66,9 @@ _BUSINESS: tuple[tuple[type[Exception], str, str], ...] = (
 
 def _error(status: int, code: str, desc: str) -> JSONResponse:
     return JSONResponse({"error_code": code, "error_desc": desc}, status_code=status)
+
+
+PATH_PREFIXES = ("/iocm/",)  # paths this face answers, even where no route matches
 
 
 def render(request: Request, failure: Failure) -> Response:

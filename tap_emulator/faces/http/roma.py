@@ -33,7 +33,7 @@ from .cloud_config import CloudConfig, RomaToken
 from .common import is_cloud_error, iso_timestamp
 from .routing import FaceError, Failure, FailureKind, face_route_class
 
-__all__ = ["router", "tenant_of"]
+__all__ = ["PATH_PREFIXES", "render", "router", "tenant_of"]
 
 BASE = "/v2/{project_id}/link/instances/{instance_id}/device-groups"
 PERMISSIONS = ["read", "access", "delete", "modify"]  # what the creator holds (the seed's example)
@@ -55,6 +55,9 @@ def _request_id() -> str:
 def _error(status: int, code: str, message: str) -> JSONResponse:
     body = {"error_code": code, "error_msg": message[:200], "request_id": _request_id()}
     return JSONResponse(body, status_code=status)
+
+
+PATH_PREFIXES = ("/v2/",)  # paths this face answers, even where no route matches
 
 
 def render(request: Request, failure: Failure) -> Response:

@@ -32,6 +32,7 @@ __all__ = [
     "FaceError",
     "Failure",
     "FailureKind",
+    "Render",
     "elapsed_ms",
     "face_route_class",
     "validation_message",
