@@ -34,7 +34,7 @@ from tap_emulator.cloud import Device as DeviceRecord
 
 from .app import CloudContext
 from .cloud_config import CloudConfig, IotizeUser
-from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_date
+from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_date, json_response
 from .routing import FaceError, Failure, FailureKind, face_route_class
 
 __all__ = ["PATH_PREFIXES", "TENANT", "account_of", "render", "router", "seed_accounts"]
@@ -268,7 +268,7 @@ def _api_key(key: ApiKey) -> ExternalApiKeyOut:
 
 
 def _page_token(next_cursor: str | None) -> dict[str, str]:
-    """The last page carries no nextToken at all."""
+    """The last page carries no nextToken at all (dumped with exclude_unset)."""
     return {} if next_cursor is None else {"nextToken": next_cursor}
 
 
@@ -293,11 +293,13 @@ def router(context: CloudContext) -> APIRouter:
     User = Annotated[IotizeUser, Depends(current_user)]
     api = APIRouter(tags=["iotize"], route_class=face_route_class(render, is_cloud_error), responses=_ERRORS)
 
-    @api.get("/user/groups", response_model=GroupConnection, response_model_exclude_none=True)
-    async def user_groups(user: User, limit: Limit = 100, nextToken: NextToken = None) -> JSONResponse:
+    @api.get("/user/groups", response_model=GroupConnection, response_model_exclude_unset=True)
+    async def user_groups(user: User, limit: Limit = 100, nextToken: NextToken = None) -> Response:
         page = await service.list_user_groups(TENANT, user.email, limit=limit, cursor=nextToken)
-        items = [_group(g).model_dump() for g in page.items]
-        return JSONResponse({"items": items, **_page_token(page.next_cursor)})
+        items = [_group(g) for g in page.items]
+        return json_response(
+            GroupConnection(items=items, **_page_token(page.next_cursor)), exclude_unset=True
+        )
 
     @api.get("/group", response_model=list[GroupOut])
     async def get_group(user: User, groupId: GroupIdQuery) -> list[GroupOut]:
@@ -382,30 +384,32 @@ def router(context: CloudContext) -> APIRouter:
         await service.remove_user(groupId, userId or None, user.email, TENANT)
         return GenericReturnBoolean(message="user removed from the group", value=True)
 
-    @api.get("/group/devices", response_model=DeviceConnection, response_model_exclude_none=True)
+    @api.get("/group/devices", response_model=DeviceConnection, response_model_exclude_unset=True)
     async def group_devices(
         user: User,
         groupId: GroupIdQuery,
         limit: Limit = 100,
         nextToken: NextToken = None,
-    ) -> JSONResponse:
+    ) -> Response:
         page = await service.list_members(groupId, TENANT, limit=limit, cursor=nextToken)
-        items = [_device(d, groupId).model_dump() for d in page.items]
-        return JSONResponse({"items": items, **_page_token(page.next_cursor)})
+        items = [_device(d, groupId) for d in page.items]
+        return json_response(
+            DeviceConnection(items=items, **_page_token(page.next_cursor)), exclude_unset=True
+        )
 
-    @api.get("/group/roles", response_model=RoleConnection, response_model_exclude_none=True)
-    async def group_roles(user: User, limit: Limit = 100, nextToken: NextToken = None) -> JSONResponse:
+    @api.get("/group/roles", response_model=RoleConnection, response_model_exclude_unset=True)
+    async def group_roles(user: User, limit: Limit = 100, nextToken: NextToken = None) -> Response:
         page = await service.list_roles(TENANT, limit=limit, cursor=nextToken)
-        items = [_role(r).model_dump() for r in page.items]
-        return JSONResponse({"items": items, **_page_token(page.next_cursor)})
+        items = [_role(r) for r in page.items]
+        return json_response(RoleConnection(items=items, **_page_token(page.next_cursor)), exclude_unset=True)
 
-    @api.get("/group/users", response_model=UserConnection, response_model_exclude_none=True)
+    @api.get("/group/users", response_model=UserConnection, response_model_exclude_unset=True)
     async def group_users(
         user: User,
         groupId: GroupIdQuery,
         limit: Limit = 100,
         nextToken: NextToken = None,
-    ) -> JSONResponse:
+    ) -> Response:
         page = await service.list_group_users(groupId, TENANT, limit=limit, cursor=nextToken)
         items = [
             PublicUser(
@@ -416,9 +420,9 @@ def router(context: CloudContext) -> APIRouter:
                 lastName=relation.account.last_name,
                 createdAt=iso_date(relation.account.created_at),
                 role=_role(relation.role),
-            ).model_dump()
+            )
             for relation in page.items
         ]
-        return JSONResponse({"items": items, **_page_token(page.next_cursor)})
+        return json_response(UserConnection(items=items, **_page_token(page.next_cursor)), exclude_unset=True)
 
     return api

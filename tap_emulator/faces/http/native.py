@@ -33,7 +33,7 @@ from tap_emulator.state.outbox import backlog_status
 from tap_emulator.store import StoreError
 
 from .app import CloudContext
-from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_timestamp
+from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_timestamp, json_response
 from .routing import Failure, FailureKind, face_route_class
 
 __all__ = ["PATH_PREFIXES", "PREFIX", "render", "router"]
@@ -239,9 +239,9 @@ def router(context: CloudContext) -> APIRouter:
     )
 
     @api.get("/devices", response_model=DevicePage, summary="Every device that synced")
-    async def list_devices(limit: Limit = 100, cursor: Cursor = None) -> DevicePage:
+    async def list_devices(limit: Limit = 100, cursor: Cursor = None) -> Response:
         page = await service.list_devices(limit=limit, cursor=cursor)
-        return DevicePage(items=[_device(d) for d in page.items], next_cursor=page.next_cursor)
+        return json_response(DevicePage(items=[_device(d) for d in page.items], next_cursor=page.next_cursor))
 
     @api.get("/devices/{serial}", response_model=DeviceDetailOut, summary="A device with its access groups")
     async def get_device(serial: SerialPath) -> DeviceDetailOut:
@@ -290,9 +290,11 @@ def router(context: CloudContext) -> APIRouter:
         )
 
     @api.get("/device-groups", response_model=DeviceGroupPage, summary="Every device group, any face's")
-    async def list_groups(limit: Limit = 100, cursor: Cursor = None) -> DeviceGroupPage:
+    async def list_groups(limit: Limit = 100, cursor: Cursor = None) -> Response:
         page = await service.list_groups(None, limit=limit, cursor=cursor)
-        return DeviceGroupPage(items=[_group(g) for g in page.items], next_cursor=page.next_cursor)
+        return json_response(
+            DeviceGroupPage(items=[_group(g) for g in page.items], next_cursor=page.next_cursor)
+        )
 
     @api.post(
         "/device-groups", response_model=DeviceGroupOut, status_code=201, summary="Create a device group"
@@ -335,9 +337,9 @@ def router(context: CloudContext) -> APIRouter:
         return Response(status_code=204)
 
     @api.get("/device-groups/{group_id}/devices", response_model=DevicePage, summary="Devices of a group")
-    async def list_members(group_id: GroupIdPath, limit: Limit = 100, cursor: Cursor = None) -> DevicePage:
+    async def list_members(group_id: GroupIdPath, limit: Limit = 100, cursor: Cursor = None) -> Response:
         page = await service.list_members(group_id, limit=limit, cursor=cursor)
-        return DevicePage(items=[_device(d) for d in page.items], next_cursor=page.next_cursor)
+        return json_response(DevicePage(items=[_device(d) for d in page.items], next_cursor=page.next_cursor))
 
     @api.put(
         "/device-groups/{group_id}/devices/{serial}",
