@@ -162,7 +162,7 @@ def router(context: CloudContext) -> APIRouter:
     service = context.service
     config = context.config
 
-    def current_app(
+    async def current_app(
         app_id: Annotated[str | None, Security(_app_id)], app_key: Annotated[str | None, Security(_app_key)]
     ) -> Tenant:
         app = config.appservice_app(app_id, app_key)

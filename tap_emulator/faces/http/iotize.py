@@ -284,7 +284,7 @@ def router(context: CloudContext) -> APIRouter:
     service = context.service
     config = context.config
 
-    def current_user(token: Annotated[str | None, Security(_token_header)]) -> IotizeUser:
+    async def current_user(token: Annotated[str | None, Security(_token_header)]) -> IotizeUser:
         user = config.iotize_user(token)
         if user is None:
             raise FaceError("unauthorized", _UNAUTHORIZED)

@@ -8,7 +8,7 @@ credentials 403/1010005, the throttle 403/1010009, an internal error 500/50252. 
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -203,8 +203,8 @@ AccessAppId = Annotated[str | None, Query(max_length=ID_MAX)]
 DevGroupId = Annotated[str, Path(min_length=1, max_length=50)]
 
 
-def caller_dependency(config: CloudConfig, throttle: Throttle) -> Callable[..., Caller]:
-    def caller(
+def caller_dependency(config: CloudConfig, throttle: Throttle) -> Callable[..., Awaitable[Caller]]:
+    async def caller(
         app_key: Annotated[str | None, Security(_app_key)],
         authorization: Annotated[str | None, Security(_bearer)],
         accessAppId: AccessAppId = None,

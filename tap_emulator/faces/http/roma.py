@@ -193,7 +193,7 @@ def router(context: CloudContext) -> APIRouter:
     service = context.service
     config = context.config
 
-    def caller(
+    async def caller(
         project_id: ProjectId, instance_id: InstanceId, token: Annotated[str | None, Security(_token)]
     ) -> Caller:
         known = config.roma_token(token)
