@@ -297,6 +297,12 @@ class CloudOnly:
         from tap_emulator.faces.http import start_cloud
         from tap_emulator.store import redact_url
 
+        if self.store_url.lower().startswith("sqlite://"):
+            from tap_emulator.store.urls import sqlite_path
+
+            path = sqlite_path(self.store_url)
+            if path != MEMORY:  # like serve's state directory, the store's is created when missing
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
         cloud = await start_cloud(self.store_url, self.http.host, self.http.port, self.config)
         self._close = cloud.close
         self.http_address = cloud.address

@@ -161,6 +161,14 @@ def test_tokens_never_reach_the_log(run: Runner, tmp_path: Path) -> None:
         assert secret not in log
 
 
+def test_cloud_defaults_to_the_store_serve_writes(run: Runner, tmp_path: Path) -> None:
+    cloud = run("cloud", "--http", "127.0.0.1:0")
+    port = cloud.port_of(cloud.lines(1)[0])
+    assert httpx.get(f"http://127.0.0.1:{port}/api/v1/devices", timeout=10).json()["items"] == []
+    assert (tmp_path / "state" / "management-store.sqlite3").exists()
+    assert cloud.stop() == 0
+
+
 def cloud_store_urls(tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/shared.sqlite3"
