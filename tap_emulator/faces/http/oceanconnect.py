@@ -242,7 +242,7 @@ def router(context: CloudContext) -> APIRouter:
         responses=_ERRORS,
     )
 
-    @api.post("", response_model=DevGroupOut, summary="Create a device group")
+    @api.post("", response_model=DevGroupOut | ErrorOut, summary="Create a device group")
     async def create(caller: CallerDep, body: DevGroupCreate) -> DevGroupOut:
         tenant = tenant_of(_acting_for(config, caller.app, body.appId)) if body.appId else caller.tenant
         draft = GroupDraft(
@@ -252,7 +252,7 @@ def router(context: CloudContext) -> APIRouter:
         )
         return _group(await service.create_group(tenant, tenant.key, draft, caller.app.app_id))
 
-    @api.get("", response_model=DevGroupPage, summary="Query device groups")
+    @api.get("", response_model=DevGroupPage | ErrorOut, summary="Query device groups")
     async def query(
         caller: CallerDep,
         pageNo: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
@@ -265,11 +265,11 @@ def router(context: CloudContext) -> APIRouter:
             totalCount=total, pageNo=pageNo, pageSize=pageSize, list=[_group(g) for g in groups]
         )
 
-    @api.get("/{devGroupId}", response_model=DevGroupOut, summary="Query one device group")
+    @api.get("/{devGroupId}", response_model=DevGroupOut | ErrorOut, summary="Query one device group")
     async def get(caller: CallerDep, devGroupId: DevGroupId) -> DevGroupOut:
         return _group(await service.get_group(devGroupId, caller.tenant))
 
-    @api.put("/{devGroupId}", response_model=DevGroupOut, summary="Modify a device group")
+    @api.put("/{devGroupId}", response_model=DevGroupOut | ErrorOut, summary="Modify a device group")
     async def modify(caller: CallerDep, devGroupId: DevGroupId, body: DevGroupModify) -> DevGroupOut:
         max_devices = _max_devices(body.maxDevNum)
         changes = GroupChanges(
@@ -279,7 +279,12 @@ def router(context: CloudContext) -> APIRouter:
         )
         return _group(await service.update_group(devGroupId, changes, caller.app.app_id, caller.tenant))
 
-    @api.delete("/{devGroupId}", status_code=204, summary="Delete a device group")
+    @api.delete(
+        "/{devGroupId}",
+        status_code=204,
+        summary="Delete a device group",
+        responses={200: {"model": ErrorOut, "description": "a business error (HTTP 200, as the seed's)"}},
+    )
     async def delete(caller: CallerDep, devGroupId: DevGroupId) -> Response:
         await service.delete_group(devGroupId, caller.app.app_id, caller.tenant)
         return Response(status_code=204)
