@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from .conftest import APP_SERVICE, IOTIZE_ALICE, OC_APP_1, ROMA_TOKEN
 
 REPO = Path(__file__).resolve().parents[3]
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 25
 pytestmark = pytest.mark.timeout(300)
 
 CREDENTIALS: dict[str, dict[str, str]] = {
