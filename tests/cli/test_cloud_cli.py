@@ -110,6 +110,17 @@ def test_serve_announces_http_last_and_stops_cleanly(run: Runner, tmp_path: Path
     assert "Traceback" not in server.stderr()
 
 
+def test_the_http_face_is_on_by_default_at_8080_and_off_turns_it_off() -> None:
+    from tap_emulator.app import Endpoint, ServeOptions
+    from tap_emulator.cli import _build_parser
+
+    assert ServeOptions().http == Endpoint("127.0.0.1", 8080)
+    parser = _build_parser()
+    assert parser.parse_args(["serve"]).http == Endpoint("127.0.0.1", 8080)
+    assert parser.parse_args(["serve", "--http", "off"]).http is None
+    assert parser.parse_args(["cloud", "--http", ":0"]).http == Endpoint("127.0.0.1", 0)
+
+
 def test_a_busy_http_port_exits_1_with_a_message(run: Runner, tmp_path: Path) -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

@@ -9,9 +9,10 @@ stopped; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -72,12 +73,14 @@ class Cloud:
             await context.shutdown()
 
 
-async def wait_for(client: httpx.AsyncClient, path: str, ready: object = None) -> httpx.Response:
+async def wait_for(
+    client: httpx.AsyncClient, path: str, ready: Callable[[Any], bool] | None = None
+) -> httpx.Response:
     """GET ``path`` until it answers 200 (and ``ready(json)`` holds, when given), within SYNC_TIMEOUT."""
     deadline = asyncio.get_running_loop().time() + SYNC_TIMEOUT
     while True:
         response = await client.get(path)
-        if response.status_code == 200 and (ready is None or ready(response.json())):  # type: ignore[operator]
+        if response.status_code == 200 and (ready is None or ready(response.json())):
             return response
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{path} not ready in time: {response.status_code} {response.text[:200]}")
