@@ -8,7 +8,7 @@ a live page) is one more router given to the same app, with no change to the oth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,16 +99,18 @@ def build_app(context: CloudContext) -> FastAPI:
     for face_router in routers.values():
         app.include_router(face_router)
 
-    def face_document(face: str) -> JSONResponse:
-        if face not in documents:
-            documents[face] = face_openapi(app, routers[face], face)
-        return JSONResponse(documents[face])
+    def document_route(face: str) -> Callable[[], JSONResponse]:
+        """The route serving one face's document (built once, on first use); it takes no parameter."""
+
+        def document() -> JSONResponse:
+            if face not in documents:
+                documents[face] = face_openapi(app, routers[face], face)
+            return JSONResponse(documents[face])
+
+        return document
 
     for face in routers:
         app.add_api_route(
-            f"/openapi/{face}.json",
-            lambda face=face: face_document(face),
-            methods=["GET"],
-            include_in_schema=False,
+            f"/openapi/{face}.json", document_route(face), methods=["GET"], include_in_schema=False
         )
     return app

@@ -30,3 +30,23 @@ async def test_unrouted_requests_get_the_faces_error(
 async def test_other_paths_get_plain_json(cloud: Cloud) -> None:
     response = await cloud.http.get("/elsewhere")
     assert response.status_code == 404 and response.json() == {"message": "Not Found"}
+
+
+async def test_each_face_publishes_its_own_openapi_document(cloud: Cloud) -> None:
+    from tap_emulator.faces.http import appservice, iotize, native, oceanconnect, roma
+
+    whole = (await cloud.http.get("/openapi.json")).json()
+    seen: set[str] = set()
+    for face, module in [
+        ("native", native),
+        ("iotize", iotize),
+        ("oceanconnect", oceanconnect),
+        ("appservice", appservice),
+        ("roma", roma),
+    ]:
+        # The document route takes no parameter: a query string changes nothing.
+        document = (await cloud.http.get(f"/openapi/{face}.json", params={"face": "bogus"})).json()
+        paths = set(document["paths"])
+        assert paths and all(path.startswith(module.PATH_PREFIXES) for path in paths), (face, paths)
+        seen |= paths
+    assert seen == set(whole["paths"])
