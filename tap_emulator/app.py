@@ -202,8 +202,7 @@ class Emulator:
 
         if self.options.tcp is None and self.options.ws is None:
             return
-        faces = (self.options.tcp is not None) + (self.options.ws is not None)
-        limits, warning = fit_to_file_limit(self.options.connections, faces)
+        limits, warning = fit_to_file_limit(self.options.connections, self._faces_sharing_descriptors())
         if warning:
             log.warning("%s", warning)
         security = self.profile.security
@@ -224,18 +223,25 @@ class Emulator:
             self._closers.append(ws.close)
             self.ws_address = ws.address
 
+    def _faces_sharing_descriptors(self) -> int:
+        """The TCP faces whose connections share the process's file limit (Tap TCP, WebSocket, HTTP)."""
+        return sum(face is not None for face in (self.options.tcp, self.options.ws, self.options.http))
+
     async def _start_http(self, tree: DeviceTree, state_path: str) -> None:
         """The emulated cloud over the store this device syncs to (a private one when it syncs to none)."""
         from tap_emulator.faces.http import start_cloud
 
         if self.options.http is None or self.cloud_config is None:
             return
+        # The HTTP face gets the default per-face share of the file limit, as each Tap face does.
+        limits, _ = fit_to_file_limit(ConnectionLimits(), self._faces_sharing_descriptors())
         cloud = await start_cloud(
             store_url_for(self.options.store, state_path),
             self.options.http.host,
             self.options.http.port,
             self.cloud_config,
             local_devices={tree.serial_number: tree.state},
+            max_connections=limits.max_connections or 1,
         )
         self._closers.append(cloud.close)
         self.http_address = cloud.address

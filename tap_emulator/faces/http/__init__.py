@@ -18,7 +18,7 @@ from tap_emulator.store.cloud import CloudStore
 
 from .app import CloudContext, build_app
 from .cloud_config import CloudConfig, load_cloud_config
-from .server import HttpServer, start_http_server
+from .server import DEFAULT_MAX_CONNECTIONS, HttpServer, start_http_server
 
 __all__ = [
     "PRIVATE_STORE",
@@ -69,6 +69,7 @@ async def start_cloud(
     config: CloudConfig,
     *,
     local_devices: Mapping[str, DeviceState] | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> CloudServer:
     """Open the store at ``store_url`` (a private in-memory one for None) and serve every HTTP face.
 
@@ -78,7 +79,7 @@ async def start_cloud(
     try:
         service = await open_cloud_service(store, config)
         app = build_app(CloudContext(service, config, dict(local_devices or {})))
-        server = await start_http_server(app, host, port)
+        server = await start_http_server(app, host, port, max_connections=max_connections)
     except BaseException:
         await store.close()
         raise

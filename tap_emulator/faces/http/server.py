@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "BODY_TOO_LARGE",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
     "BodyLimit",
     "BodyTooLarge",
     "HttpServer",
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024  # bytes; the largest seed request (a share batch) is far below this
 BODY_TOO_LARGE = "tap_emulator.body_too_large"  # scope key set when a body went past the limit
-_MAX_CONNECTIONS = 512  # connections plus in-flight requests; uvicorn answers 503 past it
+DEFAULT_MAX_CONNECTIONS = 256  # connections plus in-flight requests; uvicorn answers 503 past it
 _GRACEFUL_SHUTDOWN = 3.0  # seconds in-flight requests get once a stop is asked for
 _KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection is kept
 _MAX_HEADER_BYTES = 16 * 1024
@@ -140,7 +141,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 async def start_http_server(
-    app: ASGIApp, host: str, port: int, *, max_body: int = DEFAULT_MAX_BODY
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> HttpServer:
     """Serve ``app`` on host:port in the running loop; raises OSError (EADDRINUSE ...) naming the address."""
     sock = _bind(host, port)
@@ -152,7 +158,7 @@ async def start_http_server(
         lifespan="off",
         server_header=False,
         proxy_headers=False,
-        limit_concurrency=_MAX_CONNECTIONS,
+        limit_concurrency=max_connections,
         timeout_keep_alive=int(_KEEP_ALIVE),
         timeout_graceful_shutdown=int(_GRACEFUL_SHUTDOWN),
         h11_max_incomplete_event_size=_MAX_HEADER_BYTES,

@@ -152,3 +152,21 @@ async def test_close_lets_a_request_in_flight_finish() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(timeout=2) as client:
             await client.get(url(running, "/slow"))
+
+
+async def test_connections_past_the_cap_are_turned_away() -> None:
+    release = asyncio.Event()
+    # uvicorn counts the arriving connection too: a cap of 3 serves two at once and turns the third away.
+    running = await start_http_server(make_app(release), "127.0.0.1", 0, max_connections=3)
+    try:
+        async with httpx.AsyncClient(timeout=10) as first, httpx.AsyncClient(timeout=10) as second:
+            held = [asyncio.create_task(c.get(url(running, "/slow"))) for c in (first, second)]
+            await asyncio.sleep(0.3)
+            async with httpx.AsyncClient(timeout=10) as third:
+                refused = await third.get(url(running, "/slow"))
+            assert refused.status_code == 503
+            release.set()
+            assert [(await task).status_code for task in held] == [200, 200]
+    finally:
+        release.set()
+        await running.close()
