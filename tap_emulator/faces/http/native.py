@@ -221,6 +221,8 @@ def render(request: Request, failure: Failure) -> Response:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "invalid input"},
     404: {"model": ErrorOut, "description": "not found"},
+    409: {"model": ErrorOut, "description": "refused by the current state (a cycle, a full group)"},
+    503: {"model": ErrorOut, "description": "the management store is unreachable"},
 }
 
 SerialPath = Annotated[str, Path(min_length=1, max_length=64)]
@@ -345,7 +347,6 @@ def router(context: CloudContext) -> APIRouter:
         "/device-groups/{group_id}/devices/{serial}",
         response_model=MemberOut,
         summary="Put a device in a group (refused past its capacity)",
-        responses={409: {"model": ErrorOut, "description": "the group is full"}},
     )
     async def add_member(group_id: GroupIdPath, serial: SerialPath) -> MemberOut:
         member = await service.add_member(group_id, serial, ACTOR)
