@@ -123,5 +123,7 @@ def emulator_server(*extra: str, coap: bool = True, tap: bool = False) -> list[s
         "127.0.0.1:0" if tap else "off",
         "--ws",
         "off",
+        "--http",
+        "off",
     ]
     return ["-m", "tap_emulator", "serve", *faces, "-q", *extra]

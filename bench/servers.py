@@ -3,7 +3,9 @@
 - ``aiocoap``: a bare aiocoap server, one resource at ``/1025/0/0`` in a ``Site``, on aiocoap's default
   UDP transport (``udp6``), the way an aiocoap user would write it;
 - ``echo``: a plain asyncio TCP server that answers every Lc-framed Tap request with one fixed Tap
-  response, i.e. the same bytes the emulator would send, with no work in between.
+  response, i.e. the same bytes the emulator would send, with no work in between;
+- ``fastapi``: a bare FastAPI app on uvicorn (h11, no access log, like the emulator's HTTP face) with
+  one GET route per ``--route PATH=FILE`` answering that file's JSON bytes.
 """
 
 from __future__ import annotations
@@ -99,10 +101,44 @@ async def serve_echo() -> None:
         await server.wait_closed()
 
 
+async def serve_bare_fastapi(routes: dict[str, bytes]) -> None:
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI, Response
+
+    app = FastAPI()
+    for path, body in routes.items():
+
+        async def answer(body: bytes = body) -> Response:
+            return Response(content=body, media_type="application/json")
+
+        app.add_api_route(path, answer, methods=["GET"])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so asyncio sets NODELAY
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    print(f"listening http 127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    await serving  # uvicorn handles SIGINT and SIGTERM itself here
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("kind", choices=["aiocoap", "echo"])
+    parser.add_argument("kind", choices=["aiocoap", "echo", "fastapi"])
+    parser.add_argument("--route", action="append", default=[], metavar="PATH=FILE", help="fastapi only")
     args = parser.parse_args(argv)
+    if args.kind == "fastapi":
+        routes = {}
+        for route in args.route:
+            path, _, file = route.partition("=")
+            with open(file, "rb") as body:
+                routes[path] = body.read()
+        asyncio.run(serve_bare_fastapi(routes))
+        return 0
     runner = serve_bare_aiocoap if args.kind == "aiocoap" else serve_echo
     asyncio.run(runner())
     return 0

@@ -11,9 +11,10 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
@@ -23,7 +24,11 @@ from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
+if TYPE_CHECKING:
+    from tap_emulator.faces.http.cloud_config import CloudConfig
+
 __all__ = [
+    "CloudOnly",
     "CoapAccess",
     "Emulator",
     "Endpoint",
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 COAP_PORT = 5683  # RFC 7252
 TAP_TCP_PORT = 2000  # what a Wi-Fi TapNLink listens on
 TAP_WS_PORT = 2001
+HTTP_PORT = 8080  # the emulated cloud: native API and seed faces
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,8 @@ class ServeOptions:
     ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_WS_PORT))  # over WebSocket
     trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
+    http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
+    cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
 
 
 def open_device(
@@ -178,10 +186,16 @@ class Emulator:
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile
+        self.cloud_config: CloudConfig | None = None
+        if options.http is not None:
+            from tap_emulator.faces.http import load_cloud_config
+
+            self.cloud_config = load_cloud_config(options.cloud_config)
         self.tree: DeviceTree | None = None
         self.coap_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self._closers: list[Callable[[], object]] = []
 
@@ -204,6 +218,7 @@ class Emulator:
             if self.options.coap is not None:
                 await self._start_coap(tree, self.options.coap)
             await self._start_tap_faces(tree)
+            await self._start_http(tree, state_path)
         except BaseException:
             await self.stop()
             raise
@@ -212,6 +227,7 @@ class Emulator:
             ("coap udp", self.coap_address),
             ("tcp", self.tcp_address),
             ("ws", self.ws_address),
+            ("http", self.http_address),
         ):
             if address is not None:
                 self.announce(f"listening {kind} {format_address(address)}")
@@ -255,8 +271,7 @@ class Emulator:
 
         if self.options.tcp is None and self.options.ws is None:
             return
-        faces = (self.options.tcp is not None) + (self.options.ws is not None)
-        limits, warning = fit_to_file_limit(self.options.connections, faces)
+        limits, warning = fit_to_file_limit(self.options.connections, self._faces_sharing_descriptors())
         if warning:
             log.warning("%s", warning)
         security = self.profile.security
@@ -277,6 +292,29 @@ class Emulator:
             ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port, limits)
             self._closers.append(ws.close)
             self.ws_address = ws.address
+
+    def _faces_sharing_descriptors(self) -> int:
+        """The TCP faces whose connections share the process's file limit (Tap TCP, WebSocket, HTTP)."""
+        return sum(face is not None for face in (self.options.tcp, self.options.ws, self.options.http))
+
+    async def _start_http(self, tree: DeviceTree, state_path: str) -> None:
+        """The emulated cloud over the store this device syncs to (a private one when it syncs to none)."""
+        from tap_emulator.faces.http import start_cloud
+
+        if self.options.http is None or self.cloud_config is None:
+            return
+        # The HTTP face gets the default per-face share of the file limit, as each Tap face does.
+        limits, _ = fit_to_file_limit(ConnectionLimits(), self._faces_sharing_descriptors())
+        cloud = await start_cloud(
+            store_url_for(self.options.store, state_path),
+            self.options.http.host,
+            self.options.http.port,
+            self.cloud_config,
+            local_devices={tree.serial_number: tree.state},
+            max_connections=limits.max_connections or 1,
+        )
+        self._closers.append(cloud.close)
+        self.http_address = cloud.address
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
@@ -304,3 +342,50 @@ class Emulator:
                     await result
             except Exception:
                 log.exception("error while stopping")
+
+
+class CloudOnly:
+    """``tap-emulator cloud``: the HTTP faces over a shared store, with no device of its own.
+
+    Several of these on one PostgreSQL store agree, since every rule runs in the store's transactions.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        http: Endpoint,
+        cloud_config: str | None = None,
+        *,
+        announce: Callable[[str], None] = print,
+    ) -> None:
+        from tap_emulator.faces.http import load_cloud_config
+        from tap_emulator.sync import check_store_url
+
+        check_store_url(store_url)
+        self.store_url = store_url
+        self.http = http
+        self.config = load_cloud_config(cloud_config)
+        self.announce = announce
+        self.http_address: tuple[str, int] | None = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        from tap_emulator.faces.http import start_cloud
+        from tap_emulator.store import redact_url
+
+        if self.store_url.lower().startswith("sqlite://"):
+            from tap_emulator.store.urls import sqlite_path
+
+            path = sqlite_path(self.store_url)
+            if path != MEMORY:  # like serve's state directory, the store's is created when missing
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        cloud = await start_cloud(self.store_url, self.http.host, self.http.port, self.config)
+        self._close = cloud.close
+        self.http_address = cloud.address
+        self.announce(f"listening http {format_address(cloud.address)}")
+        log.info("cloud up over the management store %s", redact_url(self.store_url))
+
+    async def stop(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            await close()

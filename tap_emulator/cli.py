@@ -1,4 +1,4 @@
-"""Command line: ``tap-emulator serve | reset | store show | store status``.
+"""Command line: ``tap-emulator serve | cloud | reset | store show | store status``.
 
 ``main(argv) -> int`` so tests call it in-process; every user error is one line on stderr and a
 non-zero exit (2 for bad usage or configuration, 1 for a runtime failure such as a busy port).
@@ -13,11 +13,14 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from tap_emulator.app import (
     COAP_PORT,
+    HTTP_PORT,
     TAP_TCP_PORT,
     TAP_WS_PORT,
+    CloudOnly,
     CoapAccess,
     Emulator,
     Endpoint,
@@ -32,6 +35,7 @@ from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
 from tap_emulator.store import StoreError
+from tap_emulator.sync import DEFAULT_STORE_NAME
 from tap_emulator.sync.commands import CommandError, add_store_commands, run_store_command
 
 __all__ = ["main"]
@@ -185,6 +189,34 @@ def _build_parser() -> argparse.ArgumentParser:
         help="management store the group changes are synced to: sqlite:///PATH, postgresql://... or "
         "'off' (default: management-store.sqlite3 beside the state file; off with --state :memory:)",
     )
+
+    def cloud_options(p: argparse.ArgumentParser, http_default: Endpoint | None) -> None:
+        p.add_argument(
+            "--http",
+            type=_endpoint(HTTP_PORT),
+            default=http_default,
+            metavar="HOST:PORT",
+            help="HTTP endpoint of the emulated cloud: native API and seed faces "
+            "(default 127.0.0.1:8080; port 0 picks one; 'off' disables, serve only)",
+        )
+        p.add_argument(
+            "--cloud-config",
+            default=None,
+            metavar="PATH",
+            help="credentials and tenants of the seed faces (default: resources/cloud/default.toml)",
+        )
+
+    cloud_options(serve, DEFAULTS.http)
+    cloud = commands.add_parser("cloud", help="serve the emulated cloud over a shared management store")
+    cloud.add_argument(
+        "--store",
+        default=f"sqlite:///state/{DEFAULT_STORE_NAME}",
+        metavar="URL",
+        help=f"management store: sqlite:///PATH or postgresql://... (default sqlite:///state/{DEFAULT_STORE_NAME})",
+    )
+    cloud_options(cloud, Endpoint("127.0.0.1", HTTP_PORT))
+    cloud.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
+    cloud.add_argument("-q", "--quiet", action="store_true", help="only errors")
     reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
     common(reset)
     add_store_commands(commands, common)
@@ -199,10 +231,21 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     if verbose < 2:
         # aiocoap warns once per malformed datagram; a flood of junk would flood the log. -vv shows them.
         logging.getLogger("coap-server").setLevel(logging.ERROR)
+        # uvicorn warns once per malformed HTTP request ("Invalid HTTP request received."): same reason.
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+
+
+class _Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 async def _serve(options: ServeOptions) -> int:
-    emulator = Emulator(options, announce=lambda line: print(line, flush=True))
+    return await _run_until_signal(Emulator(options, announce=lambda line: print(line, flush=True)))
+
+
+async def _run_until_signal(emulator: _Service) -> int:
+    """Start, wait for SIGINT or SIGTERM, stop; a start that fails on an address is exit 1."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -258,10 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     idle_timeout=args.idle_timeout,
                     keepalive=LIMITS.keepalive,
                 ),
+                http=args.http,
+                cloud_config=args.cloud_config,
             )
             if args.trace:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)
             return asyncio.run(_serve(options))
+        if args.command == "cloud":
+            if args.http is None:
+                print("tap-emulator: cloud needs an --http address", file=sys.stderr)
+                return EXIT_USAGE
+            cloud = CloudOnly(
+                args.store, args.http, args.cloud_config, announce=lambda line: print(line, flush=True)
+            )
+            return asyncio.run(_run_until_signal(cloud))
         if args.command == "reset":
             return _reset(args)
         if args.command == "store":

@@ -19,8 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST_TIMEOUT = 5.0
-# Serve only CoAP on a free port, so tests never collide with the Tap face's fixed default ports.
-ONLY_COAP = ("--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off")
+# Serve only CoAP on a free port, so tests never collide with the fixed default ports of the other faces.
+ONLY_COAP = ("--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off")
 
 
 @dataclass
@@ -64,6 +64,7 @@ async def emulator(tmp_path: Path) -> AsyncIterator[object]:
             coap=Endpoint("127.0.0.1", 0),
             tcp=None,
             ws=None,
+            http=None,
             store="off",
         ),
         announce=lambda _line: None,

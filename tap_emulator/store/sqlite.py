@@ -73,8 +73,10 @@ class _SqliteTransaction:
         self._store = store
 
     async def rows(self, text: str, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
-        connection = self._store._connection
-        return await self._store._on_thread(lambda: connection.execute(DIALECT.sql(text), params).fetchall())
+        store = self._store
+        return await store._on_thread(
+            lambda: store._open_connection.execute(DIALECT.sql(text), params).fetchall()
+        )
 
 
 class SqliteStore(schema.StoreReads, CloudOperations):
@@ -137,19 +139,24 @@ class SqliteStore(schema.StoreReads, CloudOperations):
         """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry), or
         for `read_only` work a deferred one, which reads a WAL snapshot without the write lock."""
         del retry_unique_violation
-        connection = self._connection
         begin = "BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE"
         async with self._lock:
             try:
-                await self._on_thread(lambda: connection.execute(begin))
+                await self._on_thread(lambda: self._open_connection.execute(begin))
                 result = await work(_SqliteTransaction(self))
             except BaseException:
                 # Also after a cancellation: the thread may still finish BEGIN or a statement first, so
-                # the rollback is queued behind it and checks that a transaction is open.
-                await self._on_thread(lambda: connection.rollback() if connection.in_transaction else None)
+                # the rollback is queued behind it and checks that a transaction is open. A connection
+                # dropped meanwhile (a replaced file) took its transaction with it.
+                await self._on_thread(self._rollback_open_transaction)
                 raise
-            await self._on_thread(connection.commit)
+            await self._on_thread(lambda: self._open_connection.commit())
             return result
+
+    def _rollback_open_transaction(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.in_transaction:
+            connection.rollback()
 
     async def _on_thread(self, work: Callable[[], _T]) -> _T:
         if self._closed:

@@ -27,6 +27,8 @@ METRICS = [
     "coap_rss_flood_ratio",
     "coap_rss_observers_ratio",
     "sync_lag_ratio",
+    "http_native_devices_ratio",
+    "http_seed_list_ratio",
 ]
 
 

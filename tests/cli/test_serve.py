@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 30
 
 
-# `serve` with only CoAP: the Tap faces' fixed default ports could be held by another test.
-SERVE_WITHOUT_TAP = ("serve", "--tcp", "off", "--ws", "off")
+# `serve` with only CoAP: the fixed default ports of the other faces could be held by another test.
+SERVE_WITHOUT_TAP = ("serve", "--tcp", "off", "--ws", "off", "--http", "off")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -227,7 +227,7 @@ def test_a_port_held_by_another_emulator_is_refused(spawn_server: Callable[..., 
 
 @pytest.mark.parametrize("value", ["nonsense:port", "127.0.0.1:70000", "127.0.0.1:-1", "[::1", "1.2.3.4:"])
 def test_a_bad_coap_value_exits_2(tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--tcp", "off", "--ws", "off", "--coap", value, "--state", ":memory:"]) == 2
+    assert main([*SERVE_WITHOUT_TAP, "--coap", value, "--state", ":memory:"]) == 2
     err = capsys.readouterr().err
     assert "--coap" in err
     assert not (tmp_path / "state").exists()

@@ -21,12 +21,12 @@ pytestmark = pytest.mark.timeout(60)
 
 SUPERVISOR = 65534
 FAST = SyncSettings(backoff_base=0.05, backoff_cap=0.2, stop_drain_timeout=0.5)
-SERVE = ["serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off"]
+SERVE = ["serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off"]
 UNREACHABLE = "postgresql://127.0.0.1:1/nowhere?connect_timeout=2"
 
 
 def options(**changes: object) -> ServeOptions:
-    serve = ServeOptions(coap=Endpoint("127.0.0.1", 0), tcp=None, ws=None, sync=FAST)
+    serve = ServeOptions(coap=Endpoint("127.0.0.1", 0), tcp=None, ws=None, http=None, sync=FAST)
     for name, value in changes.items():
         setattr(serve, name, value)
     return serve

@@ -62,6 +62,7 @@ async def running_emulator(
             coap=Endpoint(HOST, 0),
             tcp=Endpoint(HOST, 0),
             ws=Endpoint(HOST, 0),
+            http=None,
             security=security,
             store="off",
             trace=True,

@@ -78,6 +78,7 @@ async def running_emulator(
         coap=Endpoint("127.0.0.1", 0),
         tcp=None,  # the Tap-frame faces are not needed here
         ws=None,
+        http=None,
         store=store_url,
         sync=sync,
     )

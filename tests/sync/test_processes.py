@@ -52,6 +52,8 @@ SERVE = [
     "off",
     "--ws",
     "off",
+    "--http",
+    "off",
 ]
 
 

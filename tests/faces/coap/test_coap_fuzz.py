@@ -108,6 +108,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
                 "off",
                 "--ws",
                 "off",
+                "--http",
+                "off",
                 "--state",
                 str(workdir / "s.db"),
             ],

@@ -115,6 +115,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibcoapClient]:
             "off",
             "--ws",
             "off",
+            "--http",
+            "off",
             "--state",
             str(workdir / "s.db"),
         ],

@@ -38,7 +38,11 @@ TEXT = 0
 async def device(tmp_path: Path) -> AsyncIterator[tuple[Emulator, aiocoap.Context, str]]:
     emulator = Emulator(
         ServeOptions(
-            state=str(tmp_path / "device.sqlite3"), coap=Endpoint("127.0.0.1", 0), tcp=None, ws=None
+            state=str(tmp_path / "device.sqlite3"),
+            coap=Endpoint("127.0.0.1", 0),
+            tcp=None,
+            ws=None,
+            http=None,
         ),
         announce=lambda _line: None,
     )

@@ -21,7 +21,19 @@ GET_FIRMWARE = bytes.fromhex("a2ca000007010003ffff0003")
 
 def _serve(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tap_emulator", "serve", "--state", ":memory:", "--coap", "off", *args],
+        [
+            sys.executable,
+            "-m",
+            "tap_emulator",
+            "serve",
+            "--state",
+            ":memory:",
+            "--coap",
+            "off",
+            "--http",
+            "off",
+            *args,
+        ],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

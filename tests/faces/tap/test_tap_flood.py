@@ -69,7 +69,17 @@ class Served:
         self.log = log
         with log.open("w") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tap_emulator", "serve", "--state", ":memory:", *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "tap_emulator",
+                    "serve",
+                    "--state",
+                    ":memory:",
+                    "--http",
+                    "off",
+                    *args,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
