@@ -429,9 +429,14 @@ class _Attempt:
     server_nonce: int
 
 
-def _parse_username(field_bytes: bytes) -> str:
-    """The SDK zero-pads the name; like its own decoder, stop at the first zero byte."""
-    return field_bytes.split(b"\0", 1)[0].decode("latin-1")
+def login_name(field_bytes: bytes) -> str:
+    """The name a 16-byte login field carries, exactly: the SDK zero-pads it, so the name ends at the
+    first zero byte, and only zero bytes may follow. A field with anything after its padding starts
+    is returned whole, zero bytes included: no group name (printable ASCII) can equal it, so it logs
+    in to nobody. Case and spaces are kept as sent; an empty name is no login either (see the tree).
+    """
+    name, _, padding = field_bytes.partition(b"\0")
+    return (name if not padding.strip(b"\0") else field_bytes).decode("latin-1")
 
 
 class ScramServerHandshake:
@@ -484,7 +489,7 @@ class ScramServerHandshake:
         self._stage = _Stage.CLOSED
         if len(request) != _LOGIN_REQUEST_LENGTH:
             raise AuthenticationFailed()
-        username = _parse_username(bytes(request[:USERNAME_LENGTH]))
+        username = login_name(bytes(request[:USERNAME_LENGTH]))
         client_nonce = int.from_bytes(request[USERNAME_LENGTH:], "big")
 
         found = self._lookup(username)

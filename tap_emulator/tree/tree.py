@@ -327,10 +327,15 @@ class DeviceTree:
         self.reload()
 
     def _rebuild_name_index(self) -> None:
+        """Login names to groups. Empty names are no login. Names are unique since writes refuse a
+        duplicate; a state written before that may hold one, which then designates the group ranked
+        highest (the lowest id among equals), never a group a lower one could have renamed."""
+        live = [gid for gid, inst in self._instances[self.group_object.id].items() if not inst.deleted]
         self._name_index = {}
-        for gid, inst in sorted(self._instances[self.group_object.id].items()):
-            if not inst.deleted:
-                self._name_index.setdefault(inst.values.get(self._name_id, ""), gid)
+        for gid in sorted(live, key=lambda g: (self._rank_of(g), g)):
+            name = self._instances[self.group_object.id][gid].values.get(self._name_id, "")
+            if name:
+                self._name_index.setdefault(name, gid)
 
     # ------------------------------------------------------------------ queries for sessions and sync
 
@@ -378,7 +383,7 @@ class DeviceTree:
         )
 
     def find_account(self, name: str) -> Account | None:
-        """The group a login name designates (the lowest id if two groups share a name)."""
+        """The group a login name designates: exact match (case and spaces count); "" is nobody."""
         gid = self._name_index.get(name)
         return None if gid is None else self.account(gid)
 
@@ -513,13 +518,35 @@ class DeviceTree:
         profile = account.alias if account is not None else caller
         if caller not in self.access.writers and profile not in self.access.writers:
             return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not write")
-        if (
-            res is not None
-            and res.secret
-            and req.instance_id == self.access.admin_group
-            and caller != self.access.admin_group
-        ):
-            return Response(Status.UNAUTHORIZED, diagnostic="only admin may change the admin password")
+        if obj is self.group_object and req.instance_id is not None:
+            return self._authorize_over_group(caller, req.instance_id, res, req.value)
+        return None
+
+    def _rank_of(self, group_id: int) -> int:
+        """A group's place in the profile order (0 is admin): the better of its id's and its profile's."""
+        account = self.account(group_id)
+        alias = group_id if account is None else account.alias
+        return min(self.access.rank(group_id), self.access.rank(alias))
+
+    def _authorize_over_group(
+        self, caller: int, target: int, res: ResourceDef | None, value: object
+    ) -> Response | None:
+        """One rule for every write to a group (password, salt, iteration, alias, name, lifetime, create):
+        a group may change only groups ranked strictly below it, and may not give one a rank as high as
+        its own through the alias. Its own group it may change, except its alias (its own rights).
+        Admin may change every group, and only admin may change admin."""
+        if caller == self.access.admin_group:
+            return None
+        changes_alias = res is not None and res.id == self._alias_id
+        if target == caller and not changes_alias:
+            return None
+        rank = self._rank_of(caller)
+        if self._rank_of(target) <= rank:
+            return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not change group {target}")
+        if changes_alias and isinstance(value, int) and self.access.rank(value) <= rank:
+            return Response(
+                Status.UNAUTHORIZED, diagnostic=f"group {caller} may not grant the rights of group {value}"
+            )
         return None
 
     def _pick_form(self, req: Request, res: ResourceDef) -> Form | Response:
@@ -561,6 +588,10 @@ class DeviceTree:
             return Response(
                 Status.BAD_REQUEST, diagnostic=f"{res.name}: {obj.name.lower()} {value} does not exist"
             )
+        if obj is self.group_object and res.id == self._name_id and value:
+            holder = self._name_index.get(value)
+            if holder is not None and holder != req.instance_id:
+                return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: another group has this name")
         if inst is None:
             key = (obj.id, res.id)
             await self._state.commit([DeviceValueWrite(obj.id, res.id, value)])

@@ -4,6 +4,7 @@ cannot store a change, rights of callers, login lookups, and secrets kept out of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from tap_emulator.app import open_device
-from tap_emulator.config import load_profile
+from tap_emulator.config import GroupSeed, load_profile
 from tap_emulator.model import Operation
+from tap_emulator.state import InstanceWrite
 from tap_emulator.tree import Caller, ChangeEvent, DeviceTree, Request, Status
 
 ADMIN, SUPERVISOR, ANONYMOUS = 65535, 65534, 0
@@ -117,9 +119,60 @@ async def test_callers_rights(tree: DeviceTree) -> None:
     assert (await tree.handle(own)).status is Status.CHANGED
     # A user whose alias names a writing profile inherits its rights.
     assert (await tree.handle(Request(Operation.EXECUTE, 1025, 5, 65535))).status is Status.CREATED
-    assert await put(tree, 5, 0, "x", Caller(5)) is Status.UNAUTHORIZED
+    assert await put(tree, 5, 0, "user-5", Caller(5)) is Status.UNAUTHORIZED
     assert await put(tree, 5, 5, SUPERVISOR) is Status.CHANGED
-    assert await put(tree, 5, 0, "x", Caller(5)) is Status.CHANGED
+    assert await put(tree, 5, 0, "user-5", Caller(5)) is Status.CHANGED
+
+
+async def test_the_profile_order_is_the_order_of_the_writers_with_admin_first() -> None:
+    """writers = [supervisor, 40, 30, admin]: admin still ranks first, then supervisor, 40, 30."""
+    base = load_profile()
+    profile = dataclasses.replace(
+        base,
+        access=dataclasses.replace(base.access, writers=(SUPERVISOR, 40, 30, ADMIN)),
+        groups=(*base.groups, GroupSeed(30, "ops", "ops")),
+    )
+    tree = open_device(profile, ":memory:", random_bytes=os.urandom, clock_ms=lambda: 1_700_000_000_000)
+    try:
+        ops, supervisor = Caller(30), Caller(SUPERVISOR)
+        assert await put(tree, SUPERVISOR, 4, 10, ops) is Status.UNAUTHORIZED
+        assert await put(tree, 30, 4, 10, supervisor) is Status.CHANGED
+        assert await put(tree, ADMIN, 4, 10, supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, SUPERVISOR, 4, 10, Caller(ADMIN)) is Status.CHANGED
+        # A user ranks by its profile: one with supervisor's profile is out of reach of 30 and of peers.
+        assert (await tree.handle(Request(Operation.EXECUTE, 1025, 31, 65535, caller=ops))).status is (
+            Status.CREATED
+        )
+        assert await put(tree, 31, 5, 30, ops) is Status.UNAUTHORIZED, "30 may not grant its own rank"
+        assert await put(tree, 31, 5, SUPERVISOR, supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 5, SUPERVISOR, Caller(ADMIN)) is Status.CHANGED
+        assert await put(tree, 31, 0, "deputy", ops) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 0, "deputy", supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 0, "deputy", Caller(31)) is Status.CHANGED, "its own name"
+        assert await put(tree, 31, 5, 31, Caller(31)) is Status.UNAUTHORIZED, "not its own alias"
+        # Creating a group the writers rank (40, not seeded) is creating that rank: refused below it.
+        create_40 = Request(Operation.EXECUTE, 1025, 40, 65535)
+        assert (await tree.handle(dataclasses.replace(create_40, caller=ops))).status is Status.UNAUTHORIZED
+        assert (await tree.handle(dataclasses.replace(create_40, caller=supervisor))).status is Status.CREATED
+    finally:
+        tree.state.close()
+
+
+async def test_a_duplicate_name_in_an_older_state_logs_in_to_the_higher_ranked_group(
+    tree: DeviceTree,
+) -> None:
+    """States written before names were unique may hold a second "admin": it never wins the login."""
+    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535))).status is Status.CREATED
+    row = tree.state.load().instances[(1025, 9)]
+    values = {**row.values, 0: "admin"}
+    tree.state.commit_sync(
+        [InstanceWrite(dataclasses.replace(row, values=values, version=row.version + 1), {"values": {}})]
+    )
+    tree.reload()
+    assert (await tree.handle(Request(Operation.READ, 1025, 9, 0))).value == "admin"
+    found = tree.find_account("admin")
+    assert found is not None and found.group_id == ADMIN
+    assert tree.find_account("") is None
 
 
 async def test_secrets_stay_out_of_reprs_and_the_outbox(tree: DeviceTree) -> None:

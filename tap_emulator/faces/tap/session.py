@@ -73,6 +73,7 @@ from tap_emulator.security import (
     ScramServerHandshake,
     check_hash_login,
     check_plain_login,
+    login_name,
 )
 from tap_emulator.security.lockout import LoginLockout
 from tap_emulator.tree import Caller, DeviceTree, Request
@@ -111,11 +112,6 @@ def _max_length(form: Form) -> int:
     if lengths is None:
         return 0
     return max(lengths) if isinstance(lengths, frozenset) else lengths[1]
-
-
-def _username(field_bytes: bytes) -> str:
-    """Login frames zero-pad the name to 16 bytes; like the SDK's decoder, stop at the first zero."""
-    return field_bytes.split(b"\0", 1)[0].decode("latin-1")
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -380,7 +376,7 @@ class TapSession:
             return _Reply(TapStatus.BAD_REQUEST)
         if face.lockout.is_locked(face.clock()):
             return _Reply(TapStatus.SERVICE_UNAVAILABLE)
-        name = _username(request.payload[:USERNAME_LENGTH])
+        name = login_name(request.payload[:USERNAME_LENGTH])
         secret = request.payload[USERNAME_LENGTH:]
         account = face.tree.find_account(name)
         credential = None if account is None else account.credential
