@@ -35,6 +35,7 @@ U32 = 2**32 - 1
 
 names = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=18),
+    st.sampled_from(["admin", "supervisor", "anonymous", "a", ""]),  # taken names and duplicates
     st.text(max_size=4),  # sometimes control characters or non-ASCII
 )
 values = {
@@ -87,7 +88,7 @@ class DictModel:
             return Status.CONTENT, group[op[2]]
         if kind == "put":
             slug, value = op[2], op[3]
-            if not self.valid(slug, value):
+            if not self.valid(slug, value) or (slug == "name" and self.name_taken(value, gid)):
                 return Status.BAD_REQUEST, None
             group[slug] = value
             return Status.CHANGED, None
@@ -110,6 +111,10 @@ class DictModel:
         else:
             return Status.BAD_REQUEST, None
         return Status.CHANGED, None
+
+    def name_taken(self, name: str, gid: int) -> bool:
+        """Names are unique per device; empty names never clash."""
+        return name != "" and any(g["name"] == name for other, g in self.groups.items() if other != gid)
 
     def valid(self, slug: str, value: Any) -> bool:
         if slug == "name":
