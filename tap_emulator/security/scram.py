@@ -237,8 +237,9 @@ class Credential:
     16-byte hash could also be turned into SCRAM keys with `derive_scram_keys` once a salt is chosen;
     the engine does not invent one there, as the 1-hash form is what a 1-hash-mode client sends.
     SCRAM keys cannot give back the 1-hash, so SCRAM-only credentials refuse plain and 1-hash logins.
-    The caller decides which form a body is from the device's security mode (/1024//6): in no-security
-    mode a 16-character ASCII password is also 16 bytes long.
+    When a request does not name the form (a Tap frame), `is_password_key` decides it from the body and
+    the device's security mode (/1024//6): in no-security mode a 16-character ASCII password is also 16
+    bytes long.
     """
 
     password_hash: bytes | None = field(default=None, repr=False)
@@ -281,6 +282,20 @@ class Credential:
         password_hash = body[:KEY_LENGTH] if has_hash else None
         scram = ScramKeys.from_blob(body[KEY_LENGTH * has_hash :]) if has_scram else None
         return cls(password_hash=password_hash, scram=scram)
+
+
+def is_password_key(body: bytes, *, longest_password: int, plain_mode: bool) -> bool:
+    """Whether a password body whose form the request does not name (a Tap frame) is a key of the table
+    above rather than an ASCII password: longer than a password (36 or 40 bytes), a key; exactly the
+    hash length (16), a 1-hash, unless the device is in no-security mode (``plain_mode``) and the bytes
+    are printable, where it is a 16-character password (the SDK sends plain passwords unpadded);
+    anything shorter is a password when printable, else a key (refused for its length)."""
+    if len(body) > longest_password:
+        return True
+    printable = all(0x20 <= byte <= 0x7E for byte in body)
+    if len(body) == KEY_LENGTH:
+        return not (plain_mode and printable)
+    return not printable
 
 
 def credential_from_password(password: str, salt: bytes, iterations: int) -> Credential:

@@ -10,7 +10,6 @@ from tap_emulator.tree.tree import (
     Offload,
     Request,
     Response,
-    factory_changes,
     run_in_thread,
 )
 
@@ -24,6 +23,5 @@ __all__ = [
     "Request",
     "Response",
     "Status",
-    "factory_changes",
     "run_in_thread",
 ]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
 from tap_emulator.model import Operation
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Status
+from tap_emulator.tree import MAINTENANCE, ChangeEvent, DeviceTree, Request, Status
 
 RID = {
     "name": 0,
@@ -131,12 +131,12 @@ class DictModel:
 def to_request(op: tuple[Any, ...]) -> Request:
     kind, gid = op[0], op[1]
     if kind == "create":
-        return Request(Operation.EXECUTE, 1025, gid, CREATE)
+        return Request(Operation.EXECUTE, 1025, gid, CREATE, caller=MAINTENANCE)
     if kind == "get":
-        return Request(Operation.READ, 1025, gid, RID[op[2]])
+        return Request(Operation.READ, 1025, gid, RID[op[2]], caller=MAINTENANCE)
     if kind == "put":
-        return Request(Operation.WRITE, 1025, gid, RID[op[2]], op[3])
-    return Request(Operation.EXECUTE, 1025, gid, RID["password"], op[2])
+        return Request(Operation.WRITE, 1025, gid, RID[op[2]], op[3], caller=MAINTENANCE)
+    return Request(Operation.EXECUTE, 1025, gid, RID["password"], op[2], caller=MAINTENANCE)
 
 
 async def read_all(tree: DeviceTree) -> dict[int, dict[str, Any]]:
@@ -144,7 +144,7 @@ async def read_all(tree: DeviceTree) -> dict[int, dict[str, Any]]:
     for gid in tree.instance_ids(1025):
         out[gid] = {}
         for slug in values:
-            response = await tree.handle(Request(Operation.READ, 1025, gid, RID[slug]))
+            response = await tree.handle(Request(Operation.READ, 1025, gid, RID[slug], caller=MAINTENANCE))
             assert response.status is Status.CONTENT
             out[gid][slug] = response.value
     return out

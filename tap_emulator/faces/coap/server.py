@@ -44,7 +44,7 @@ from tap_emulator.codec.values import (
     encode_senml,
 )
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Response, Status
+from tap_emulator.tree import MAINTENANCE, ChangeEvent, DeviceTree, Request, Response, Status
 
 __all__ = ["CoapFace", "start_coap_server"]
 
@@ -181,7 +181,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(
                 Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
             )
-        response = await self.tree.handle(Request(Operation.READ, target.obj.id, target.instance_id))
+        response = await self.tree.handle(
+            Request(Operation.READ, target.obj.id, target.instance_id, caller=MAINTENANCE)
+        )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
         assert isinstance(response.value, dict)
@@ -215,7 +217,15 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             except RepresentationError as exc:
                 return _error(Status.BAD_REQUEST, f"{resource.name}: {exc}")
         response: Response = await self.tree.handle(
-            Request(operation, target.obj.id, target.instance_id, resource.id, value, form=form)
+            Request(
+                operation,
+                target.obj.id,
+                target.instance_id,
+                resource.id,
+                value,
+                caller=MAINTENANCE,
+                form=form,
+            )
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)

@@ -1,4 +1,5 @@
-"""The layout shows the design: the sans-IO layers import no aiocoap; faces hold no resource id literals."""
+"""The layout shows the design: the sans-IO layers import no aiocoap; neither the faces nor the tree's
+dispatcher and handlers hold resource id literals."""
 
 from __future__ import annotations
 
@@ -75,6 +76,15 @@ def _offenders(sources: list[Path], *, numbers: bool) -> list[str]:
 def test_the_coap_face_holds_no_object_or_resource_id_literals() -> None:
     sources = sorted((FACES / "coap").rglob("*.py"))
     assert sources
+    offenders = _offenders(sources, numbers=True)
+    assert not offenders, "resource ids belong in the model:\n" + "\n".join(offenders)
+
+
+def test_the_tree_dispatcher_holds_no_object_or_resource_id_literals() -> None:
+    """The dispatcher, its API and the handler contract name objects only through the model and the
+    handlers (issue 11 step 1); ids may appear only in a handler's own object file, and not even there."""
+    tree = REPO / "tap_emulator" / "tree"
+    sources = [tree / "tree.py", tree / "api.py", *sorted((tree / "handlers").rglob("*.py"))]
     offenders = _offenders(sources, numbers=True)
     assert not offenders, "resource ids belong in the model:\n" + "\n".join(offenders)
 

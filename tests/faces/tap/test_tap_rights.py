@@ -107,7 +107,7 @@ async def test_a_supervisor_cannot_take_over_admin(connect: object, device: Devi
         post(GROUP, ADMIN, PASSWORD, bytes(range(40))),  # a key
         put(GROUP, ADMIN, SALT, (0x01020304).to_bytes(4, "big")),
         put(GROUP, ADMIN, ITERATION, (1).to_bytes(4, "big")),
-        put(GROUP, ADMIN, ALIAS, (9).to_bytes(2, "big")),
+        put(GROUP, ADMIN, ALIAS, (0).to_bytes(2, "big")),  # admin demoted to anonymous
         put(GROUP, ADMIN, NAME, b"ex-admin"),
         put(GROUP, ADMIN, LIFETIME, (1).to_bytes(2, "big")),
     ):
