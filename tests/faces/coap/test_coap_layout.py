@@ -89,6 +89,16 @@ def test_the_tree_dispatcher_holds_no_object_or_resource_id_literals() -> None:
     assert not offenders, "resource ids belong in the model:\n" + "\n".join(offenders)
 
 
+def test_sync_changes_device_state_only_through_the_tree() -> None:
+    """The reconcile re-versions and tombstones through a tree operation, never behind the tree's back
+    (a state write plus a reload would let a request interleave with them)."""
+    behind = ("apply_reconcile_sync", ".reload(", "commit_sync(", "reset_sync(")
+    for source in sorted((REPO / "tap_emulator" / "sync").rglob("*.py")):
+        text = source.read_text(encoding="utf-8")
+        assert not [word for word in behind if word in text], source.name
+    assert "self.tree.apply_reconcile(" in (REPO / "tap_emulator" / "sync" / "task.py").read_text("utf-8")
+
+
 def test_no_face_spells_an_object_path() -> None:
     """Across every face, strings such as "/1025/" or "1024" are routes the model should provide.
 
