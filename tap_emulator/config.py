@@ -99,7 +99,7 @@ class GroupSeed:
     id: int
     name: str
     password: str | None = field(default=None, repr=False)
-    session_lifetime: int = 300
+    session_lifetime: int | None = None  # None: the model's default
     alias: int | None = None
 
 
@@ -209,9 +209,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
                 id=gid,
                 name=_get(g, "name", str, gw),
                 password=_get(g, "password", str, gw, None),
-                session_lifetime=_uint(
-                    _get(g, "session_lifetime", int, gw, 300), 0xFFFF, f"{gw} session_lifetime"
-                ),
+                session_lifetime=_get(g, "session_lifetime", int, gw, None),
                 alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
             )
         )

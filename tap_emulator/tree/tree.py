@@ -362,6 +362,10 @@ class DeviceTree:
             )
         if res is not None and res.behaviour is Behaviour.SESSION:
             return Response(Status.NOT_IMPLEMENTED, diagnostic=f"{res.name} is served by a Tap session only")
+        if creates and inst is not None:
+            return Response(
+                Status.BAD_REQUEST, diagnostic=f"{obj.name.lower()} {req.instance_id} already exists"
+            )
         # limits
         form = None
         if res is not None and req.operation is not Operation.READ:
@@ -369,10 +373,6 @@ class DeviceTree:
             if isinstance(checked, Response):
                 return checked
             form = checked
-        if creates and inst is not None:
-            return Response(
-                Status.BAD_REQUEST, diagnostic=f"{obj.name.lower()} {req.instance_id} already exists"
-            )
         target = Target(req, obj, res, inst, form)
         # rights
         caller = req.caller.group_id

@@ -147,6 +147,24 @@ async def test_an_object_without_a_handler_file_is_served_from_its_model(widget_
         tree.state.close()
 
 
+def test_a_profile_group_without_a_lifetime_gets_the_models_default(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        '[device]\nmodel = "x"\nserial_number = "S1"\nfirmware_version = "1"\n'
+        '[[groups]]\nid = 1\nname = "u"\n',
+        encoding="utf-8",
+    )
+    group = default_model().object_by_alias("group")
+    assert group is not None
+    default = group.forms_by_alias["session-lifetime"][0].default_value(1)
+    tree = open_device(load_profile(str(profile)), ":memory:", random_bytes=os.urandom)
+    try:
+        account = tree.account(1)
+        assert account is not None and account.session_lifetime == default
+    finally:
+        tree.state.close()
+
+
 @pytest.mark.parametrize(
     ("body", "plain_mode", "key"),
     [

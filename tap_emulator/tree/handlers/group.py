@@ -204,7 +204,8 @@ class GroupHandler(ObjectHandler):
         for seed in profile.groups:
             values = {r.id: r.default_value(seed.id) for r in self.obj.stored_resources()}
             values[self.resource("name").id] = seed.name
-            values[self.resource("session-lifetime").id] = seed.session_lifetime
+            if seed.session_lifetime is not None:
+                values[self.resource("session-lifetime").id] = seed.session_lifetime
             values[self.resource("alias").id] = seed.id if seed.alias is None else seed.alias
             credential = None
             if seed.password is not None:
