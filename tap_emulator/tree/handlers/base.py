@@ -43,7 +43,7 @@ class FactoryInstance:
     credential: Credential | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per request, and a frozen one is slower to build
 class Target:
     """A request the dispatcher has resolved: it exists, its operation is allowed, its value fits the
     model's limits, and its caller holds the generic rights. ``instance`` is the live instance
