@@ -4,10 +4,11 @@ cannot store a change, rights of callers, login lookups, and secrets kept out of
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -158,6 +159,35 @@ async def test_the_profile_order_is_the_order_of_the_writers_with_admin_first() 
         create_40 = Request(Operation.EXECUTE, 1025, 40, 65535, caller=MAINTENANCE)
         assert (await tree.handle(dataclasses.replace(create_40, caller=ops))).status is Status.UNAUTHORIZED
         assert (await tree.handle(dataclasses.replace(create_40, caller=supervisor))).status is Status.CREATED
+    finally:
+        tree.state.close()
+
+
+async def test_a_group_promoted_while_its_password_is_derived_is_out_of_reach() -> None:
+    """The rank rule holds at the commit too: a supervisor's password change on group 9 that admin
+    promotes to its own profile during the derivation is refused, and 9 keeps no new password."""
+    deriving, promoted = asyncio.Event(), asyncio.Event()
+
+    async def slow_offload(fn: Callable[..., Any], *args: Any) -> Any:
+        deriving.set()
+        await promoted.wait()
+        return fn(*args)
+
+    tree = open_device(
+        load_profile(), ":memory:", random_bytes=os.urandom, clock_ms=lambda: 1, offload=slow_offload
+    )
+    try:
+        create = Request(Operation.EXECUTE, 1025, 9, 65535, caller=MAINTENANCE)
+        assert (await tree.handle(create)).status is Status.CREATED
+        change = asyncio.create_task(
+            tree.handle(Request(Operation.EXECUTE, 1025, 9, 2, "mine", caller=Caller(SUPERVISOR)))
+        )
+        await asyncio.wait_for(deriving.wait(), 5)
+        assert await put(tree, 9, 5, ADMIN, Caller(ADMIN)) is Status.CHANGED
+        promoted.set()
+        assert (await asyncio.wait_for(change, 5)).status is Status.UNAUTHORIZED
+        account = tree.account(9)
+        assert account is not None and account.credential is None
     finally:
         tree.state.close()
 

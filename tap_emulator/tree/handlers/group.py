@@ -191,6 +191,11 @@ class GroupHandler(ObjectHandler):
         inst = self.tree.live(self.obj.id, gid)
         if inst is None:  # reset while deriving
             return Response(Status.NOT_FOUND, diagnostic=f"{self.obj.name.lower()} {gid} does not exist")
+        caller = target.request.caller.group_id
+        if caller is not None:  # the group may have been promoted out of the caller's reach meanwhile
+            denied = self.authorize(caller, Target(target.request, self.obj, resource, inst, target.form))
+            if denied is not None:
+                return denied
         salt_id, iteration_id = self.resource("scram-user-salt").id, self.resource("scram-user-iteration").id
         values = dict(inst.values)
         values[salt_id], values[iteration_id] = _scram_fields(credential)
