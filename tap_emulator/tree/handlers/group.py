@@ -56,16 +56,22 @@ def _scram_fields(credential: Credential | None) -> tuple[int, int]:
 
 @handles("group")
 class GroupHandler(ObjectHandler):
+    _names: dict[str, int]  # login name -> group id, rebuilt by `loaded`
+
     def loaded(self) -> None:
         """Login names to groups. Empty names are no login. Names are unique since writes refuse a
         duplicate; a state written before that may hold one, which then designates the group ranked
         highest (the lowest id among equals), never a group a lower one could have renamed."""
-        name = self.resource("name").id
-        live = self.tree.live_instances(self.obj.id)
-        self._names: dict[str, int] = {}
-        for gid in sorted(live, key=lambda g: (self.rank_of(g), g)):
-            if live[gid].values.get(name):
-                self._names.setdefault(live[gid].values[name], gid)
+        name_id = self.resource("name").id
+        names: dict[str, int] = {}
+        for gid, inst in sorted(self.tree.live_instances(self.obj.id).items()):
+            name = inst.values.get(name_id)
+            if not name:
+                continue
+            holder = names.get(name)
+            if holder is None or self.rank_of(gid) < self.rank_of(holder):
+                names[name] = gid
+        self._names = names
 
     @property
     def _interface(self) -> InterfaceHandler:
