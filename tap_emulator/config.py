@@ -79,11 +79,23 @@ class SecurityPolicy:
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """Who may do what to object 1025 (and the device settings of object 1024)."""
+    """Who may do what to object 1025 (and the device settings of object 1024).
 
-    writers: frozenset[int] = frozenset({ADMIN_GROUP, SUPERVISOR_GROUP})
+    ``writers`` is also the profile order, highest first: a group may change another group only when
+    it ranks strictly above it (see ``rank``). Admin always ranks first, wherever the list puts it.
+    """
+
+    writers: tuple[int, ...] = (ADMIN_GROUP, SUPERVISOR_GROUP)
     anonymous_read: bool = True
     admin_group: int = ADMIN_GROUP
+
+    def rank(self, group_id: int) -> int:
+        """0 for admin, then 1, 2 ... for the other writers in the profile's order; every group that
+        is not a writer (anonymous, groups created later) shares the last rank."""
+        if group_id == self.admin_group:
+            return 0
+        below_admin = [w for w in self.writers if w != self.admin_group]
+        return below_admin.index(group_id) + 1 if group_id in below_admin else len(below_admin) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +103,7 @@ class GroupSeed:
     id: int
     name: str
     password: str | None = field(default=None, repr=False)
-    session_lifetime: int = 300
+    session_lifetime: int | None = None  # None: the model's default
     alias: int | None = None
 
 
@@ -181,7 +193,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
     writers = _get(acc_t, "writers", list, aw, [ADMIN_GROUP, SUPERVISOR_GROUP])
     if not all(isinstance(w, int) and 0 <= w <= 0xFFFF for w in writers):
         raise ConfigError(f"{aw}: 'writers' must be a list of group ids (0..65535)")
-    access = AccessPolicy(frozenset(writers), _get(acc_t, "anonymous_read", bool, aw, True))
+    access = AccessPolicy(tuple(dict.fromkeys(writers)), _get(acc_t, "anonymous_read", bool, aw, True))
     groups: list[GroupSeed] = []
     for index, g in enumerate(_get(data, "groups", list, where, [])):
         gw = f"{where} [[groups]] #{index + 1}"
@@ -196,9 +208,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
                 id=gid,
                 name=_get(g, "name", str, gw),
                 password=_get(g, "password", str, gw, None),
-                session_lifetime=_uint(
-                    _get(g, "session_lifetime", int, gw, 300), 0xFFFF, f"{gw} session_lifetime"
-                ),
+                session_lifetime=_get(g, "session_lifetime", int, gw, None),
                 alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
             )
         )
@@ -239,8 +249,16 @@ def _lockout_policy(sec_t: Mapping[str, Any], where: str) -> LockoutPolicy:
 
 
 def _check_groups_against_model(groups: list[GroupSeed], where: str) -> None:
-    """A profile may only seed what a client could have written: the model's limits (name and password
-    length and charset, lifetime range) and references (an alias names a group of the profile)."""
+    """A profile may only seed what a client could have written: unique names, the model's limits (name
+    and password length and charset, lifetime range) and references (an alias names a group of the
+    profile)."""
+    names: dict[str, int] = {}
+    for index, seed in enumerate(groups):
+        if seed.name and seed.name in names:  # login by name must designate one group
+            raise ConfigError(
+                f"{where} [[groups]] #{index + 1} name: already used by group {names[seed.name]}"
+            )
+        names.setdefault(seed.name, seed.id)
     group_object = default_model().object_by_alias("group")
     if group_object is None:
         return

@@ -237,8 +237,9 @@ class Credential:
     16-byte hash could also be turned into SCRAM keys with `derive_scram_keys` once a salt is chosen;
     the engine does not invent one there, as the 1-hash form is what a 1-hash-mode client sends.
     SCRAM keys cannot give back the 1-hash, so SCRAM-only credentials refuse plain and 1-hash logins.
-    The caller decides which form a body is from the device's security mode (/1024//6): in no-security
-    mode a 16-character ASCII password is also 16 bytes long.
+    When a request does not name the form (a Tap frame), `is_password_key` decides it from the body and
+    the device's security mode (/1024//6): in no-security mode a 16-character ASCII password is also 16
+    bytes long.
     """
 
     password_hash: bytes | None = field(default=None, repr=False)
@@ -281,6 +282,20 @@ class Credential:
         password_hash = body[:KEY_LENGTH] if has_hash else None
         scram = ScramKeys.from_blob(body[KEY_LENGTH * has_hash :]) if has_scram else None
         return cls(password_hash=password_hash, scram=scram)
+
+
+def is_password_key(body: bytes, *, longest_password: int, plain_mode: bool) -> bool:
+    """Whether a password body whose form the request does not name (a Tap frame) is a key of the table
+    above rather than an ASCII password: longer than a password (36 or 40 bytes), a key; exactly the
+    hash length (16), a 1-hash, unless the device is in no-security mode (``plain_mode``) and the bytes
+    are printable, where it is a 16-character password (the SDK sends plain passwords unpadded);
+    anything shorter is a password when printable, else a key (refused for its length)."""
+    if len(body) > longest_password:
+        return True
+    printable = all(0x20 <= byte <= 0x7E for byte in body)
+    if len(body) == KEY_LENGTH:
+        return not (plain_mode and printable)
+    return not printable
 
 
 def credential_from_password(password: str, salt: bytes, iterations: int) -> Credential:
@@ -429,9 +444,14 @@ class _Attempt:
     server_nonce: int
 
 
-def _parse_username(field_bytes: bytes) -> str:
-    """The SDK zero-pads the name; like its own decoder, stop at the first zero byte."""
-    return field_bytes.split(b"\0", 1)[0].decode("latin-1")
+def login_name(field_bytes: bytes) -> str:
+    """The name a 16-byte login field carries, exactly: the SDK zero-pads it, so the name ends at the
+    first zero byte, and only zero bytes may follow. A field with anything after its padding starts
+    is returned whole, zero bytes included: no group name (printable ASCII) can equal it, so it logs
+    in to nobody. Case and spaces are kept as sent; an empty name is no login either (see the tree).
+    """
+    name, _, padding = field_bytes.partition(b"\0")
+    return (name if not padding.strip(b"\0") else field_bytes).decode("latin-1")
 
 
 class ScramServerHandshake:
@@ -484,7 +504,7 @@ class ScramServerHandshake:
         self._stage = _Stage.CLOSED
         if len(request) != _LOGIN_REQUEST_LENGTH:
             raise AuthenticationFailed()
-        username = _parse_username(bytes(request[:USERNAME_LENGTH]))
+        username = login_name(bytes(request[:USERNAME_LENGTH]))
         client_nonce = int.from_bytes(request[USERNAME_LENGTH:], "big")
 
         found = self._lookup(username)

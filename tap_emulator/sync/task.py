@@ -299,11 +299,7 @@ class SyncTask:
             ],
             repush=[(self._object_id, gid, local[gid], payloads[gid]) for gid in sorted(plan.repush)],
         )
-        # Blocking on purpose (a few milliseconds, rare): the state write and the tree's reload must not
-        # interleave with a request, or a change could be versioned below the bump.
-        queued = outbox.apply_reconcile_sync(self.tree.state, writes, self._clock())
-        if plan.bumps or plan.tombstones:
-            self.tree.reload()
+        queued = self.tree.apply_reconcile(writes, self._clock())  # blocking: see DeviceTree.apply_reconcile
         log.info(
             "reconciled with the store: %d re-versioned, %d tombstoned, %d re-queued (%d outbox rows)",
             len(plan.bumps),

@@ -11,7 +11,6 @@ from tap_emulator.tree.tree import (
     Offload,
     Request,
     Response,
-    factory_changes,
     run_in_thread,
 )
 
@@ -26,6 +25,5 @@ __all__ = [
     "Request",
     "Response",
     "Status",
-    "factory_changes",
     "run_in_thread",
 ]

@@ -1,25 +1,24 @@
-"""The resource tree: the device's objects, instances and values behind one neutral request API.
+"""The resource tree: one dispatcher over the device's objects, their values, durability and change events.
 
-Every face (CoAP, Tap frames) turns its requests into ``Request(operation, path, value, caller)`` and
-gets back ``Response(status, value)``. All rules live here and in the model: existence, allowed
-operations, value limits, references, credentials, rights, durability and change events. A face only
+Every face (CoAP, Tap frames) turns its requests into ``Request(operation, path, value, caller=...)``
+and gets back ``Response(status, value)``. The dispatcher resolves each request once, in one place, in
+the order existence, allowed operation, limits, rights, all read from the model; then the handler of
+the request's object (``tap_emulator.tree.handlers``) does what that object does. A face only
 translates representations, so a group renamed through one face is renamed for all of them, and
 observers of any face are told through ``subscribe``.
 
 Writes are applied in memory at once (later requests build on them), made durable by the state store
-(group commit) and only then acknowledged and announced. Semantic anchors are the model's alias slugs
-(``name``, ``alias``, ``scram-user-salt`` ...), never resource id literals.
+(group commit) and only then acknowledged and announced. Nothing here names an object or a resource:
+objects are found by the model's aliases, through their handlers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from tap_emulator.config import ANONYMOUS_GROUP, AccessPolicy, Profile, SecurityMode
+from tap_emulator.config import AccessPolicy, Profile, SecurityMode
 from tap_emulator.model import (
     Behaviour,
     DeviceModel,
@@ -30,14 +29,23 @@ from tap_emulator.model import (
     ValueError_,
     ValueType,
 )
-from tap_emulator.security import (
-    Credential,
-    CredentialError,
-    credential_from_key,
-    credential_from_password,
-    draw_user_salt,
-)
+from tap_emulator.security import Credential
 from tap_emulator.state import DeviceState, DeviceValueWrite, InstanceRow, InstanceWrite, StateError
+from tap_emulator.state.outbox import ReconcileWrites, apply_reconcile_sync
+from tap_emulator.tree.api import (
+    MAINTENANCE,
+    READ_ONLY_MAINTENANCE,
+    Caller,
+    ChangeEvent,
+    Offload,
+    Request,
+    Response,
+    run_in_thread,
+)
+from tap_emulator.tree.handlers import ObjectHandler, StoredInstance, Target, handler_class
+from tap_emulator.tree.handlers.device import DeviceHandler
+from tap_emulator.tree.handlers.group import Account, GroupHandler
+from tap_emulator.tree.handlers.interface import InterfaceHandler
 from tap_emulator.tree.status import Status
 
 __all__ = [
@@ -50,96 +58,16 @@ __all__ = [
     "Offload",
     "Request",
     "Response",
-    "factory_changes",
     "run_in_thread",
 ]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+H = TypeVar("H", bound=ObjectHandler)
 
-# Semantic anchors: alias slugs of the model, the stable names of the GroupService API.
-GROUP_OBJECT = "group"
-NAME, ALIAS, SALT, ITERATION, LIFETIME = (
-    "name",
-    "alias",
-    "scram-user-salt",
-    "scram-user-iteration",
-    "session-lifetime",
-)
-INTERFACE_OBJECT, SECURITY_OPTIONS, HASH_ITERATION = "interface", "security-options", "scram-hash-iteration"
-DEVICE_OBJECT = "device"
-DEVICE_IDENTITY = {
-    "manufacturer": "manufacturer",
-    "model": "model",
-    "serial-number": "serial_number",
-    "firmware-version": "firmware_version",
-}
+_VALUE_TYPES: tuple[tuple[type, ValueType], ...] = ((str, ValueType.STRING), (bytes, ValueType.OPAQUE))
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sends a request: a logged-in group id, or ``None`` for the unrestricted maintenance role.
-
-    ``read_only`` withdraws every write, execute and delete from the caller's rights while keeping its
-    reads (the CoAP face's ``--coap-access read-only``).
-    """
-
-    group_id: int | None
-    read_only: bool = False
-
-
-MAINTENANCE = Caller(None)
-READ_ONLY_MAINTENANCE = Caller(None, read_only=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    operation: Operation
-    object_id: int
-    instance_id: int | None = None
-    resource_id: int | None = None
-    value: object = field(default=None, repr=False)
-    caller: Caller = MAINTENANCE
-    form: Form | None = None  # set when the face addressed one form (an alias path such as password-key)
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: Status
-    value: object = None
-    diagnostic: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
-    object_id: int
-    instance_id: int | None
-    resource_ids: frozenset[int]
-    version: int | None = None
-    created: bool = False
-    deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """What a login needs to know of a group (for the Tap session)."""
-
-    group_id: int
-    name: str
-    alias: int
-    session_lifetime: int
-    credential: Credential | None = field(repr=False)
-
-
-@dataclass(slots=True)
-class _Instance:
-    values: dict[int, Any]
-    credential: Credential | None
-    version: int
-    deleted: bool = False
-
-
-def _row(object_id: int, instance_id: int, inst: _Instance) -> InstanceRow:
+def _row(object_id: int, instance_id: int, inst: StoredInstance) -> InstanceRow:
     return InstanceRow(
         object_id,
         instance_id,
@@ -150,7 +78,7 @@ def _row(object_id: int, instance_id: int, inst: _Instance) -> InstanceRow:
     )
 
 
-def public_payload(obj: ObjectDef, instance_id: int, inst: _Instance) -> dict[str, Any]:
+def public_payload(obj: ObjectDef, instance_id: int, inst: StoredInstance) -> dict[str, Any]:
     """The outbox payload of an instance: readable values by alias slug; never a secret."""
     values = {}
     for res in obj.resources.values():
@@ -166,97 +94,17 @@ def public_payload(obj: ObjectDef, instance_id: int, inst: _Instance) -> dict[st
     }
 
 
-def _resource(obj: ObjectDef, slug: str) -> ResourceDef:
-    entry = obj.forms_by_alias.get(slug)
-    if entry is None:
-        raise LookupError(f"the model's object {obj.id} has no resource with alias {slug!r}")
-    return entry[0]
-
-
-def _scram_fields(credential: Credential | None) -> tuple[int, int]:
-    """(salt as uint32, iteration) that resources 16 and 7 show for a credential; 0 when no SCRAM key."""
-    if credential is None or credential.scram is None:
-        return 0, 0
-    return int.from_bytes(credential.scram.salt, "big"), credential.scram.iterations
-
-
-def factory_changes(
-    model: DeviceModel,
-    profile: Profile,
-    previous: Mapping[tuple[int, int], InstanceRow],
-    *,
-    random_bytes: Callable[[int], bytes],
-    clock_ms: Callable[[], int],
-) -> tuple[list[DeviceValueWrite], list[InstanceWrite]]:
-    """The writes that make a state factory-fresh from ``profile``.
-
-    Groups the profile does not name become tombstones; every version grows past the previous one, so
-    the management store accepts the reset as newer than what it holds.
-    """
-    group_obj = model.object_by_alias(GROUP_OBJECT)
-    iface = model.object_by_alias(INTERFACE_OBJECT)
-    device = model.object_by_alias(DEVICE_OBJECT)
-    if group_obj is None or iface is None or device is None:
-        raise LookupError("the model lacks the group, interface or device object")
-    device_values = [
-        DeviceValueWrite(device.id, _resource(device, slug).id, getattr(profile.device, attr))
-        for slug, attr in DEVICE_IDENTITY.items()
-    ]
-    device_values.append(
-        DeviceValueWrite(iface.id, _resource(iface, SECURITY_OPTIONS).id, profile.security.mode.options)
-    )
-    device_values.append(
-        DeviceValueWrite(iface.id, _resource(iface, HASH_ITERATION).id, profile.security.hash_iteration)
-    )
-    now = clock_ms()
-
-    def next_version(instance_id: int) -> int:
-        prev = previous.get((group_obj.id, instance_id))
-        return max(now, prev.version + 1 if prev else 1)
-
-    writes: list[InstanceWrite] = []
-    seeded = set()
-    for seed in profile.groups:
-        values = {r.id: r.default_value(seed.id) for r in group_obj.stored_resources()}
-        values[_resource(group_obj, NAME).id] = seed.name
-        values[_resource(group_obj, LIFETIME).id] = seed.session_lifetime
-        values[_resource(group_obj, ALIAS).id] = seed.id if seed.alias is None else seed.alias
-        credential = None
-        if seed.password is not None:
-            credential = credential_from_password(
-                seed.password, draw_user_salt(random_bytes), profile.security.hash_iteration
-            )
-        salt, iteration = _scram_fields(credential)
-        values[_resource(group_obj, SALT).id] = salt
-        values[_resource(group_obj, ITERATION).id] = iteration
-        inst = _Instance(values, credential, next_version(seed.id))
-        writes.append(
-            InstanceWrite(_row(group_obj.id, seed.id, inst), public_payload(group_obj, seed.id, inst))
-        )
-        seeded.add(seed.id)
-    for (object_id, instance_id), row in previous.items():
-        if object_id == group_obj.id and instance_id not in seeded and not row.deleted:
-            tomb = _Instance({}, None, next_version(instance_id), deleted=True)
-            writes.append(
-                InstanceWrite(
-                    _row(object_id, instance_id, tomb), public_payload(group_obj, instance_id, tomb)
-                )
-            )
-    return device_values, writes
-
-
-async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """The default ``Offload``: a worker thread of the event loop's default executor."""
-    return await asyncio.to_thread(fn, *args)
-
-
-Offload = Callable[..., Awaitable[Any]]
-"""``await offload(fn, *args)`` runs a module-level function off the event loop (a thread, or the
-low-priority process of ``tap_emulator.security.worker``)."""
+def _value_type(value: object) -> ValueType:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ValueType.INTEGER
+    for kind, value_type in _VALUE_TYPES:
+        if isinstance(value, kind):
+            return value_type
+    return ValueType.NONE
 
 
 class DeviceTree:
-    """The device: model + in-memory values + durable state + change events + rights."""
+    """The device: model + handlers + in-memory values + durable state + change events."""
 
     def __init__(
         self,
@@ -270,32 +118,32 @@ class DeviceTree:
     ) -> None:
         self.model = model
         self.access = access
+        self.random_bytes = random_bytes
+        self.offload = offload
         self._state = state
-        self._random_bytes = random_bytes
         self._clock_ms = clock_ms
-        self._offload = offload
         self._listeners: list[Callable[[ChangeEvent], None]] = []
-        group_obj = model.object_by_alias(GROUP_OBJECT)
-        iface = model.object_by_alias(INTERFACE_OBJECT)
-        device = model.object_by_alias(DEVICE_OBJECT)
-        if group_obj is None or iface is None or device is None:
-            raise LookupError("the model lacks the group, interface or device object")
-        self.group_object = group_obj
-        self.interface_object = iface
-        self.device_object = device
-        self._name_id = _resource(group_obj, NAME).id
-        self._alias_id = _resource(group_obj, ALIAS).id
-        self._salt_id = _resource(group_obj, SALT).id
-        self._iteration_id = _resource(group_obj, ITERATION).id
-        self._lifetime_id = _resource(group_obj, LIFETIME).id
-        self._security_key = (iface.id, _resource(iface, SECURITY_OPTIONS).id)
-        self._hash_iteration_key = (iface.id, _resource(iface, HASH_ITERATION).id)
         self._device_values: dict[tuple[int, int], Any] = {}
-        self._instances: dict[int, dict[int, _Instance]] = {
+        self._instances: dict[int, dict[int, StoredInstance]] = {
             o.id: {} for o in model.objects.values() if o.multiple
         }
-        self._name_index: dict[str, int] = {}
+        self._handlers: dict[int, ObjectHandler] = {
+            obj.id: handler_class(obj.alias)(obj, self) for obj in model.objects.values()
+        }
+        self.groups = self.handler_of(GroupHandler)
+        self.interface = self.handler_of(InterfaceHandler)
+        self.device = self.handler_of(DeviceHandler)
+        self.group_object = self.groups.obj
+        self.interface_object = self.interface.obj
+        self.device_object = self.device.obj
         self.reload()
+
+    def handler_of(self, kind: type[H]) -> H:
+        """The handler of the given class; the model must hold its object."""
+        for handler in self._handlers.values():
+            if isinstance(handler, kind):
+                return handler
+        raise LookupError(f"the model lacks the {kind.alias or kind.__name__} object")
 
     # ------------------------------------------------------------------ loading
 
@@ -310,10 +158,11 @@ class DeviceTree:
                 log.warning("state holds instances of object %d, which the model does not know", object_id)
                 continue
             credential = None if row.credential is None else Credential.from_bytes(row.credential)
-            self._instances[object_id][instance_id] = _Instance(
+            self._instances[object_id][instance_id] = StoredInstance(
                 dict(row.values), credential, row.version, row.deleted
             )
-        self._rebuild_name_index()
+        for handler in self._handlers.values():
+            handler.loaded()
 
     @property
     def is_fresh(self) -> bool:
@@ -321,10 +170,7 @@ class DeviceTree:
 
     def seed(self, profile: Profile, *, reset: bool = False) -> None:
         """Write the profile's factory state (on a fresh state, or as a factory reset)."""
-        previous = self._state.load().instances
-        device_values, writes = factory_changes(
-            self.model, profile, previous, random_bytes=self._random_bytes, clock_ms=self._clock_ms
-        )
+        device_values, writes = self._factory_writes(profile, self._state.load().instances)
         meta = {"profile": profile.name, "serial_number": profile.device.serial_number}
         if reset:
             self._state.reset_sync([*device_values, *writes], meta)
@@ -333,64 +179,91 @@ class DeviceTree:
             self._state.set_meta_sync(meta)
         self.reload()
 
-    def _rebuild_name_index(self) -> None:
-        self._name_index = {}
-        for gid, inst in sorted(self._instances[self.group_object.id].items()):
-            if not inst.deleted:
-                self._name_index.setdefault(inst.values.get(self._name_id, ""), gid)
+    def _factory_writes(
+        self, profile: Profile, previous: Mapping[tuple[int, int], InstanceRow]
+    ) -> tuple[list[DeviceValueWrite], list[InstanceWrite]]:
+        """The writes that make a state factory-fresh from ``profile``, as each handler seeds it.
+
+        Instances the profile does not name become tombstones; every version grows past the previous
+        one, so the management store accepts the reset as newer than what it holds.
+        """
+        now = self._clock_ms()
+        device_values: list[DeviceValueWrite] = []
+        writes: list[InstanceWrite] = []
+        for obj_id, handler in self._handlers.items():
+            obj = handler.obj
+            if not obj.multiple:
+                device_values += [
+                    DeviceValueWrite(obj_id, r, v) for r, v in handler.factory_values(profile).items()
+                ]
+                continue
+            seeded = handler.factory_instances(profile)
+            stale = [
+                i for (o, i), row in previous.items() if o == obj_id and i not in seeded and not row.deleted
+            ]
+            for instance_id in [*seeded, *stale]:
+                before = previous.get((obj_id, instance_id))
+                version = max(now, before.version + 1 if before else 1)
+                fresh = seeded.get(instance_id)
+                inst = (
+                    StoredInstance(fresh.values, fresh.credential, version)
+                    if fresh is not None
+                    else StoredInstance({}, None, version, deleted=True)
+                )
+                writes.append(
+                    InstanceWrite(_row(obj_id, instance_id, inst), public_payload(obj, instance_id, inst))
+                )
+        return device_values, writes
 
     # ------------------------------------------------------------------ queries for sessions and sync
 
     def device_value(self, object_id: int, resource_id: int) -> Any:
         return self._device_values.get((object_id, resource_id))
 
+    def live(self, object_id: int, instance_id: int) -> StoredInstance | None:
+        inst = self._instances.get(object_id, {}).get(instance_id)
+        return None if inst is None or inst.deleted else inst
+
+    def live_instances(self, object_id: int) -> dict[int, StoredInstance]:
+        return {i: inst for i, inst in self._instances.get(object_id, {}).items() if not inst.deleted}
+
     @property
     def security_mode(self) -> SecurityMode:
-        return SecurityMode.from_options(int(self._device_values.get(self._security_key, 0)))
+        return self.interface.security_mode
 
     @property
     def hash_iteration(self) -> int:
-        return int(self._device_values.get(self._hash_iteration_key, 5000))
+        return self.interface.hash_iteration
 
     @property
     def serial_number(self) -> str:
-        res = _resource(self.device_object, "serial-number")
-        return str(self._device_values.get((self.device_object.id, res.id), ""))
+        return self.device.serial_number
 
     def device_identity(self) -> dict[str, str]:
-        return {
-            attr: str(
-                self._device_values.get((self.device_object.id, _resource(self.device_object, slug).id), "")
-            )
-            for slug, attr in DEVICE_IDENTITY.items()
-        }
+        return self.device.identity()
+
+    def account(self, group_id: int) -> Account | None:
+        return self.groups.account(group_id)
+
+    def find_account(self, name: str) -> Account | None:
+        return self.groups.find_account(name)
 
     async def set_security_mode(self, mode: SecurityMode) -> None:
         """Switch the device's login mode (the ``--security`` override), durably."""
-        object_id, resource_id = self._security_key
-        response = await self.handle(Request(Operation.WRITE, object_id, None, resource_id, mode.options))
+        resource = self.interface.resource("security-options")
+        request = Request(
+            Operation.WRITE, self.interface_object.id, None, resource.id, mode.options, caller=MAINTENANCE
+        )
+        response = await self.handle(request)
         if not response.status.is_success:
             raise RuntimeError(f"cannot set the security mode: {response.diagnostic}")
 
-    def account(self, group_id: int) -> Account | None:
-        inst = self._instances[self.group_object.id].get(group_id)
-        if inst is None or inst.deleted:
-            return None
-        return Account(
-            group_id,
-            inst.values.get(self._name_id, ""),
-            inst.values.get(self._alias_id, group_id),
-            inst.values.get(self._lifetime_id, 0),
-            inst.credential,
-        )
-
-    def find_account(self, name: str) -> Account | None:
-        """The group a login name designates (the lowest id if two groups share a name)."""
-        gid = self._name_index.get(name)
-        return None if gid is None else self.account(gid)
+    def wire_form(self, obj: ObjectDef, resource: ResourceDef, body: bytes) -> Form:
+        """Which form a Tap write body is in (the object's handler decides for resources with several)."""
+        return self._handlers[obj.id].wire_form(resource, body)
 
     def instance_ids(self, object_id: int) -> list[int]:
-        return sorted(i for i, inst in self._instances.get(object_id, {}).items() if not inst.deleted)
+        return sorted(self.live_instances(object_id))
 
     def outbox_payload(self, object_id: int, instance_id: int) -> dict[str, Any] | None:
         inst = self._instances.get(object_id, {}).get(instance_id)
@@ -400,6 +273,16 @@ class DeviceTree:
     @property
     def state(self) -> DeviceState:
         return self._state
+
+    def apply_reconcile(self, writes: ReconcileWrites, now: float) -> int:
+        """Apply the sync task's reconcile (re-versions and tombstones) to the state and to the tree at
+        once; returns the outbox rows queued. Blocking on purpose (a few milliseconds, rare): the state
+        write and the tree's view must not interleave with a request, or a change could be versioned
+        below the bump."""
+        queued = apply_reconcile_sync(self._state, writes, now)
+        if writes.bumps or writes.tombstones:
+            self.reload()
+        return queued
 
     # ------------------------------------------------------------------ events
 
@@ -437,6 +320,21 @@ class DeviceTree:
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="internal error")
 
     async def _dispatch(self, req: Request) -> Response:
+        resolved = self._resolve(req)
+        if isinstance(resolved, Response):
+            return resolved
+        handler = self._handlers[resolved.obj.id]
+        resource = resolved.resource
+        if resource is None:
+            return handler.read_container(resolved)
+        if resource.behaviour is Behaviour.CREATE:
+            return await handler.create(resolved)
+        if req.operation is Operation.READ:
+            return handler.read(resolved)
+        return await handler.write(resolved)
+
+    def _resolve(self, req: Request) -> Target | Response:
+        """The one resolve step: existence, then allowed operation, then limits, then rights."""
         obj = self.model.objects.get(req.object_id)
         if obj is None:
             return Response(Status.NOT_FOUND, diagnostic=f"no object {req.object_id}")
@@ -444,203 +342,84 @@ class DeviceTree:
             return Response(Status.NOT_FOUND, diagnostic=f"object {obj.id} has a single instance")
         if req.instance_id is not None and not obj.valid_instance(req.instance_id):
             return Response(Status.NOT_FOUND, diagnostic=f"instance id {req.instance_id} is out of range")
-        if req.resource_id is None:
-            return self._read_container(req, obj)
-        res = obj.resources.get(req.resource_id)
-        if res is None:
+        res = None if req.resource_id is None else obj.resources.get(req.resource_id)
+        if req.resource_id is not None and res is None:
             return Response(Status.NOT_FOUND, diagnostic=f"object {obj.id} has no resource {req.resource_id}")
-        if obj.multiple and req.instance_id is None:
+        if res is not None and obj.multiple and req.instance_id is None:
             return Response(Status.NOT_FOUND, diagnostic="an instance id is required")
-        if req.operation not in res.operations:
-            return Response(
-                Status.METHOD_NOT_ALLOWED, diagnostic=f"{req.operation.name} is not allowed on {res.name}"
-            )
-        if res.behaviour is Behaviour.SESSION:
-            return Response(Status.NOT_IMPLEMENTED, diagnostic=f"{res.name} is served by a Tap session only")
-        if res.behaviour is Behaviour.CREATE:
-            return await self._create(req, obj, res)
-        inst = None
-        if obj.multiple:
-            assert req.instance_id is not None
-            inst = self._live(obj, req.instance_id)
-            if inst is None:
-                return Response(
-                    Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
-                )
-        denied = self._authorize(req, obj, res)
-        if denied is not None:
-            return denied
-        if req.operation is Operation.READ:
-            values = inst.values if inst is not None else {res.id: self._device_values.get((obj.id, res.id))}
-            return Response(Status.CONTENT, values.get(res.id, res.default_value(req.instance_id)))
-        if res.behaviour is Behaviour.CREDENTIAL:
-            return await self._set_credential(req, obj, res)
-        return await self._write(req, obj, res, inst)
-
-    def _live(self, obj: ObjectDef, instance_id: int) -> _Instance | None:
-        inst = self._instances[obj.id].get(instance_id)
-        return None if inst is None or inst.deleted else inst
-
-    def _read_container(self, req: Request, obj: ObjectDef) -> Response:
-        if req.operation is not Operation.READ:
-            return Response(
-                Status.METHOD_NOT_ALLOWED, diagnostic="only GET is allowed on an instance or object"
-            )
-        denied = self._authorize(req, obj, None)
-        if denied is not None:
-            return denied
-        readable = [r for r in obj.resources.values() if r.readable and r.behaviour is not Behaviour.SESSION]
-        if not obj.multiple:
-            return Response(Status.CONTENT, {r.id: self._device_values.get((obj.id, r.id)) for r in readable})
-        if req.instance_id is None:
-            return Response(
-                Status.CONTENT,
-                {
-                    gid: {r.id: inst.values.get(r.id) for r in readable}
-                    for gid, inst in sorted(self._instances[obj.id].items())
-                    if not inst.deleted
-                },
-            )
-        inst = self._live(obj, req.instance_id)
-        if inst is None:
+        creates = res is not None and res.behaviour is Behaviour.CREATE
+        inst = None if req.instance_id is None else self.live(obj.id, req.instance_id)
+        if req.instance_id is not None and inst is None and not creates:
             return Response(
                 Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
             )
-        return Response(Status.CONTENT, {r.id: inst.values.get(r.id) for r in readable})
-
-    def _authorize(self, req: Request, obj: ObjectDef, res: ResourceDef | None) -> Response | None:
+        # allowed operation
+        if res is None and req.operation is not Operation.READ:
+            return Response(
+                Status.METHOD_NOT_ALLOWED, diagnostic="only GET is allowed on an instance or object"
+            )
+        if res is not None and req.operation not in res.operations:
+            return Response(
+                Status.METHOD_NOT_ALLOWED, diagnostic=f"{req.operation.name} is not allowed on {res.name}"
+            )
+        if res is not None and res.behaviour is Behaviour.SESSION:
+            return Response(Status.NOT_IMPLEMENTED, diagnostic=f"{res.name} is served by a Tap session only")
+        if creates and inst is not None:
+            return Response(
+                Status.BAD_REQUEST, diagnostic=f"{obj.name.lower()} {req.instance_id} already exists"
+            )
+        # limits
+        form = None
+        if res is not None and req.operation is not Operation.READ:
+            checked = self._checked_form(req, obj, res)
+            if isinstance(checked, Response):
+                return checked
+            form = checked
+        target = Target(req, obj, res, inst, form)
+        # rights
         if req.caller.read_only and req.operation is not Operation.READ:
             return Response(Status.UNAUTHORIZED, diagnostic="this access is read-only")
         caller = req.caller.group_id
         if caller is None:
-            return None
-        if req.operation is Operation.READ:
-            if caller == ANONYMOUS_GROUP and obj is self.group_object and not self.access.anonymous_read:
-                return Response(Status.UNAUTHORIZED, diagnostic="log in to read groups")
-            return None
-        account = self.account(caller)
-        profile = account.alias if account is not None else caller
-        if caller not in self.access.writers and profile not in self.access.writers:
+            return target
+        if req.operation is not Operation.READ and not self.groups.may_write(caller):
             return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not write")
-        if (
-            res is not None
-            and res.secret
-            and req.instance_id == self.access.admin_group
-            and caller != self.access.admin_group
-        ):
-            return Response(Status.UNAUTHORIZED, diagnostic="only admin may change the admin password")
-        return None
+        return self._handlers[obj.id].authorize(caller, target) or target
 
-    def _pick_form(self, req: Request, res: ResourceDef) -> Form | Response:
-        if req.form is not None:
-            return req.form
-        value_type = (
-            ValueType.STRING
-            if isinstance(req.value, str)
-            else ValueType.OPAQUE
-            if isinstance(req.value, bytes)
-            else ValueType.INTEGER
-            if isinstance(req.value, int) and not isinstance(req.value, bool)
-            else ValueType.NONE
+    def _checked_form(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Form | Response:
+        """The form a write addresses, once the value is known to fit the model's limits for it."""
+        form = (
+            res.form
+            if res.behaviour is Behaviour.CREATE
+            else req.form or res.form_for_type(_value_type(req.value))
         )
-        form = res.form_for_type(value_type)
         if form is None:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name} does not take this kind of value")
-        return form
-
-    def _validated_form(self, req: Request, res: ResourceDef) -> Form | Response:
-        """The form a write addresses, once the value is known to fit it (else a 4.00 response)."""
-        form = self._pick_form(req, res)
-        if isinstance(form, Response):
-            return form
         try:
             form.validate(req.value)
         except ValueError_ as exc:
             return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
+        if res.behaviour is Behaviour.REFERENCE and (
+            not isinstance(req.value, int) or self.live(obj.id, req.value) is None
+        ):
+            return Response(
+                Status.BAD_REQUEST, diagnostic=f"{res.name}: {obj.name.lower()} {req.value} does not exist"
+            )
         return form
 
-    async def _write(
-        self, req: Request, obj: ObjectDef, res: ResourceDef, inst: _Instance | None
-    ) -> Response:
-        form = self._validated_form(req, res)
-        if isinstance(form, Response):
-            return form
-        value: Any = req.value
-        if res.behaviour is Behaviour.REFERENCE and self._live(obj, value) is None:
-            return Response(
-                Status.BAD_REQUEST, diagnostic=f"{res.name}: {obj.name.lower()} {value} does not exist"
-            )
-        if inst is None:
-            key = (obj.id, res.id)
-            try:
-                await self._state.commit([DeviceValueWrite(obj.id, res.id, value)])
-            except StateError:  # logged by the state, once per episode
-                return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
-            self._device_values[key] = value
-            self._emit(ChangeEvent(obj.id, None, frozenset({res.id})))
-            return Response(Status.CHANGED)
-        assert req.instance_id is not None
-        values = dict(inst.values)
-        values[res.id] = value
-        credential = inst.credential
-        scram = None if credential is None else credential.scram
-        if credential is not None and scram is not None:
-            # A low-level write of salt or iteration changes what the login announces, keys unchanged.
-            if res.id == self._salt_id:
-                scram = scram.with_salt(value.to_bytes(4, "big"))
-            elif res.id == self._iteration_id:
-                scram = scram.with_iterations(value)
-            credential = Credential(credential.password_hash, scram)
-        return await self._commit_instance(obj, req.instance_id, values, credential, frozenset({res.id}))
+    # ------------------------------------------------------------------ commits (for the handlers)
 
-    async def _set_credential(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Response:
-        form = self._validated_form(req, res)
-        if isinstance(form, Response):
-            return form
-        iterations = self.hash_iteration
+    async def commit_value(self, obj: ObjectDef, resource: ResourceDef, value: Any) -> Response:
+        """Store a value of a single-instance object durably, then announce it."""
         try:
-            if isinstance(req.value, str):
-                salt = draw_user_salt(self._random_bytes)
-                credential: Credential = await self._offload(
-                    credential_from_password, req.value, salt, iterations
-                )
-            elif isinstance(req.value, bytes):
-                credential = credential_from_key(req.value, iterations)
-            else:
-                return Response(Status.BAD_REQUEST, diagnostic=f"{res.name} needs a password or a key")
-        except CredentialError as exc:
-            return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
-        assert req.instance_id is not None
-        inst = self._live(obj, req.instance_id)
-        if inst is None:  # reset while deriving
-            return Response(
-                Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
-            )
-        values = dict(inst.values)
-        values[self._salt_id], values[self._iteration_id] = _scram_fields(credential)
-        changed = frozenset({res.id, self._salt_id, self._iteration_id})
-        return await self._commit_instance(obj, req.instance_id, values, credential, changed)
+            await self._state.commit([DeviceValueWrite(obj.id, resource.id, value)])
+        except StateError:  # logged by the state, once per episode
+            return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
+        self._device_values[(obj.id, resource.id)] = value
+        self._emit(ChangeEvent(obj.id, None, frozenset({resource.id})))
+        return Response(Status.CHANGED)
 
-    async def _create(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Response:
-        denied = self._authorize(req, obj, res)
-        if denied is not None:
-            return denied
-        try:
-            res.form.validate(req.value)
-        except ValueError_ as exc:
-            return Response(Status.BAD_REQUEST, diagnostic=f"{res.name}: {exc}")
-        assert req.instance_id is not None
-        if self._live(obj, req.instance_id) is not None:
-            return Response(
-                Status.BAD_REQUEST, diagnostic=f"{obj.name.lower()} {req.instance_id} already exists"
-            )
-        values = {r.id: r.default_value(req.instance_id) for r in obj.stored_resources()}
-        response = await self._commit_instance(
-            obj, req.instance_id, values, None, frozenset(values), created=True
-        )
-        return Response(Status.CREATED) if response.status is Status.CHANGED else response
-
-    async def _commit_instance(
+    async def commit_instance(
         self,
         obj: ObjectDef,
         instance_id: int,
@@ -650,13 +429,15 @@ class DeviceTree:
         *,
         created: bool = False,
     ) -> Response:
+        """Replace an instance: at once in memory, then durably (rolled back if the state fails), then
+        announced. The handler learns of the change (``loaded``) both ways."""
+        handler = self._handlers[obj.id]
         instances = self._instances[obj.id]
         previous = instances.get(instance_id)
         version = max(self._clock_ms(), previous.version + 1 if previous else 1)
-        current = _Instance(values, credential, version)
+        current = StoredInstance(values, credential, version)
         instances[instance_id] = current
-        if obj is self.group_object:
-            self._rebuild_name_index()
+        handler.loaded()
         try:
             await self._state.commit(
                 [InstanceWrite(_row(obj.id, instance_id, current), public_payload(obj, instance_id, current))]
@@ -667,8 +448,7 @@ class DeviceTree:
                     del instances[instance_id]
                 else:
                     instances[instance_id] = previous
-                if obj is self.group_object:
-                    self._rebuild_name_index()
+                handler.loaded()
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._emit(ChangeEvent(obj.id, instance_id, changed, version, created=created))
         return Response(Status.CHANGED)

@@ -285,6 +285,8 @@ def test_an_unusable_state_path_is_a_clear_runtime_error(tmp_path: Path) -> None
         ('name = "tab\\there"', "name"),
         ('name = "u"\npassword = "a-password-longer-than-16"', "password"),
         ('name = "u"\nalias = 77', "alias"),
+        ('name = "twin"\n[[groups]]\nid = 2\nname = "twin"', "already used by group 1"),
+        ('name = "u"\nsession_lifetime = 70000', "session_lifetime"),
     ],
 )
 def test_a_profile_group_the_model_forbids_exits_2(tmp_path: Path, group: str, key: str) -> None:

@@ -15,7 +15,7 @@ from tap_emulator.cli import main
 from tap_emulator.config import PROFILES_DIR
 from tap_emulator.model import Operation
 from tap_emulator.sync import SyncSettings
-from tap_emulator.tree import Request, Status
+from tap_emulator.tree import MAINTENANCE, Request, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +45,9 @@ async def run(argv: Sequence[str]) -> int:
 
 async def rename(emulator: Emulator, group_id: int, name: str) -> None:
     assert emulator.tree is not None
-    response = await emulator.tree.handle(Request(Operation.WRITE, 1025, group_id, 0, name))
+    response = await emulator.tree.handle(
+        Request(Operation.WRITE, 1025, group_id, 0, name, caller=MAINTENANCE)
+    )
     assert response.status is Status.CHANGED
 
 

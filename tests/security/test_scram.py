@@ -32,6 +32,7 @@ from tap_emulator.security import (
     derive_scram_keys,
     draw_user_salt,
     hash_login_password,
+    login_name,
     salted_password,
     server_proof,
     session_key,
@@ -486,11 +487,20 @@ def test_handshake_parses_the_sdk_capture() -> None:
     assert result.session_key == session_key(vector_keys(VECTORS[0]), 0xD050A27E, 0x0BADCAFE)
 
 
-def test_username_stops_at_first_zero_byte() -> None:
+def test_the_username_is_the_field_up_to_its_zero_padding_and_nothing_else() -> None:
+    """Login by name is exact: bytes after the padding make a name no group can hold."""
     seen: list[str] = []
     handshake = ScramServerHandshake(directory({}, seen), DECOY_KEY)
-    handshake.start(padded(b"admin\0junk") + bytes(4), 1)
+    handshake.start(padded(b"admin") + bytes(4), 1)
     assert seen == ["admin"]
+    for field, name in (
+        (padded(b"admin\0junk"), "admin\0junk".ljust(16, "\0")),
+        (padded(b"Admin"), "Admin"),
+        (padded(b"admin "), "admin "),
+        (b"sixteen-chars-xx", "sixteen-chars-xx"),
+        (bytes(16), ""),
+    ):
+        assert login_name(field) == name
 
 
 def test_sdk_logs_in_with_the_password() -> None:

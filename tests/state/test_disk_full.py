@@ -26,7 +26,7 @@ from tap_emulator.model import Operation
 from tap_emulator.state import DeviceState, InstanceRow, InstanceWrite, StateError
 from tap_emulator.store import open_store
 from tap_emulator.sync import SyncSettings
-from tap_emulator.tree import Request, Status
+from tap_emulator.tree import MAINTENANCE, Request, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,7 +203,9 @@ async def test_a_full_disk_with_sync_running_logs_no_traceback_and_the_store_cat
         with caplog.at_level(logging.INFO):
             limit_pages(tree.state, 0)
             statuses = [
-                (await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, f"n{i}"))).status
+                (
+                    await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, f"n{i}", caller=MAINTENANCE))
+                ).status
                 for i in range(200)
             ]
             assert statuses.count(Status.INTERNAL_SERVER_ERROR) > 100
@@ -211,7 +213,7 @@ async def test_a_full_disk_with_sync_running_logs_no_traceback_and_the_store_cat
             limit_pages(tree.state, 1000)
             blocker.unlink()
             blocker.mkdir()
-            back = await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, "back"))
+            back = await tree.handle(Request(Operation.WRITE, 1025, 65534, 0, "back", caller=MAINTENANCE))
             assert back.status is Status.CHANGED
             store = await open_store(store_url)
             try:

@@ -12,7 +12,7 @@ import pytest
 from tap_emulator.model import Operation
 from tap_emulator.state.outbox import backlog_status
 from tap_emulator.store import open_store
-from tap_emulator.tree import Request, Status
+from tap_emulator.tree import MAINTENANCE, Request, Status
 
 from .conftest import (
     GROUP_OBJECT,
@@ -56,7 +56,7 @@ async def test_a_store_outage_under_continuous_writes_loses_nothing_and_converge
                 while not stop_writing.is_set():
                     group = GROUPS[written % len(GROUPS)]
                     response = await tree.handle(
-                        Request(Operation.WRITE, GROUP_OBJECT, group, 0, f"w{written}")
+                        Request(Operation.WRITE, GROUP_OBJECT, group, 0, f"w{written}", caller=MAINTENANCE)
                     )
                     written += 1
                     refused += response.status is not Status.CHANGED

@@ -13,7 +13,7 @@ import pytest
 from tap_emulator.model import Operation
 from tap_emulator.state.outbox import backlog_status
 from tap_emulator.store import ManagementStore, open_store
-from tap_emulator.tree import DeviceTree, Request, Status
+from tap_emulator.tree import MAINTENANCE, DeviceTree, Request, Status
 
 from .conftest import running_emulator, store_matches_device, tree_of, wait_until
 
@@ -24,7 +24,7 @@ WRITES = 600
 
 
 async def rename(tree: DeviceTree, group_id: int, name: str) -> None:
-    response = await tree.handle(Request(Operation.WRITE, 1025, group_id, 0, name))
+    response = await tree.handle(Request(Operation.WRITE, 1025, group_id, 0, name, caller=MAINTENANCE))
     assert response.status is Status.CHANGED
 
 

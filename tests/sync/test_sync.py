@@ -23,7 +23,7 @@ from tap_emulator.state.outbox import backlog_status
 from tap_emulator.store import ManagementStore, open_store
 from tap_emulator.store.urls import sqlite_path
 from tap_emulator.sync import SyncTask
-from tap_emulator.tree import DeviceTree, Request, Status
+from tap_emulator.tree import MAINTENANCE, DeviceTree, Request, Status
 
 from .conftest import (
     FAST_SYNC,
@@ -49,12 +49,16 @@ async def pending_rows(tree: DeviceTree) -> list[OutboxRow]:
 
 
 async def rename(tree: DeviceTree, group_id: int, name: str) -> None:
-    response = await tree.handle(Request(Operation.WRITE, GROUP_OBJECT, group_id, NAME, name))
+    response = await tree.handle(
+        Request(Operation.WRITE, GROUP_OBJECT, group_id, NAME, name, caller=MAINTENANCE)
+    )
     assert response.status is Status.CHANGED, response.diagnostic
 
 
 async def create(tree: DeviceTree, group_id: int) -> None:
-    response = await tree.handle(Request(Operation.EXECUTE, GROUP_OBJECT, group_id, CREATE))
+    response = await tree.handle(
+        Request(Operation.EXECUTE, GROUP_OBJECT, group_id, CREATE, caller=MAINTENANCE)
+    )
     assert response.status is Status.CREATED, response.diagnostic
 
 

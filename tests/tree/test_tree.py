@@ -4,17 +4,28 @@ cannot store a change, rights of callers, login lookups, and secrets kept out of
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tap_emulator.app import open_device
-from tap_emulator.config import load_profile
+from tap_emulator.config import GroupSeed, load_profile
 from tap_emulator.model import Operation
-from tap_emulator.tree import READ_ONLY_MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Status
+from tap_emulator.state import InstanceWrite
+from tap_emulator.tree import (
+    MAINTENANCE,
+    READ_ONLY_MAINTENANCE,
+    Caller,
+    ChangeEvent,
+    DeviceTree,
+    Request,
+    Status,
+)
 
 ADMIN, SUPERVISOR, ANONYMOUS = 65535, 65534, 0
 
@@ -31,9 +42,7 @@ def tree() -> Iterator[DeviceTree]:
 
 
 async def put(tree: DeviceTree, gid: int, rid: int, value: Any, caller: Caller | None = None) -> Status:
-    request = Request(Operation.WRITE, 1025, gid, rid, value)
-    if caller is not None:
-        request = Request(Operation.WRITE, 1025, gid, rid, value, caller)
+    request = Request(Operation.WRITE, 1025, gid, rid, value, caller=caller or MAINTENANCE)
     return (await tree.handle(request)).status
 
 
@@ -62,7 +71,9 @@ async def test_a_change_event_follows_the_durable_write(tree: DeviceTree) -> Non
         False,
     )
     assert stored[0] == "night", "the event must come after the change is stored"
-    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535))).status is Status.CREATED
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535, caller=MAINTENANCE))
+    ).status is Status.CREATED
     assert seen[-1][0].created and seen[-1][0].instance_id == 9
     assert await put(tree, SUPERVISOR, 0, "x" * 17) is Status.BAD_REQUEST
     assert len(seen) == 2, "a refused write emits nothing"
@@ -87,12 +98,14 @@ async def test_a_change_the_state_cannot_store_is_5_00_and_rolled_back(tree: Dev
     tree.subscribe(heard.append)
     tree.state.close()  # every later commit fails
     assert await put(tree, SUPERVISOR, 0, "lost") is Status.INTERNAL_SERVER_ERROR
-    response = await tree.handle(Request(Operation.READ, 1025, SUPERVISOR, 0))
+    response = await tree.handle(Request(Operation.READ, 1025, SUPERVISOR, 0, caller=MAINTENANCE))
     assert response.value == "supervisor"
     assert (
-        await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535))
+        await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535, caller=MAINTENANCE))
     ).status is Status.INTERNAL_SERVER_ERROR
-    assert (await tree.handle(Request(Operation.READ, 1025, 9, 0))).status is Status.NOT_FOUND
+    assert (
+        await tree.handle(Request(Operation.READ, 1025, 9, 0, caller=MAINTENANCE))
+    ).status is Status.NOT_FOUND
     assert tree.find_account("lost") is None and tree.find_account("supervisor") is not None
     assert heard == []
 
@@ -111,15 +124,99 @@ async def test_callers_rights(tree: DeviceTree) -> None:
     ).status is Status.CONTENT
     assert await put(tree, SUPERVISOR, 0, "x", anonymous) is Status.UNAUTHORIZED
     assert await put(tree, ANONYMOUS, 0, "x", supervisor) is Status.CHANGED
-    admin_password = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", supervisor)
+    admin_password = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", caller=supervisor)
     assert (await tree.handle(admin_password)).status is Status.UNAUTHORIZED
-    own = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", admin)
+    own = Request(Operation.EXECUTE, 1025, ADMIN, 2, "pw", caller=admin)
     assert (await tree.handle(own)).status is Status.CHANGED
     # A user whose alias names a writing profile inherits its rights.
-    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 5, 65535))).status is Status.CREATED
-    assert await put(tree, 5, 0, "x", Caller(5)) is Status.UNAUTHORIZED
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, 5, 65535, caller=MAINTENANCE))
+    ).status is Status.CREATED
+    assert await put(tree, 5, 0, "user-5", Caller(5)) is Status.UNAUTHORIZED
     assert await put(tree, 5, 5, SUPERVISOR) is Status.CHANGED
-    assert await put(tree, 5, 0, "x", Caller(5)) is Status.CHANGED
+    assert await put(tree, 5, 0, "user-5", Caller(5)) is Status.CHANGED
+
+
+async def test_the_profile_order_is_the_order_of_the_writers_with_admin_first() -> None:
+    """writers = [supervisor, 40, 30, admin]: admin still ranks first, then supervisor, 40, 30."""
+    base = load_profile()
+    profile = dataclasses.replace(
+        base,
+        access=dataclasses.replace(base.access, writers=(SUPERVISOR, 40, 30, ADMIN)),
+        groups=(*base.groups, GroupSeed(30, "ops", "ops")),
+    )
+    tree = open_device(profile, ":memory:", random_bytes=os.urandom, clock_ms=lambda: 1_700_000_000_000)
+    try:
+        ops, supervisor = Caller(30), Caller(SUPERVISOR)
+        assert await put(tree, SUPERVISOR, 4, 10, ops) is Status.UNAUTHORIZED
+        assert await put(tree, 30, 4, 10, supervisor) is Status.CHANGED
+        assert await put(tree, ADMIN, 4, 10, supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, SUPERVISOR, 4, 10, Caller(ADMIN)) is Status.CHANGED
+        # A user ranks by its profile: one with supervisor's profile is out of reach of 30 and of peers.
+        assert (await tree.handle(Request(Operation.EXECUTE, 1025, 31, 65535, caller=ops))).status is (
+            Status.CREATED
+        )
+        assert await put(tree, 31, 5, 30, ops) is Status.UNAUTHORIZED, "30 may not grant its own rank"
+        assert await put(tree, 31, 5, SUPERVISOR, supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 5, SUPERVISOR, Caller(ADMIN)) is Status.CHANGED
+        assert await put(tree, 31, 0, "deputy", ops) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 0, "deputy", supervisor) is Status.UNAUTHORIZED
+        assert await put(tree, 31, 0, "deputy", Caller(31)) is Status.CHANGED, "its own name"
+        assert await put(tree, 31, 5, 31, Caller(31)) is Status.UNAUTHORIZED, "not its own alias"
+        # Creating a group the writers rank (40, not seeded) is creating that rank: refused below it.
+        create_40 = Request(Operation.EXECUTE, 1025, 40, 65535, caller=MAINTENANCE)
+        assert (await tree.handle(dataclasses.replace(create_40, caller=ops))).status is Status.UNAUTHORIZED
+        assert (await tree.handle(dataclasses.replace(create_40, caller=supervisor))).status is Status.CREATED
+    finally:
+        tree.state.close()
+
+
+async def test_a_group_promoted_while_its_password_is_derived_is_out_of_reach() -> None:
+    """The rank rule holds at the commit too: a supervisor's password change on group 9 that admin
+    promotes to its own profile during the derivation is refused, and 9 keeps no new password."""
+    deriving, promoted = asyncio.Event(), asyncio.Event()
+
+    async def slow_offload(fn: Callable[..., Any], *args: Any) -> Any:
+        deriving.set()
+        await promoted.wait()
+        return fn(*args)
+
+    tree = open_device(
+        load_profile(), ":memory:", random_bytes=os.urandom, clock_ms=lambda: 1, offload=slow_offload
+    )
+    try:
+        create = Request(Operation.EXECUTE, 1025, 9, 65535, caller=MAINTENANCE)
+        assert (await tree.handle(create)).status is Status.CREATED
+        change = asyncio.create_task(
+            tree.handle(Request(Operation.EXECUTE, 1025, 9, 2, "mine", caller=Caller(SUPERVISOR)))
+        )
+        await asyncio.wait_for(deriving.wait(), 5)
+        assert await put(tree, 9, 5, ADMIN, Caller(ADMIN)) is Status.CHANGED
+        promoted.set()
+        assert (await asyncio.wait_for(change, 5)).status is Status.UNAUTHORIZED
+        account = tree.account(9)
+        assert account is not None and account.credential is None
+    finally:
+        tree.state.close()
+
+
+async def test_a_duplicate_name_in_an_older_state_logs_in_to_the_higher_ranked_group(
+    tree: DeviceTree,
+) -> None:
+    """States written before names were unique may hold a second "admin": it never wins the login."""
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, 9, 65535, caller=MAINTENANCE))
+    ).status is Status.CREATED
+    row = tree.state.load().instances[(1025, 9)]
+    values = {**row.values, 0: "admin"}
+    tree.state.commit_sync(
+        [InstanceWrite(dataclasses.replace(row, values=values, version=row.version + 1), {"values": {}})]
+    )
+    tree.reload()
+    assert (await tree.handle(Request(Operation.READ, 1025, 9, 0, caller=MAINTENANCE))).value == "admin"
+    found = tree.find_account("admin")
+    assert found is not None and found.group_id == ADMIN
+    assert tree.find_account("") is None
 
 
 async def test_a_read_only_caller_reads_everything_and_changes_nothing(tree: DeviceTree) -> None:
@@ -144,12 +241,14 @@ async def test_a_read_only_caller_reads_everything_and_changes_nothing(tree: Dev
 
 async def test_secrets_stay_out_of_reprs_and_the_outbox(tree: DeviceTree) -> None:
     key = bytes(range(1, 17)) + bytes(range(101, 117)) + b"\x0a\x0b\x0c\x0d" + (50).to_bytes(4, "big")
-    assert (await tree.handle(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, key))).status is Status.CHANGED
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, key, caller=MAINTENANCE))
+    ).status is Status.CHANGED
     account = tree.account(SUPERVISOR)
     assert account is not None and account.credential is not None
     assert key[:16].hex() not in repr(account) and str(list(key[:16])) not in repr(account)
     assert "b'\\x01\\x02" not in repr(account)
-    assert "secret" not in repr(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, "secret"))
+    assert "secret" not in repr(Request(Operation.EXECUTE, 1025, SUPERVISOR, 2, "secret", caller=MAINTENANCE))
     rows = await tree.state.pending_outbox()
     last = rows[-1]
     assert last.instance_id == SUPERVISOR and last.payload["password_set"] is True
@@ -162,14 +261,16 @@ async def test_secrets_stay_out_of_reprs_and_the_outbox(tree: DeviceTree) -> Non
 
 async def test_out_of_range_or_unknown_targets_are_4_04(tree: DeviceTree) -> None:
     for request in (
-        Request(Operation.READ, 1026, 0, 0),
-        Request(Operation.READ, 1025, 70000, 0),
-        Request(Operation.READ, 1025, 0, 3),
-        Request(Operation.READ, 1025, None, 0),
-        Request(Operation.READ, 1025, 12, None),
+        Request(Operation.READ, 1026, 0, 0, caller=MAINTENANCE),
+        Request(Operation.READ, 1025, 70000, 0, caller=MAINTENANCE),
+        Request(Operation.READ, 1025, 0, 3, caller=MAINTENANCE),
+        Request(Operation.READ, 1025, None, 0, caller=MAINTENANCE),
+        Request(Operation.READ, 1025, 12, None, caller=MAINTENANCE),
     ):
         assert (await tree.handle(request)).status is Status.NOT_FOUND, request
-    assert (await tree.handle(Request(Operation.WRITE, 1025, 0, None, 1))).status is Status.METHOD_NOT_ALLOWED
+    assert (
+        await tree.handle(Request(Operation.WRITE, 1025, 0, None, 1, caller=MAINTENANCE))
+    ).status is Status.METHOD_NOT_ALLOWED
 
 
 async def test_a_wrongly_typed_value_is_4_00(tree: DeviceTree) -> None:
@@ -180,11 +281,13 @@ async def test_a_wrongly_typed_value_is_4_00(tree: DeviceTree) -> None:
 
 
 async def test_factory_reset_restores_the_profile(tree: DeviceTree) -> None:
-    assert (await tree.handle(Request(Operation.EXECUTE, 1025, 8, 65535))).status is Status.CREATED
+    assert (
+        await tree.handle(Request(Operation.EXECUTE, 1025, 8, 65535, caller=MAINTENANCE))
+    ).status is Status.CREATED
     assert await put(tree, ADMIN, 4, 1) is Status.CHANGED
     version_before = tree.state.load().instances[(1025, ADMIN)].version
     tree.seed(load_profile(), reset=True)
     assert tree.instance_ids(1025) == [ANONYMOUS, SUPERVISOR, ADMIN]
-    assert (await tree.handle(Request(Operation.READ, 1025, ADMIN, 4))).value == 300
+    assert (await tree.handle(Request(Operation.READ, 1025, ADMIN, 4, caller=MAINTENANCE))).value == 300
     stored = tree.state.load().instances
     assert stored[(1025, 8)].deleted and stored[(1025, ADMIN)].version > version_before

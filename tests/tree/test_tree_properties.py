@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
 from tap_emulator.model import Operation
-from tap_emulator.tree import ChangeEvent, DeviceTree, Request, Status
+from tap_emulator.tree import MAINTENANCE, ChangeEvent, DeviceTree, Request, Status
 
 RID = {
     "name": 0,
@@ -35,6 +35,7 @@ U32 = 2**32 - 1
 
 names = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=18),
+    st.sampled_from(["admin", "supervisor", "anonymous", "a", ""]),  # taken names and duplicates
     st.text(max_size=4),  # sometimes control characters or non-ASCII
 )
 values = {
@@ -87,7 +88,7 @@ class DictModel:
             return Status.CONTENT, group[op[2]]
         if kind == "put":
             slug, value = op[2], op[3]
-            if not self.valid(slug, value):
+            if not self.valid(slug, value) or (slug == "name" and self.name_taken(value, gid)):
                 return Status.BAD_REQUEST, None
             group[slug] = value
             return Status.CHANGED, None
@@ -111,6 +112,10 @@ class DictModel:
             return Status.BAD_REQUEST, None
         return Status.CHANGED, None
 
+    def name_taken(self, name: str, gid: int) -> bool:
+        """Names are unique per device; empty names never clash."""
+        return name != "" and any(g["name"] == name for other, g in self.groups.items() if other != gid)
+
     def valid(self, slug: str, value: Any) -> bool:
         if slug == "name":
             return len(value) <= 16 and all(0x20 <= ord(c) <= 0x7E for c in value)
@@ -126,12 +131,12 @@ class DictModel:
 def to_request(op: tuple[Any, ...]) -> Request:
     kind, gid = op[0], op[1]
     if kind == "create":
-        return Request(Operation.EXECUTE, 1025, gid, CREATE)
+        return Request(Operation.EXECUTE, 1025, gid, CREATE, caller=MAINTENANCE)
     if kind == "get":
-        return Request(Operation.READ, 1025, gid, RID[op[2]])
+        return Request(Operation.READ, 1025, gid, RID[op[2]], caller=MAINTENANCE)
     if kind == "put":
-        return Request(Operation.WRITE, 1025, gid, RID[op[2]], op[3])
-    return Request(Operation.EXECUTE, 1025, gid, RID["password"], op[2])
+        return Request(Operation.WRITE, 1025, gid, RID[op[2]], op[3], caller=MAINTENANCE)
+    return Request(Operation.EXECUTE, 1025, gid, RID["password"], op[2], caller=MAINTENANCE)
 
 
 async def read_all(tree: DeviceTree) -> dict[int, dict[str, Any]]:
@@ -139,7 +144,7 @@ async def read_all(tree: DeviceTree) -> dict[int, dict[str, Any]]:
     for gid in tree.instance_ids(1025):
         out[gid] = {}
         for slug in values:
-            response = await tree.handle(Request(Operation.READ, 1025, gid, RID[slug]))
+            response = await tree.handle(Request(Operation.READ, 1025, gid, RID[slug], caller=MAINTENANCE))
             assert response.status is Status.CONTENT
             out[gid][slug] = response.value
     return out

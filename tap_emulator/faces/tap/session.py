@@ -40,10 +40,9 @@ Choices where the spec (tap-protocol.md, section F) is silent:
   unit comes from the profile (seconds by default). An expired session falls back to anonymous before
   the request that finds it expired is served.
 - Keep-alive (``GET /1024//4``) answers the logged-in group's session lifetime (0 for anonymous).
-- Password resource (``POST /1025/{g}/2``, the credential form pair): a body of a key length longer than
-  a text password (36 or 40 bytes) is a key; a body of the hash length (16 bytes) is a 1-hash, unless
-  the device is in no-security mode and the bytes are printable ASCII, where it is a 16-character
-  password (the SDK sends plain passwords unpadded); anything shorter and printable is an ASCII password.
+- Password resource (``POST /1025/{g}/2``, the credential form pair): which form a body is in is the
+  tree's answer (``DeviceTree.wire_form``, the rule beside the credential table in
+  ``tap_emulator.security``).
 - Wire instance 0xFFFF of a multi-instance object is instance 65535 (admin); instance 0 of a single-
   instance object is accepted like the empty instance.
 """
@@ -74,15 +73,15 @@ from tap_emulator.codec.secure_frame import SecureChannel, SecureFrameError
 from tap_emulator.codec.values import RepresentationError, decode_wire, encode_wire
 from tap_emulator.config import ANONYMOUS_GROUP, SecurityMode
 from tap_emulator.logsafety import RateLimitedLog
-from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueError_, ValueType
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueError_
 from tap_emulator.security import (
-    KEY_LENGTH,
     USERNAME_LENGTH,
     AuthenticationFailed,
     ScramKeys,
     ScramServerHandshake,
     check_hash_login,
     check_plain_login,
+    login_name,
 )
 from tap_emulator.security.lockout import LoginLimiter, Reservation, peer_key
 from tap_emulator.tree import Caller, DeviceTree, Request
@@ -111,22 +110,6 @@ def _tap_status(status: int) -> int:
     if status < 0x80:
         return TapStatus.CHANGED
     return TapStatus.BAD_REQUEST if status < 0xA0 else TapStatus.INTERNAL_SERVER_ERROR
-
-
-def _printable(data: bytes) -> bool:
-    return all(0x20 <= byte <= 0x7E for byte in data)
-
-
-def _max_length(form: Form) -> int:
-    lengths = form.lengths
-    if lengths is None:
-        return 0
-    return max(lengths) if isinstance(lengths, frozenset) else lengths[1]
-
-
-def _username(field_bytes: bytes) -> str:
-    """Login frames zero-pad the name to 16 bytes; like the SDK's decoder, stop at the first zero."""
-    return field_bytes.split(b"\0", 1)[0].decode("latin-1")
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -376,7 +359,7 @@ class TapSession:
         value: object = None
         form: Form | None = None
         if operation is not Operation.READ and operation in resource.operations:
-            form = self._payload_form(resource, request.payload)
+            form = self.face.tree.wire_form(obj, resource, request.payload)
             try:
                 value = decode_wire(form, request.payload)
             except RepresentationError:
@@ -390,22 +373,6 @@ class TapSession:
         if operation is not Operation.READ or not response.status.is_success or response.value is None:
             return _Reply(status)
         return _Reply(status, encode_wire(resource.form, response.value))
-
-    def _payload_form(self, resource: ResourceDef, payload: bytes) -> Form:
-        """Which form a write body is in; only the credential (password | password-key) has two."""
-        if resource.behaviour is not Behaviour.CREDENTIAL or len(resource.forms) == 1:
-            return resource.form
-        text = resource.form_for_type(ValueType.STRING)
-        key = resource.form_for_type(ValueType.OPAQUE)
-        if text is None or key is None:
-            return resource.form
-        size = len(payload)
-        if size > _max_length(text):
-            return key
-        if size == KEY_LENGTH:  # a 1-hash, or a 16-character password in no-security mode
-            plain = self.face.tree.security_mode is SecurityMode.NONE and _printable(payload)
-            return text if plain else key
-        return text if _printable(payload) else key
 
     # ------------------------------------------------------------------ session resources
 
@@ -424,7 +391,7 @@ class TapSession:
             return _Reply(TapStatus.METHOD_NOT_ALLOWED)
         if not self._valid_body(resource, request.payload):
             return _Reply(TapStatus.BAD_REQUEST)
-        name = _username(request.payload[:USERNAME_LENGTH])
+        name = login_name(request.payload[:USERNAME_LENGTH])
         secret = request.payload[USERNAME_LENGTH:]
         async with face.one_check_per_peer(self.limiter_peer):
             # Counted before the PBKDF2 work is awaited: concurrent attempts see it at once.
@@ -484,7 +451,7 @@ class TapSession:
             return _Reply(TapStatus.METHOD_NOT_ALLOWED)
         if not self._valid_body(resource, request.payload):
             return _Reply(TapStatus.BAD_REQUEST)
-        name = _username(request.payload[:USERNAME_LENGTH])
+        name = login_name(request.payload[:USERNAME_LENGTH])
         now = face.clock()
         if face.limiter.wait(self.limiter_peer, name, now) > 0:
             self._handshake = None

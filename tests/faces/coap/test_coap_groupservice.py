@@ -187,6 +187,22 @@ async def test_change_password_key_refuses_a_zero_iteration(coap: Any, emulator:
     assert credential_of(emulator, SUPERVISOR) == before
 
 
+@pytest.mark.parametrize("form", FORMS)
+async def test_put_name_refuses_a_name_another_group_holds(coap: Any, form: str) -> None:
+    response = await coap.request("PUT", path(form, SUPERVISOR, "name"), b"admin")
+    assert code(response) == "4.00"
+    assert b"another group" in response.payload
+    assert await get_text(coap, path(form, SUPERVISOR, "name")) == "supervisor"
+    assert code(await coap.request("POST", path(form, 42, "create"))) == "2.01"
+    assert code(await coap.request("PUT", path(form, 42, "name"), b"supervisor")) == "4.00"
+    # Names are exact: another case is another name; a group may keep its own; empty names never clash.
+    assert code(await coap.request("PUT", path(form, 42, "name"), b"Supervisor")) == "2.04"
+    assert code(await coap.request("PUT", path(form, 42, "name"), b"Supervisor")) == "2.04"
+    assert code(await coap.request("POST", path(form, 43, "create"))) == "2.01"
+    assert code(await coap.request("PUT", path(form, 42, "name"), b"")) == "2.04"
+    assert await get_text(coap, path(form, 43, "name")) == ""
+
+
 # ----------------------------------------------------------------------------------- create
 
 

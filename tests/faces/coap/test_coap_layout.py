@@ -1,4 +1,5 @@
-"""The layout shows the design: the sans-IO layers import no aiocoap; faces hold no resource id literals."""
+"""The layout shows the design: the sans-IO layers import no aiocoap; neither the faces nor the tree's
+dispatcher and handlers hold resource id literals."""
 
 from __future__ import annotations
 
@@ -77,6 +78,25 @@ def test_the_coap_face_holds_no_object_or_resource_id_literals() -> None:
     assert sources
     offenders = _offenders(sources, numbers=True)
     assert not offenders, "resource ids belong in the model:\n" + "\n".join(offenders)
+
+
+def test_the_tree_dispatcher_holds_no_object_or_resource_id_literals() -> None:
+    """The dispatcher, its API and the handler contract name objects only through the model and the
+    handlers (issue 11 step 1); ids may appear only in a handler's own object file, and not even there."""
+    tree = REPO / "tap_emulator" / "tree"
+    sources = [tree / "tree.py", tree / "api.py", *sorted((tree / "handlers").rglob("*.py"))]
+    offenders = _offenders(sources, numbers=True)
+    assert not offenders, "resource ids belong in the model:\n" + "\n".join(offenders)
+
+
+def test_sync_changes_device_state_only_through_the_tree() -> None:
+    """The reconcile re-versions and tombstones through a tree operation, never behind the tree's back
+    (a state write plus a reload would let a request interleave with them)."""
+    behind = ("apply_reconcile_sync", ".reload(", "commit_sync(", "reset_sync(")
+    for source in sorted((REPO / "tap_emulator" / "sync").rglob("*.py")):
+        text = source.read_text(encoding="utf-8")
+        assert not [word for word in behind if word in text], source.name
+    assert "self.tree.apply_reconcile(" in (REPO / "tap_emulator" / "sync" / "task.py").read_text("utf-8")
 
 
 def test_no_face_spells_an_object_path() -> None:

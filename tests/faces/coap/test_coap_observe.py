@@ -19,7 +19,7 @@ from tap_emulator.app import open_device
 from tap_emulator.config import load_profile
 from tap_emulator.faces.coap import start_coap_server
 from tap_emulator.model import Operation
-from tap_emulator.tree import Request
+from tap_emulator.tree import MAINTENANCE, Request
 
 TIMEOUT = 5.0
 
@@ -96,7 +96,9 @@ async def test_a_change_through_the_tree_notifies_coap_observers(coap: Any, emul
     observer = Observer(coap.context, f"coap://127.0.0.1:{coap.port}/1025/65535/4")
     try:
         assert (await observer.first()).payload == b"300"
-        response = await emulator.tree.handle(Request(Operation.WRITE, 1025, 65535, 4, 61))
+        response = await emulator.tree.handle(
+            Request(Operation.WRITE, 1025, 65535, 4, 61, caller=MAINTENANCE)
+        )
         assert response.status.is_success
         assert (await observer.next()).payload == b"61"
     finally:
@@ -126,7 +128,9 @@ async def test_notifications_are_non_with_a_periodic_con() -> None:
         assert registered.option(OBSERVE) is not None
         types = []
         for index in range(7):
-            response = await tree.handle(Request(Operation.WRITE, 1025, 0, 0, f"n{index}"))
+            response = await tree.handle(
+                Request(Operation.WRITE, 1025, 0, 0, f"n{index}", caller=MAINTENANCE)
+            )
             assert response.status.is_success
             note = await raw.receive()
             assert (note.dotted_code, note.token, note.payload) == ("2.05", b"\x0b", f"n{index}".encode())

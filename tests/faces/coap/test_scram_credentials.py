@@ -263,7 +263,7 @@ async def test_event_loop_answers_gets_while_twenty_passwords_are_derived(
     # process): a GET answered while one is in flight proves the event loop was not the one deriving.
     tree = tree_of(emulator)
     in_progress = 0
-    original: Callable[..., Awaitable[Any]] = tree._offload
+    original: Callable[..., Awaitable[Any]] = tree.offload
 
     async def counting(fn: Callable[..., Any], *args: Any) -> Any:
         nonlocal in_progress
@@ -273,7 +273,7 @@ async def test_event_loop_answers_gets_while_twenty_passwords_are_derived(
         finally:
             in_progress -= 1
 
-    monkeypatch.setattr(tree, "_offload", counting)
+    monkeypatch.setattr(tree, "offload", counting)
     groups = range(100, 120)
     for group in groups:
         assert (await request(client, Code.POST, f"{base}/1025/{group}/65535")).code == Code.CREATED

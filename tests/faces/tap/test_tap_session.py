@@ -84,8 +84,13 @@ async def test_vectors_group_service_in_plain_mode(device: Device) -> None:
     await expect_vector(s, "group.getAlias(56)")  # a new group is its own profile: alias 56
     await expect_vector(s, 'group.putName(56,"abc")')
     assert await exchange(s, APDU["group.getName(56)"][0]) == "456162639000"
+    # The capture's group 56 is named "admin"; names are unique, so admin's name moves aside meanwhile.
+    assert decode_response(await s.handle_frame(put(GROUP, 56, NAME, b"admin"))) == (0x80, b"")
+    assert decode_response(await s.handle_frame(put(GROUP, ADMIN, NAME, b"root"))) == (0x44, b"")
     await s.handle_frame(put(GROUP, 56, NAME, b"admin"))
     await expect_vector(s, "group.getName(56)")
+    await s.handle_frame(put(GROUP, 56, NAME, b"abc"))
+    assert decode_response(await s.handle_frame(put(GROUP, ADMIN, NAME, b"admin"))) == (0x44, b"")
     await expect_vector(s, 'group.changePassword(56,"secret")')
     await expect_vector(s, "group.changePasswordKey(56, 00..27 (40B))")
     await expect_vector(s, "group.putSessionLifetime(56,3600)")
@@ -164,10 +169,13 @@ def _frame_vector() -> dict[str, str]:
 
 async def test_encrypted_frame_vector_is_reproduced() -> None:
     """Group 56 named 'admin' holds the spec's key (admin, salt 01020304, It 5000), so the SCRAM vector
-    nonces give the vector session key, and /1024//7 answers 0x0038 as in the vector."""
+    nonces give the vector session key, and /1024//7 answers 0x0038 as in the vector. Names are unique,
+    so the profile's admin group is renamed first."""
     dev = make_device(device_profile(SecurityMode.SCRAM))
     try:
         assert await dev.maintenance(Operation.EXECUTE, GROUP, 56, CREATE) == 0x41
+        assert await dev.maintenance(Operation.WRITE, GROUP, 56, NAME, "admin") == 0x80
+        assert await dev.maintenance(Operation.WRITE, GROUP, ADMIN, NAME, "root") == 0x44
         assert await dev.maintenance(Operation.WRITE, GROUP, 56, NAME, "admin") == 0x44
         assert await dev.maintenance(Operation.EXECUTE, GROUP, 56, PASSWORD, SCRAM_KEY_ADMIN_01020304) == 0x44
         s = dev.session()

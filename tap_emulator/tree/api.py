@@ -1,0 +1,85 @@
+"""The tree's neutral request API: what every face sends (`Request`) and gets back (`Response`).
+
+Kept apart from the dispatcher so the object handlers and the faces share these types without importing
+each other. A request always names its caller: a logged-in group, or `MAINTENANCE` (full rights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tap_emulator.model import Form, Operation
+from tap_emulator.tree.status import Status
+
+__all__ = [
+    "MAINTENANCE",
+    "READ_ONLY_MAINTENANCE",
+    "Caller",
+    "ChangeEvent",
+    "Offload",
+    "Request",
+    "Response",
+    "run_in_thread",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends a request: a logged-in group id, or ``None`` for the unrestricted maintenance role.
+
+    ``read_only`` withdraws every write, execute and delete from the caller's rights while keeping its
+    reads (the CoAP face's ``--coap-access read-only``).
+    """
+
+    group_id: int | None
+    read_only: bool = False
+
+
+MAINTENANCE = Caller(None)
+READ_ONLY_MAINTENANCE = Caller(None, read_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One operation on a path; ``caller`` is required (keyword), so no face acts with rights it did not
+    choose. ``form`` is set when the face addressed one form (an alias path such as password-key)."""
+
+    operation: Operation
+    object_id: int
+    instance_id: int | None = None
+    resource_id: int | None = None
+    value: object = field(default=None, repr=False)
+    caller: Caller = field(kw_only=True)
+    form: Form | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: Status
+    value: object = None
+    diagnostic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    object_id: int
+    instance_id: int | None
+    resource_ids: frozenset[int]
+    version: int | None = None
+    created: bool = False
+    deleted: bool = False
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """The default ``Offload``: a worker thread of the event loop's default executor."""
+    return await asyncio.to_thread(fn, *args)
+
+
+Offload = Callable[..., Awaitable[Any]]
+"""``await offload(fn, *args)`` runs a module-level function off the event loop (a thread, or the
+low-priority process of ``tap_emulator.security.worker``)."""
