@@ -72,6 +72,8 @@ def test_serve_with_a_bad_limit_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
                 "127.0.0.1:0",
                 "--ws",
                 "off",
+                "--http",
+                "off",
                 "--state",
                 ":memory:",
                 "--profile",

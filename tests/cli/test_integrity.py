@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
-SERVE = ("serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off")
+SERVE = ("serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off")
 EXIT_RUNTIME = 1
 
 

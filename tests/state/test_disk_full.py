@@ -191,6 +191,7 @@ async def test_a_full_disk_with_sync_running_logs_no_traceback_and_the_store_cat
             coap=None,
             tcp=None,
             ws=None,
+            http=None,
             store=store_url,
             sync=SyncSettings(backoff_base=0.01, backoff_cap=0.05),
         ),

@@ -37,6 +37,7 @@ async def start_emulator(tmp_path: Path) -> AsyncIterator[StartEmulator]:
                 coap_access=access,
                 tcp=None,
                 ws=None,
+                http=None,
                 store="off",
             ),
             announce=lambda _line: None,

@@ -223,7 +223,7 @@ async def test_the_screen_answers_on_a_wildcard_bind_too(tmp_path: Any) -> None:
     from tap_emulator.app import Emulator, Endpoint, ServeOptions
 
     emulator = Emulator(
-        ServeOptions(state=":memory:", coap=Endpoint("0.0.0.0", 0), tcp=None, ws=None),
+        ServeOptions(state=":memory:", coap=Endpoint("0.0.0.0", 0), tcp=None, ws=None, http=None),
         announce=lambda _line: None,
     )
     await emulator.start()

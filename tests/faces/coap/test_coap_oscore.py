@@ -44,7 +44,12 @@ async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
     credentials.write_text(json.dumps({":maintainer": {"oscore": {"basedir": f"{server_context}/"}}}))
     emulator = Emulator(
         ServeOptions(
-            state=":memory:", coap=Endpoint("0.0.0.0", 0), coap_oscore=str(credentials), tcp=None, ws=None
+            state=":memory:",
+            coap=Endpoint("0.0.0.0", 0),
+            coap_oscore=str(credentials),
+            tcp=None,
+            ws=None,
+            http=None,
         ),
         announce=lambda _line: None,
     )
@@ -106,7 +111,19 @@ async def test_a_client_with_the_wrong_secret_changes_nothing(emulator: Emulator
 
 def test_unreadable_credentials_are_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.json"
-    args = ["serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--state", ":memory:"]
+    args = [
+        "serve",
+        "--coap",
+        "127.0.0.1:0",
+        "--tcp",
+        "off",
+        "--ws",
+        "off",
+        "--http",
+        "off",
+        "--state",
+        ":memory:",
+    ]
     assert main([*args, "--coap-oscore", str(missing)]) == 2
     assert "cannot read the OSCORE credentials" in capsys.readouterr().err
     empty = tmp_path / "empty.json"
