@@ -103,7 +103,10 @@ async def test_coap_writes_on_a_full_disk_get_5_00_and_one_log_line(
         # Concurrent writes too: a group commit that fails fails each of its writes, and logs nothing more.
         for batch in range(30):
             responses = await asyncio.gather(
-                *(coap.request("PUT", f"/1025/{gid}/0", f"n{batch}".encode()) for gid in (0, 65534, 65535))
+                *(
+                    coap.request("PUT", f"/1025/{gid}/0", f"n{batch}-{gid}".encode())
+                    for gid in (0, 65534, 65535)
+                )
             )
             statuses += [f"{int(r.code) >> 5}.{int(r.code) & 0x1F:02d}" for r in responses]
         assert statuses.count("5.00") > 60 and set(statuses) <= {"2.04", "5.00"}
