@@ -67,7 +67,7 @@ class TapTcpClient:
 @pytest.fixture
 async def device() -> AsyncIterator[Device]:
     # No-security mode (plain login, frames in clear); the lockout is not what these tests are about.
-    dev = make_device(device_profile(max_failed_logins=100))
+    dev = make_device(device_profile(max_failed_logins=0))
     yield dev
     dev.close()
 
