@@ -70,8 +70,9 @@ class CloudStore(Protocol):
         `retry_unique_violation`: on PostgreSQL a unique violation raised by a concurrent transaction
         that committed first is retried (the new attempt's own check then sees that row and refuses
         cleanly); SQLite serialises writers, so it never needs this.
-        `read_only`: `work` only reads; on SQLite it then reads a snapshot without taking the write lock,
-        so it never waits for a writer.
+        `read_only`: `work` only reads; on SQLite it then runs without taking the write lock, so it reads
+        beside another connection's open write transaction (waiting, within the busy timeout, only while
+        a commit writes the file).
         """
         ...
 

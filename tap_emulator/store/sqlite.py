@@ -137,7 +137,7 @@ class SqliteStore(schema.StoreReads, CloudOperations):
         read_only: bool = False,
     ) -> _T:
         """Run `work` in one BEGIN IMMEDIATE transaction (writers are serialised: nothing to retry), or
-        for `read_only` work a deferred one, which reads a WAL snapshot without the write lock."""
+        for `read_only` work a deferred one, which reads without taking the write lock."""
         del retry_unique_violation
         begin = "BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE"
         async with self._lock:
