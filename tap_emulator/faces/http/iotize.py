@@ -303,7 +303,7 @@ def router(context: CloudContext) -> APIRouter:
 
     @api.get("/group", response_model=list[GroupOut])
     async def get_group(user: User, groupId: GroupIdQuery) -> list[GroupOut]:
-        return [_group(await service.get_group(groupId, TENANT))]
+        return [_group(await service.get_group(groupId, TENANT, actor=user.email))]
 
     @api.post("/group", response_model=GroupOut)
     async def create_group(
@@ -391,7 +391,7 @@ def router(context: CloudContext) -> APIRouter:
         limit: Limit = 100,
         nextToken: NextToken = None,
     ) -> Response:
-        page = await service.list_members(groupId, TENANT, limit=limit, cursor=nextToken)
+        page = await service.list_members(groupId, TENANT, actor=user.email, limit=limit, cursor=nextToken)
         items = [_device(d, groupId) for d in page.items]
         return json_response(
             DeviceConnection(items=items, **_page_token(page.next_cursor)), exclude_unset=True
@@ -410,7 +410,9 @@ def router(context: CloudContext) -> APIRouter:
         limit: Limit = 100,
         nextToken: NextToken = None,
     ) -> Response:
-        page = await service.list_group_users(groupId, TENANT, limit=limit, cursor=nextToken)
+        page = await service.list_group_users(
+            groupId, TENANT, actor=user.email, limit=limit, cursor=nextToken
+        )
         items = [
             PublicUser(
                 id=relation.account.id,

@@ -146,3 +146,19 @@ async def test_bad_input_is_400_message(cloud: Cloud, method: str, path: str, kw
     headers = {**IOTIZE_ALICE, **kwargs.pop("headers", {})}
     assert_error(await cloud.http.request(method, path, headers=headers, **kwargs))
     assert (await cloud.http.get("/user/groups", headers=IOTIZE_ALICE)).json() == {"items": []}
+
+
+async def test_only_members_of_a_group_read_it_its_devices_and_its_users(cloud: Cloud) -> None:
+    gid = (await create(cloud.http, "private"))["id"]
+    reads = [
+        ("/group", {"groupId": gid}),
+        ("/group/devices", {"groupId": gid}),
+        ("/group/users", {"groupId": gid}),
+    ]
+    for path, params in reads:
+        assert (await cloud.http.get(path, params=params, headers=IOTIZE_ALICE)).status_code == 200
+        assert_error(await cloud.http.get(path, params=params, headers=IOTIZE_BOB))
+    invite = {"email": "bob@example.com", "groupId": gid, "roleId": "member"}
+    assert (await cloud.http.put("/group/invite", json=invite, headers=IOTIZE_ALICE)).status_code == 200
+    for path, params in reads:
+        assert (await cloud.http.get(path, params=params, headers=IOTIZE_BOB)).status_code == 200
