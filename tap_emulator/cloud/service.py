@@ -234,6 +234,12 @@ _BUILTIN_ROLES = (
 )
 
 
+def _check_owner(group: DeviceGroup, owner: str | None) -> None:
+    """Another scope's group is not the owner's to change: NotFound, so its existence does not show."""
+    if owner is not None and group.scope != owner:
+        raise NotFound("device_group", group.id)
+
+
 class CloudService:
     """The core of the management service. Every method raises a domain error (tap_emulator.cloud.domain)
     for a refused request and tap_emulator.store.StoreError when the store is unreachable."""
@@ -429,23 +435,31 @@ class CloudService:
         return await self._read(work)
 
     async def update_group(
-        self, group_id: str, changes: GroupChanges, actor: str, tenant: Tenant | None = None
+        self,
+        group_id: str,
+        changes: GroupChanges,
+        actor: str,
+        tenant: Tenant | None = None,
+        *,
+        owner: str | None = None,
     ) -> DeviceGroup:
         """Apply a partial update. Raises NotFound, InvalidInput, NameTaken, ParentNotFound, CycleRefused,
-        MaxBelowCurrentCount, Forbidden (IoTize: only a group admin)."""
+        MaxBelowCurrentCount, Forbidden (IoTize: only a group admin). With `owner` (APP-service: the
+        account in the path), a group of another scope is NotFound, as if it did not exist."""
 
         async def work(tx: Transaction) -> DeviceGroup:
             current = _group(tx, await self._group_row(tx, group_id, tenant))
-            owner = tenant or Tenant(current.tenant, _profile_of(current))
-            check_changes(owner.profile, changes)
+            _check_owner(current, owner)
+            governing = tenant or Tenant(current.tenant, _profile_of(current))
+            check_changes(governing.profile, changes)
             await self._require(tx, tenant, group_id, actor, "update")
             merged = _merge(current, changes)
-            if merged.scope != current.scope and owner.profile.scope_is_account:
-                await self._account_row(tx, owner.key, merged.scope)
+            if merged.scope != current.scope and governing.profile.scope_is_account:
+                await self._account_row(tx, governing.key, merged.scope)
             if merged.parent_id is not None and merged.parent_id != current.parent_id:
-                await self._check_parent(tx, owner, group_id, merged.parent_id)
+                await self._check_parent(tx, governing, group_id, merged.parent_id)
             if (merged.name, merged.scope) != (current.name, current.scope):
-                await self._name_free(tx, owner, merged.scope, merged.name, group_id)
+                await self._name_free(tx, governing, merged.scope, merged.name, group_id)
             if merged.max_devices and current.device_count > merged.max_devices:
                 raise MaxBelowCurrentCount(group_id, merged.max_devices, current.device_count)
             _, stamp = self._now(tx)
@@ -453,7 +467,7 @@ class CloudService:
                 "id": group_id,
                 "version": current.version,
                 "scope": merged.scope,
-                "unique_scope": merged.scope if owner.profile.unique_names else None,
+                "unique_scope": merged.scope if governing.profile.unique_names else None,
                 "name": merged.name,
                 "description": merged.description,
                 "parent_id": merged.parent_id,
@@ -479,12 +493,16 @@ class CloudService:
                 continue
         raise StoreError(f"device group {group_id} kept changing during the update; retry later")
 
-    async def delete_group(self, group_id: str, actor: str, tenant: Tenant | None = None) -> None:
+    async def delete_group(
+        self, group_id: str, actor: str, tenant: Tenant | None = None, *, owner: str | None = None
+    ) -> None:
         """Delete a group with its memberships, keys, shares and user relations. Raises NotFound,
-        MembersStillExist (APP-service), Forbidden (IoTize); children move to the deleted group's parent."""
+        MembersStillExist (APP-service), Forbidden (IoTize); children move to the deleted group's parent.
+        `owner` as for `update_group`."""
 
         async def work(tx: Transaction) -> None:
             current = _group(tx, await self._group_row(tx, group_id, tenant))
+            _check_owner(current, owner)
             profile = tenant.profile if tenant is not None else _profile_of(current)
             await self._require(tx, tenant, group_id, actor, "delete")
             if profile.delete_requires_empty and current.device_count:

@@ -256,6 +256,22 @@ async def test_deleting_a_parent_moves_its_children_up(service: CloudService) ->
 # --- delete -------------------------------------------------------------------------------------
 
 
+async def test_an_app_service_account_changes_only_its_own_groups(service: CloudService) -> None:
+    await accounts(service, APP, "acct-1", "acct-2")
+    group = await service.create_group(APP, "acct-1", GroupDraft("g"), actor="app-1")
+    with pytest.raises(NotFound) as caught:
+        await service.update_group(group.id, GroupChanges(name="taken"), "acct-2", APP, owner="acct-2")
+    assert caught.value.kind == "device_group"
+    with pytest.raises(NotFound):
+        await service.delete_group(group.id, "acct-2", APP, owner="acct-2")
+    assert (await service.get_group(group.id)).name == "g"
+    renamed = await service.update_group(group.id, GroupChanges(name="mine"), "acct-1", APP, owner="acct-1")
+    assert renamed.name == "mine"
+    await service.delete_group(group.id, "acct-1", APP, owner="acct-1")
+    with pytest.raises(NotFound):
+        await service.get_group(group.id)
+
+
 async def test_app_service_refuses_to_delete_a_group_with_devices(
     service: CloudService, add_device: AddDevice
 ) -> None:

@@ -215,29 +215,23 @@ def router(context: CloudContext) -> APIRouter:
         group = await service.create_group(tenant, account_id, draft, account_id)
         return Created(time_used=elapsed_ms(request), devgroup_id=group.id)
 
-    async def own_group(tenant: Tenant, group_id: str, account_id: str) -> None:
-        await account(tenant, account_id)
-        group = await service.get_group(group_id, tenant)
-        if group.scope != account_id:  # another account's group is not this account's to change
-            raise NotFound("device_group", group_id)
-
     @api.put("/{devgroup_id}/account/{account_id}", response_model=TimeUsed, summary="Update a device group")
     async def update(
         request: Request, tenant: App, devgroup_id: GroupId, account_id: AccountId, body: DeviceGroupIn
     ) -> TimeUsed:
-        await own_group(tenant, devgroup_id, account_id)
+        await account(tenant, account_id)
         changes = GroupChanges(
             name=body.devgroup_name, status=body.devgroup_status, sequence=body.devgroup_sequence
         )
-        await service.update_group(devgroup_id, changes, account_id, tenant)
+        await service.update_group(devgroup_id, changes, account_id, tenant, owner=account_id)
         return TimeUsed(time_used=elapsed_ms(request))
 
     @api.delete(
         "/{devgroup_id}/account/{account_id}", response_model=TimeUsed, summary="Delete a device group"
     )
     async def delete(request: Request, tenant: App, devgroup_id: GroupId, account_id: AccountId) -> TimeUsed:
-        await own_group(tenant, devgroup_id, account_id)
-        await service.delete_group(devgroup_id, account_id, tenant)
+        await account(tenant, account_id)
+        await service.delete_group(devgroup_id, account_id, tenant, owner=account_id)
         return TimeUsed(time_used=elapsed_ms(request))
 
     return api

@@ -151,3 +151,13 @@ async def test_invalid_fields_are_400_and_write_nothing(cloud: Cloud, body: dict
     response = await cloud.http.post("/device-groups/account/acct-1", json=body, headers=APP_SERVICE)
     assert_error(response, "INVALID_PARAMETER")
     assert await owned(cloud.http, "acct-1") == []
+
+
+async def test_an_account_changes_only_its_own_groups(cloud: Cloud) -> None:
+    gid = await create(cloud.http, "acct-1", "mine")
+    body = {"devgroup_name": "stolen", "devgroup_status": 1, "devgroup_sequence": 1}
+    put = await cloud.http.put(f"/device-groups/{gid}/account/acct-2", json=body, headers=APP_SERVICE)
+    assert_error(put, "INVALID_DEVICEGROUP_ID")
+    delete = await cloud.http.delete(f"/device-groups/{gid}/account/acct-2", headers=APP_SERVICE)
+    assert_error(delete, "INVALID_DEVICEGROUP_ID")
+    assert [g["devgroup_name"] for g in await owned(cloud.http, "acct-1")] == ["mine"]
