@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tap_emulator.faces.listening import bind_tcp
 
 __all__ = [
     "BODY_TOO_LARGE",
@@ -38,6 +38,7 @@ DEFAULT_MAX_CONNECTIONS = 256  # connections plus in-flight requests; uvicorn an
 _GRACEFUL_SHUTDOWN = 3.0  # seconds in-flight requests get once a stop is asked for
 _KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection is kept
 _MAX_HEADER_BYTES = 16 * 1024
+_BACKLOG = 128
 
 
 class BodyTooLarge(Exception):
@@ -119,27 +120,6 @@ class HttpServer:
                 await self._task
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it every
-    # keep-alive response written in two parts (head, body) waits ~40 ms for the peer's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: {reason}") from None
-    return sock
-
-
 async def start_http_server(
     app: ASGIApp,
     host: str,
@@ -149,8 +129,10 @@ async def start_http_server(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> HttpServer:
     """Serve ``app`` on host:port in the running loop; raises OSError (EADDRINUSE ...) naming the address."""
-    sock = _bind(host, port)
-    bound: tuple[Any, ...] = sock.getsockname()
+    sockets = bind_tcp("HTTP", host, port, backlog=_BACKLOG)
+    for sock in sockets:
+        sock.setblocking(False)
+    bound: tuple[Any, ...] = sockets[0].getsockname()
     config = uvicorn.Config(
         BodyLimit(app, max_body),
         log_config=None,
@@ -166,10 +148,11 @@ async def start_http_server(
         ws="none",
     )
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http {host}:{bound[1]}")
+    task = asyncio.create_task(server.serve(sockets=sockets), name=f"http {host}:{bound[1]}")
     while not server.started:
         if task.done():
-            sock.close()
+            for sock in sockets:
+                sock.close()
             task.result()  # raises what stopped it
             raise OSError(f"cannot start HTTP on {host}:{port}")
         await asyncio.sleep(0.005)

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -30,6 +29,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from tap_emulator.codec.apdu import ApduStreamDecoder, FrameError
+from tap_emulator.faces.listening import bind_tcp
 from tap_emulator.faces.tap.connections import (
     ConnectionGate,
     ConnectionLimits,
@@ -88,36 +88,6 @@ def _peer_name(address: object) -> str:
     return str(address)
 
 
-def _listen_error(kind: str, host: str, port: int, exc: OSError) -> OSError:
-    if isinstance(exc, socket.gaierror):
-        reason = exc.strerror or str(exc)
-    else:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return OSError(exc.errno, f"cannot listen for Tap {kind} on {host}:{port}: {reason}")
-
-
-def _bind(kind: str, host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address ``host`` resolves to (port 0: one free port for all)."""
-    sockets: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, type_, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, type_, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(_BACKLOG)
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise _listen_error(kind, host, port, exc) from None
-    return sockets
-
-
 def _resolve(limits: ConnectionLimits) -> ConnectionLimits:
     return fit_to_file_limit(limits, 1)[0] if limits.max_connections is None else limits
 
@@ -164,7 +134,7 @@ async def start_tcp_server(
         handlers.add(tracked.task)
         tracked.task.add_done_callback(functools.partial(done, conn, tracked))
 
-    listener = Listener("tcp", _bind("TCP", host, port), gate, serve)
+    listener = Listener("tcp", bind_tcp("Tap TCP", host, port, backlog=_BACKLOG), gate, serve)
     bound = listener.sockets[0].getsockname()
     await listener.start_serving()
 
@@ -364,7 +334,7 @@ async def start_ws_server(
         attaching.add(task := loop.create_task(attach(conn, tracked)))
         task.add_done_callback(attaching.discard)
 
-    listener = Listener("ws", _bind("WebSocket", host, port), gate, serve)
+    listener = Listener("ws", bind_tcp("Tap WebSocket", host, port, backlog=_BACKLOG), gate, serve)
 
     async def use_listener() -> asyncio.Server:
         return cast(asyncio.Server, listener)
