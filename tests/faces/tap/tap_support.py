@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -189,7 +189,7 @@ class TcpLink:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> TcpLink:
+    async def open(cls, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> Self:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, local_addr=(source, 0)), LINK_TIMEOUT
         )

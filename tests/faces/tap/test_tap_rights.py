@@ -7,7 +7,6 @@ sends; each must be refused, and admin must still log in to its own group with i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +16,7 @@ from tap_support import (
     INTERFACE,
     SUPERVISOR,
     Device,
+    TcpLink,
     device_profile,
     get,
     make_device,
@@ -32,36 +32,19 @@ from tap_emulator.faces.tap import TapServer, start_tcp_server
 pytestmark = pytest.mark.timeout(30)
 
 HOST = "127.0.0.1"
-TIMEOUT = 5.0
 NAME, PASSWORD, LIFETIME, ALIAS, ITERATION, SALT, CREATE = 0, 2, 4, 5, 7, 16, 0xFFFF
 UNAUTHORIZED, BAD_REQUEST, CHANGED, CREATED = 0x81, 0x80, 0x44, 0x41
 CURRENT_GROUP = get(INTERFACE, None, 7)
 
 
-class TapTcpClient:
-    """One TCP connection to the Tap face: a frame out, its answer (status, data) back."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class TapTcpClient(TcpLink):
+    """A TCP link that answers (status, data) for a frame."""
 
     async def call(self, frame: bytes) -> tuple[int, bytes]:
-        self.writer.write(frame)
-        await self.writer.drain()
-        data = b""
-        while not (len(data) >= 3 and data.endswith(b"\x90\x00")):
-            chunk = await asyncio.wait_for(self.reader.read(4096), TIMEOUT)
-            if not chunk:
-                raise ConnectionError("the emulator closed the connection")
-            data += chunk
-        return decode_response(data)
+        return decode_response(await self.handle_frame(frame))
 
     async def status(self, frame: bytes) -> int:
         return (await self.call(frame))[0]
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
 
 
 @pytest.fixture
@@ -84,8 +67,7 @@ async def connect(tcp: TapServer) -> AsyncIterator[object]:
     clients: list[TapTcpClient] = []
 
     async def open_client() -> TapTcpClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, tcp.address[1]), TIMEOUT)
-        clients.append(TapTcpClient(reader, writer))
+        clients.append(await TapTcpClient.open(tcp.address[1]))
         return clients[-1]
 
     yield open_client
