@@ -6,6 +6,7 @@ path as ``tap-emulator serve``, and stop it cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 import logging
@@ -25,7 +26,9 @@ from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 if TYPE_CHECKING:
+    from tap_emulator.faces.coap.server import CoapServer
     from tap_emulator.faces.http.cloud_config import CloudConfig
+    from tap_emulator.faces.tap.session import TapFace
 
 __all__ = [
     "CloudOnly",
@@ -197,7 +200,13 @@ class Emulator:
         self.ws_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
+        self.tap_face: TapFace | None = None
+        self.coap: CoapServer | None = None
+        # Called after every reboot and factory reset, once the tree holds its new state (the value
+        # sources' runner restarts here); each may return an awaitable.
+        self.restart_hooks: list[Callable[[], object]] = []
         self._closers: list[Callable[[], object]] = []
+        self._lifecycle_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         state_path = self.options.state or str(default_state_path(self.profile))
@@ -211,6 +220,7 @@ class Emulator:
         self._closers.append(derivations.close)
         self.tree = tree
         self._closers.append(tree.state.close)
+        tree.lifecycle = self
         try:
             if self.options.security is not None and tree.security_mode is not self.options.security:
                 await tree.set_security_mode(self.options.security)
@@ -248,6 +258,7 @@ class Emulator:
             tree, endpoint.host, endpoint.port, caller=access.caller, oscore=oscore
         )
         self._closers.append(coap.close)
+        self.coap = coap
         self.coap_address = coap.address
         if self.options.coap_access is not None:
             how = "chosen"
@@ -284,6 +295,7 @@ class Emulator:
             handshake_seconds=security.scram_handshake_seconds,
             trace=self.options.trace,
         )
+        self.tap_face = face
         if self.options.tcp is not None:
             tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port, limits)
             self._closers.append(tcp.close)
@@ -333,7 +345,58 @@ class Emulator:
         self._closers.append(self.sync.stop)
         log.info("syncing groups to the management store %s", redact_url(url))
 
+    # ------------------------------------------------------------------ lifecycle (object 3's hook)
+
+    async def reboot(self) -> None:
+        """As a Tap reboots: every Tap session ends (connections closed), CoAP observations end, the tree
+        reloads from durable state, value sources restart; the device keeps its state."""
+        tree = self._running_tree()
+        if self.tap_face is not None:
+            self.tap_face.end_sessions()
+        if self.coap is not None:
+            self.coap.face.end_observations("the device rebooted")
+        await tree.settle()  # what was accepted before the reboot is in the state it reloads
+        tree.reload()
+        await self._restarted()
+        log.info("device %s rebooted", tree.serial_number)
+
+    async def factory_reset(self, *, keep_session: object | None = None) -> None:
+        """Back to the profile (tree.seed(reset=True)): observers are told, the outbox gets the rows so the
+        store hears of it. Every session ends except ``keep_session`` (the SDK configurator's own
+        connection, which stays usable with its rights, as the configurator expects)."""
+        tree = self._running_tree()
+        if self.tap_face is not None:
+            self.tap_face.end_sessions(keep=keep_session)
+        await tree.settle()
+        tree.seed(self.profile, reset=True)
+        await self._restarted()
+        log.info("device %s reset to its profile %s", tree.serial_number, self.profile.name)
+
+    def reboot_soon(self) -> None:
+        """A reboot request: reboot once the answer is written. The answer leaves in the same turn of
+        the event loop as the handler returns (both transports write before they await), and this task
+        starts at the loop's next turn."""
+        task = asyncio.get_running_loop().create_task(self.reboot())
+        self._lifecycle_tasks.add(task)
+        task.add_done_callback(self._lifecycle_tasks.discard)
+
+    def _running_tree(self) -> DeviceTree:
+        if self.tree is None:
+            raise RuntimeError("the device is not running")
+        return self.tree
+
+    async def _restarted(self) -> None:
+        for hook in list(self.restart_hooks):
+            try:
+                result = hook()
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                log.exception("a restart hook failed")
+
     async def stop(self) -> None:
+        for task in list(self._lifecycle_tasks):
+            task.cancel()
         while self._closers:
             closer = self._closers.pop()
             try:

@@ -91,6 +91,7 @@ class Behaviour(enum.Enum):
     CREATE = "create"  # executing it creates the instance
     REFERENCE = "reference"  # an instance id of the same object that must exist
     SESSION = "session"  # served by a connection's session, not stored
+    ACTION = "action"  # executing it makes the object's handler act (reboot ...); nothing stored
 
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*\Z")
@@ -348,8 +349,8 @@ def _parse_resource(item: ET.Element, source: str) -> ResourceDef:
     if default is not None and default != "@instance" and resource.form.value_type is ValueType.INTEGER:
         # An integer default may sit below the writable range: it marks "not set yet" (iteration 0).
         _int(default, "emu:Default", where)
-    if behaviour is Behaviour.CREATE and operations != {Operation.EXECUTE}:
-        raise ModelError(f"{where}: a create resource must have Operations E only")
+    if behaviour in (Behaviour.CREATE, Behaviour.ACTION) and operations != {Operation.EXECUTE}:
+        raise ModelError(f"{where}: a {behaviour.value} resource must have Operations E only")
     if behaviour is Behaviour.CREDENTIAL and Operation.READ in operations:
         raise ModelError(f"{where}: a credential must not be readable")
     if operations & {Operation.WRITE, Operation.EXECUTE}:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tap_emulator.model import Form, Operation
 from tap_emulator.tree.status import Status
@@ -19,6 +19,7 @@ __all__ = [
     "READ_ONLY_MAINTENANCE",
     "Caller",
     "ChangeEvent",
+    "Lifecycle",
     "Offload",
     "Request",
     "Response",
@@ -33,11 +34,14 @@ class Caller:
     """Who sends a request: a logged-in group id, or ``None`` for the unrestricted maintenance role.
 
     ``read_only`` withdraws every write, execute and delete from the caller's rights while keeping its
-    reads (the CoAP face's ``--coap-access read-only``).
+    reads (the CoAP face's ``--coap-access read-only``). ``session`` is the face's own handle on the
+    connection the request came from (a Tap session), opaque to the tree: a factory reset keeps that
+    connection open (`Lifecycle.factory_reset`).
     """
 
     group_id: int | None
     read_only: bool = False
+    session: object | None = field(default=None, compare=False, repr=False)
 
 
 MAINTENANCE = Caller(None)
@@ -73,6 +77,17 @@ class ChangeEvent:
     version: int | None = None
     created: bool = False
     deleted: bool = False
+
+
+class Lifecycle(Protocol):
+    """What the running device does when a request reboots or factory-resets it (the app implements it;
+    the device object's handler calls it, so no face knows which resource does what)."""
+
+    def reboot_soon(self) -> None:
+        """Reboot once the current answer is on its way: sessions end, the state is kept."""
+
+    async def factory_reset(self, *, keep_session: object | None = None) -> None:
+        """Back to the profile now; every session ends except ``keep_session``."""
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:

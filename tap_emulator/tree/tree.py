@@ -37,6 +37,7 @@ from tap_emulator.tree.api import (
     READ_ONLY_MAINTENANCE,
     Caller,
     ChangeEvent,
+    Lifecycle,
     Offload,
     Request,
     Response,
@@ -55,6 +56,7 @@ __all__ = [
     "Caller",
     "ChangeEvent",
     "DeviceTree",
+    "Lifecycle",
     "Offload",
     "Request",
     "Response",
@@ -123,6 +125,8 @@ class DeviceTree:
         self._state = state
         self._clock_ms = clock_ms
         self._listeners: list[Callable[[ChangeEvent], None]] = []
+        # What a reboot or factory-reset request sets in motion (the running app); None: refused (5.03).
+        self.lifecycle: Lifecycle | None = None
         self._device_values: dict[tuple[int, int], Any] = {}
         self._instances: dict[int, dict[int, StoredInstance]] = {
             o.id: {} for o in model.objects.values() if o.multiple
@@ -169,7 +173,11 @@ class DeviceTree:
         return not self._device_values and not any(self._instances.values())
 
     def seed(self, profile: Profile, *, reset: bool = False) -> None:
-        """Write the profile's factory state (on a fresh state, or as a factory reset)."""
+        """Write the profile's factory state (on a fresh state, or as a factory reset).
+
+        A reset announces every value and instance it rewrote, so observers of any face are told.
+        """
+        before = dict(self._device_values)
         device_values, writes = self._factory_writes(profile, self._state.load().instances)
         meta = {"profile": profile.name, "serial_number": profile.device.serial_number}
         if reset:
@@ -178,6 +186,25 @@ class DeviceTree:
             self._state.commit_sync([*device_values, *writes])
             self._state.set_meta_sync(meta)
         self.reload()
+        if reset:
+            self._announce_reset(before, writes)
+
+    def _announce_reset(self, before: Mapping[tuple[int, int], Any], writes: list[InstanceWrite]) -> None:
+        changed: dict[int, set[int]] = {}
+        for object_id, resource_id in {*before, *self._device_values}:
+            changed.setdefault(object_id, set()).add(resource_id)
+        for object_id, resource_ids in sorted(changed.items()):
+            self._emit(ChangeEvent(object_id, None, frozenset(resource_ids)))
+        for write in writes:
+            row = write.row
+            resources = frozenset(self.model.objects[row.object_id].resources)
+            self._emit(
+                ChangeEvent(row.object_id, row.instance_id, resources, row.version, deleted=row.deleted)
+            )
+
+    async def settle(self) -> None:
+        """Wait until every change already accepted is durable (a barrier before a reload)."""
+        await self._state.call(lambda _conn: None)
 
     def _factory_writes(
         self, profile: Profile, previous: Mapping[tuple[int, int], InstanceRow]

@@ -567,6 +567,17 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     def observation_count(self) -> int:
         return self._observer_total
 
+    def end_observations(self, reason: str) -> int:
+        """End every observation with a final 5.03 (RFC 7641 section 3.2: an error ends it), as a
+        rebooting device forgets its observers; returns how many ended."""
+        ended = [o for watchers in self._observations.values() for o in watchers]
+        self._observations.clear()
+        self._observers_per_peer.clear()
+        self._observer_total = 0
+        for observation in ended:
+            observation.serverobservation.trigger(_error(Code.SERVICE_UNAVAILABLE, reason))
+        return len(ended)
+
     def held(self) -> dict[str, int]:
         """How much peer-driven state the face holds now (for tests and the benchmarks)."""
         assemblies, completes = self._block1._assemblies, self._block2._completes

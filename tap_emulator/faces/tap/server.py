@@ -65,6 +65,7 @@ _BACKLOG = socket.SOMAXCONN
 _WS_MAX_MESSAGE = 1024
 _WS_UNSUPPORTED_DATA = 1003
 _WS_POLICY_VIOLATION = 1008
+_WS_SERVICE_RESTART = 1012
 
 
 class TapServer:
@@ -168,7 +169,9 @@ async def _serve_tcp(
     """
     loop = asyncio.get_running_loop()
     # The limiter's peer is the admitted address, as for the connection caps (never the port).
-    session = face.open_session(f"tcp {_peer_name(writer.get_extra_info('peername'))}", tracked.peer)
+    session = face.open_session(
+        f"tcp {_peer_name(writer.get_extra_info('peername'))}", tracked.peer, disconnect=writer.close
+    )
     decoder = ApduStreamDecoder()
     frame_started = last_frame = loop.time()
 
@@ -359,7 +362,17 @@ async def _serve_ws(
     """Answer each binary message; the first within ``frame_timeout``, later ones within ``idle_timeout``."""
     tracked = connection.tracked
     # Keyed by address, not connection: reconnecting must not reset a peer's failed logins.
-    session = face.open_session(f"ws {_peer_name(connection.remote_address)}", tracked.peer)
+    closing: set[asyncio.Task[None]] = set()
+
+    def disconnect() -> None:
+        """The device drops the connection (a reboot): close code 1012, service restart."""
+        task = asyncio.get_running_loop().create_task(connection.close(_WS_SERVICE_RESTART, "rebooting"))
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+    session = face.open_session(
+        f"ws {_peer_name(connection.remote_address)}", tracked.peer, disconnect=disconnect
+    )
     try:
         while True:
             timeout = limits.frame_timeout if not tracked.framed else (limits.idle_timeout or None)

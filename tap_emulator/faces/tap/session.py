@@ -168,6 +168,8 @@ class TapFace:
         self.trace = trace
         self.offload = offload
         self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
+        # Open sessions and how to close each one's connection (insertion order: oldest first).
+        self._sessions: dict[TapSession, Callable[[], None] | None] = {}
         # Session resources by alias slug: the model names them, the session serves them.
         self.handlers: dict[int, _Handler] = {}
         iface = tree.interface_object
@@ -177,13 +179,37 @@ class TapFace:
                 raise LookupError(f"the model's object {iface.id} has no session resource {slug!r}")
             self.handlers[entry[0].id] = handler
 
-    def open_session(self, peer: str, address: str | None = None) -> TapSession:
+    def open_session(
+        self, peer: str, address: str | None = None, *, disconnect: Callable[[], None] | None = None
+    ) -> TapSession:
         """A new connection: anonymous, no key, no handshake.
 
         ``peer`` names it in logs; ``address`` (the client's IP address) is whose failed logins it
-        shares. Without one, the connection is its own peer.
+        shares. Without one, the connection is its own peer. ``disconnect`` closes the transport's
+        connection; `end_sessions` calls it (a reboot).
         """
-        return TapSession(self, peer, address)
+        session = TapSession(self, peer, address)
+        self._sessions[session] = disconnect
+        return session
+
+    @property
+    def session_count(self) -> int:
+        """Sessions whose connection is open."""
+        return len(self._sessions)
+
+    def end_sessions(self, *, keep: object | None = None) -> int:
+        """End every session but ``keep`` and close their connections, as a rebooting Tap drops them;
+        returns how many ended."""
+        ended = [s for s in self._sessions if s is not keep]
+        for session in ended:
+            disconnect = self._sessions.pop(session, None)
+            session.close()
+            if disconnect is not None:
+                disconnect()
+        return len(ended)
+
+    def _forget(self, session: TapSession) -> None:
+        self._sessions.pop(session, None)
 
     @contextlib.asynccontextmanager
     async def one_check_per_peer(self, peer: str) -> AsyncIterator[None]:
@@ -230,6 +256,7 @@ class TapSession:
         self._handshake: _PendingHandshake | None = None
         self._last_activity = face.clock()
         self._deferred: list[Callable[[], None]] = []
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"TapSession({self.peer}, group={self.group_id}, encrypted={self._channel is not None})"
@@ -240,8 +267,11 @@ class TapSession:
         return self._channel is not None
 
     def close(self) -> None:
-        """The connection is gone: forget keys and the handshake."""
+        """The connection is gone (or the device dropped it): forget keys and the handshake; any frame
+        still arriving is answered SERVICE_UNAVAILABLE, as a rebooting Tap serves nothing."""
+        self._closed = True
         self._end_session()
+        self.face._forget(self)
 
     # ------------------------------------------------------------------ frames
 
@@ -250,6 +280,8 @@ class TapSession:
         if is_nfc_select(frame):
             self._trace("NFC SELECT", len(frame), 0x90, 0)
             return NFC_SELECT_ANSWER
+        if self._closed:
+            return encode_response(TapStatus.SERVICE_UNAVAILABLE)
         try:
             request = decode_request(frame)
         except FrameError as exc:
@@ -311,8 +343,8 @@ class TapSession:
     def _caller(self, encrypted: bool) -> Caller:
         """The rights of a SCRAM session belong to its encrypted channel; clear requests are anonymous."""
         if self._channel is not None and not encrypted:
-            return Caller(ANONYMOUS_GROUP)
-        return Caller(self.group_id)
+            return Caller(ANONYMOUS_GROUP, session=self)
+        return Caller(self.group_id, session=self)
 
     def _start_channel(self, key: bytes) -> None:
         channel = SecureChannel(key)
