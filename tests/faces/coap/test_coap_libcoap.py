@@ -236,8 +236,8 @@ def test_senml_and_discovery(client: LibcoapClient) -> None:
     assert {"0/0", "65534/0", "65535/0"} <= names
     assert not any(n.endswith("/2") for n in names)
     links = client("GET", "/.well-known/core").payload.decode()
-    assert '</group/{g}/password-key>;rt="' in links
-    assert "</1025/{g}/65535>" in links and ';if="core.a"' in links
+    assert "</group/65535/password-key>;rt=tap.group.password-key" in links
+    assert "</1025/65535/65535>" in links and ";if=core.a" in links and "{" not in links
 
 
 def test_observe_shows_notifications(client: LibcoapClient, tmp_path: Path) -> None:
