@@ -359,7 +359,12 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if operation not in target.resource.operations:
             return 0
         alias = None if target.form is None else target.form.alias
-        return self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+        cap = self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+        cf = request.opt.content_format
+        if cap and cf is not None and int(cf) in LWM2M_FORMATS:
+            # One record: the value (base64 at worst) with its name and base name around it.
+            return 2 * cap + 2 * RECORD_OVERHEAD
+        return cap
 
     # ------------------------------------------------------------------ rendering
 
@@ -1005,13 +1010,16 @@ async def start_coap_server(
     oscore: Any = None,
     con_every: int = 10,
     limits: CoapLimits | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    call_later: CallLater | None = None,
 ) -> CoapServer:
     """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
     in the message.
 
     ``oscore`` (an aiocoap CredentialsMap, see ``load_oscore_credentials``) makes aiocoap's OSCORE site
     wrapper unprotect requests before the face sees them; those its contexts authenticate act with
-    maintenance rights, every other request as ``caller``.
+    maintenance rights, every other request as ``caller``. ``clock`` and ``call_later`` time the
+    notifications that Write-Attributes hold back or require (the event loop's by default).
     """
     face = CoapFace(
         tree,
@@ -1019,6 +1027,8 @@ async def start_coap_server(
         authenticated_caller=None if oscore is None else MAINTENANCE,
         con_every=con_every,
         limits=limits,
+        clock=clock,
+        call_later=call_later,
     )
     site: Any = face
     if oscore is not None:
