@@ -121,7 +121,7 @@ _OPERATIONS = {
 # Timers of attribute-driven notifications: ``call_later(delay, callback)`` returns what ``cancel()``s it.
 CallLater = Callable[[float, Callable[[], None]], Any]
 # Per record of a container write, beyond the value itself: its name, keys and a base64 expansion.
-RECORD_OVERHEAD = 48
+RECORD_OVERHEAD = 64
 
 
 @dataclass(frozen=True, slots=True)
