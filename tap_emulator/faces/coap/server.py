@@ -282,6 +282,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     async def render_to_pipe(self, pipe: Any) -> None:
         refusal = self._refusal(pipe.request)
         if refusal is None:
+            if pipe.request.opt.observe == 0:
+                _number_observations_from_one(pipe)
             await super().render_to_pipe(pipe)
             return
         if refusal is _RENDER_ALONE:
@@ -400,6 +402,14 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         multiple = target.obj.multiple
         if operation is Operation.EXECUTE and multiple and target.instance_id is None:
             return await self._create(request, target)
+        if (
+            operation is Operation.EXECUTE
+            and multiple
+            and not request.payload
+            and request.opt.content_format is None
+        ):
+            # POST /obj/{id} with no body: a Create naming its instance id (LwM2M 1.0 servers send it).
+            return await self._create(request, target)
         if operation is Operation.DELETE and multiple and target.instance_id is not None:
             response = await self.tree.handle(
                 Request(Operation.DELETE, target.obj.id, target.instance_id, caller=self._caller_for(request))
@@ -490,6 +500,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 return checked
             records = checked
         ids = {r.instance_id for r in records if r.instance_id is not None}
+        if target.instance_id is not None:
+            ids.add(target.instance_id)
         if len(ids) > 1:
             return _error(Status.BAD_REQUEST, "a Create makes one instance")
         instance_id = ids.pop() if ids else self._free_instance_id(obj)
@@ -812,6 +824,23 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             "block2": len(completes),
             "block2_bytes": completes.bytes,
         }
+
+
+def _number_observations_from_one(pipe: Any) -> None:
+    """Shift the Observe numbers of an observation's responses by one (aiocoap numbers them from 0).
+
+    Any start is valid (RFC 7641 section 4.4), but node-coap before 1.0, which LwM2M servers such as
+    lwm2m-node-lib ship, keeps only numbers above the last one seen, starting from 0: it drops a first
+    response numbered 0, and the server never sees the Observe succeed.
+    """
+    add_response = pipe.add_response
+
+    def numbered(response: aiocoap.Message, is_last: bool = False) -> None:
+        if response.opt.observe is not None:
+            response.opt.observe = (response.opt.observe + 1) & 0xFFFFFF
+        add_response(response, is_last=is_last)
+
+    pipe.add_response = numbered
 
 
 def _under(key: Path, path: Path) -> bool:
