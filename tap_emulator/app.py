@@ -7,6 +7,7 @@ path as ``tap-emulator serve``, and stop it cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -150,6 +151,7 @@ class ServeOptions:
     lwm2m_servers: tuple[ServerUri, ...] = ()  # LwM2M servers to register with (from the CoAP socket)
     endpoint: str | None = None  # LwM2M endpoint name; None: the serial number
     lifetime: int | None = None  # registration lifetime (s); None: what object 1 holds (300 by default)
+    lwm2m_bootstrap: ServerUri | None = None  # bootstrap server: bootstrap, then register as it says
 
 
 def open_device(
@@ -286,11 +288,33 @@ class Emulator:
         Server instance i); each de-registers before the CoAP face closes."""
         from tap_emulator.faces.coap.registration import Registration, ensure_account
 
+        endpoint = self.options.endpoint or tree.serial_number
         for account, uri in enumerate(self.options.lwm2m_servers):
             await ensure_account(tree, account, uri, self.options.lifetime)
-            registration = Registration(
-                coap.context, tree, account, uri, self.options.endpoint or tree.serial_number
+            registration = Registration(coap.context, tree, account, uri, endpoint)
+            registration.start()
+            self.registrations.append(registration)
+            self._closers.append(registration.close)
+        if self.options.lwm2m_bootstrap is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._bootstrap_then_register(tree, coap, self.options.lwm2m_bootstrap, endpoint)
             )
+
+            async def stop_bootstrap() -> None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+            self._closers.append(stop_bootstrap)
+
+    async def _bootstrap_then_register(
+        self, tree: DeviceTree, coap: CoapServer, uri: ServerUri, endpoint: str
+    ) -> None:
+        """``--lwm2m-bootstrap``: bootstrap, then register with every server account it left."""
+        from tap_emulator.faces.coap.registration import Registration, bootstrap
+
+        for account, server in await bootstrap(coap.context, coap.face, tree, uri, endpoint):
+            registration = Registration(coap.context, tree, account, server, endpoint)
             registration.start()
             self.registrations.append(registration)
             self._closers.append(registration.close)

@@ -153,6 +153,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="register with this LwM2M server from the CoAP socket (repeatable; needs --coap)",
     )
     serve.add_argument(
+        "--lwm2m-bootstrap",
+        type=_lwm2m_server,
+        default=None,
+        metavar="coap://HOST:PORT",
+        help="bootstrap from this LwM2M bootstrap server, then register with the servers it configures",
+    )
+    serve.add_argument(
         "--endpoint", default=None, metavar="NAME", help="LwM2M endpoint name (default: the serial number)"
     )
     serve.add_argument(
@@ -340,11 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 http=args.http,
                 cloud_config=args.cloud_config,
                 lwm2m_servers=tuple(args.lwm2m_server),
+                lwm2m_bootstrap=args.lwm2m_bootstrap,
                 endpoint=args.endpoint,
                 lifetime=args.lifetime,
             )
-            if options.lwm2m_servers and options.coap is None:
-                print("tap-emulator: error: --lwm2m-server needs the CoAP face (--coap)", file=sys.stderr)
+            if (options.lwm2m_servers or options.lwm2m_bootstrap) and options.coap is None:
+                print("tap-emulator: error: LwM2M registration needs the CoAP face (--coap)", file=sys.stderr)
                 return 2
             if args.trace:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import aiocoap.resource
 import pytest
 
 from tap_emulator.app import Emulator, Endpoint, ServeOptions, open_device
+from tap_emulator.codec import tlv
 from tap_emulator.config import load_profile
 from tap_emulator.faces.coap import start_coap_server
 from tap_emulator.faces.coap.registration import (
@@ -276,3 +278,83 @@ def test_bad_server_uris_are_refused(text: str) -> None:
 
 def test_a_server_uri_without_a_port_takes_5683() -> None:
     assert parse_server_uri("coap://example.test") == ServerUri("example.test", aiocoap.COAP_PORT)
+
+
+class BootstrapServer(aiocoap.resource.Resource):  # type: ignore[misc]
+    """A bootstrap server run by the test: on Bootstrap-Request it deletes objects 0 and 1 on the
+    device, writes one server account (TLV), and sends Bootstrap-Finish, as TS 1.1 section 5.2 has it."""
+
+    def __init__(self, lwm2m_port: int) -> None:
+        super().__init__()
+        self.lwm2m_port = lwm2m_port
+        self.context: Any = None
+        self.endpoints: list[str] = []
+        self.answers: list[str] = []
+        self.done = asyncio.Event()
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        self.endpoints += [q[3:] for q in request.opt.uri_query if q.startswith("ep=")]
+        device = f"coap://{request.remote.hostinfo}"
+        asyncio.get_running_loop().create_task(self._provision(device))
+        return aiocoap.Message(code=aiocoap.CHANGED)
+
+    async def _send(self, code: Any, uri: str, payload: bytes = b"", cf: int | None = None) -> None:
+        message = aiocoap.Message(code=code, uri=uri, payload=payload)
+        if cf is not None:
+            message.opt.content_format = cf
+        response = await asyncio.wait_for(self.context.request(message).response, TIMEOUT)
+        self.answers.append(f"{int(response.code) >> 5}.{int(response.code) & 0x1F:02d}")
+
+    async def _provision(self, device: str) -> None:
+        def value(rid: int, data: bytes) -> tlv.TlvNode:
+            return tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, rid, data)
+
+        security = tlv.encode(
+            [value(0, f"coap://127.0.0.1:{self.lwm2m_port}".encode()), value(1, tlv.encode_int(0))]
+        )
+        server = tlv.encode([value(1, tlv.encode_int(77)), value(7, b"U")])
+        await self._send(aiocoap.DELETE, f"{device}/0")
+        await self._send(aiocoap.DELETE, f"{device}/1")
+        await self._send(aiocoap.PUT, f"{device}/0/3", security, 11542)
+        await self._send(aiocoap.PUT, f"{device}/1/3", server, 11542)
+        await self._send(aiocoap.POST, f"{device}/bs")
+        self.done.set()
+
+
+async def test_bootstrap_then_registration(tmp_path: Path, lwm2m_server: LwM2MServer) -> None:
+    bootstrap_port = free_udp_port()
+    resource = BootstrapServer(lwm2m_server.port)
+    site = aiocoap.resource.Site()
+    site.add_resource(["bs"], resource)
+    context = await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", bootstrap_port), transports=["simplesocketserver"]
+    )
+    resource.context = context
+    emulator = Emulator(
+        ServeOptions(
+            state=str(tmp_path / "device.sqlite3"),
+            coap=Endpoint("127.0.0.1", 0),
+            tcp=None,
+            ws=None,
+            http=None,
+            store="off",
+            endpoint="bootstrapped",
+            lwm2m_bootstrap=ServerUri("127.0.0.1", bootstrap_port),
+        ),
+        announce=lambda _line: None,
+    )
+    await emulator.start()
+    try:
+        await asyncio.wait_for(resource.done.wait(), TIMEOUT)
+        assert resource.endpoints == ["bootstrapped"]
+        assert resource.answers == ["2.02", "2.02", "2.04", "2.04", "2.04"]
+        registered = await lwm2m_server.event("registration")
+        assert (registered["endpoint"], registered["lifetime"]) == ("bootstrapped", "77")
+        assert {"</0/3>", "</1/3>"} <= set(registered["payload"].split(","))
+        # Bootstrap is over: the device answers no further Bootstrap-Finish.
+        late = aiocoap.Message(code=aiocoap.POST, uri=f"coap://127.0.0.1:{emulator.coap_address[1]}/bs")  # type: ignore[index]
+        answer = await asyncio.wait_for(context.request(late).response, TIMEOUT)
+        assert str(answer.code) == str(aiocoap.NOT_FOUND)
+    finally:
+        await emulator.stop()
+        await context.shutdown()

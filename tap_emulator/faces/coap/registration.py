@@ -34,6 +34,8 @@ __all__ = [
     "Backoff",
     "Registration",
     "ServerUri",
+    "accounts",
+    "bootstrap",
     "ensure_account",
     "parse_server_uri",
 ]
@@ -118,6 +120,60 @@ async def ensure_account(tree: DeviceTree, account: int, uri: ServerUri, lifetim
         )
         if not response.status.is_success:
             raise RuntimeError(f"cannot write /{obj.id}/{account}/{resource.id}: {response.diagnostic}")
+
+
+def accounts(tree: DeviceTree) -> list[tuple[int, ServerUri]]:
+    """The LwM2M server accounts the Security object holds (bootstrap accounts aside), by instance id."""
+    security = _object(tree, SECURITY_ALIAS)
+    uri_id = _resource(security, "server-uri").id
+    bootstrap_id = _resource(security, "bootstrap-server").id
+    found = []
+    for iid, inst in sorted(tree.live_instances(security.id).items()):
+        if inst.values.get(bootstrap_id) == 1:
+            continue
+        try:
+            found.append((iid, parse_server_uri(str(inst.values.get(uri_id) or ""))))
+        except ValueError as exc:
+            log.warning("lwm2m: security account %d has no usable server URI (%s)", iid, exc)
+    return found
+
+
+async def bootstrap(
+    context: Any,
+    face: Any,
+    tree: DeviceTree,
+    uri: ServerUri,
+    endpoint: str,
+    *,
+    finish_timeout: float = 60.0,
+    backoff: Backoff | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    request_timeout: float = REQUEST_TIMEOUT,
+) -> list[tuple[int, ServerUri]]:
+    """Client-initiated bootstrap (TS 1.1 Transport section 6.1.7): Bootstrap-Request from the CoAP
+    face's socket, the server's writes and deletes on the device (through the face, as any request),
+    until its Bootstrap-Finish; retried with backoff. Returns the server accounts it left."""
+    backoff = backoff or Backoff()
+    failures = 0
+    while True:
+        finished = asyncio.Event()
+        face.bootstrap_finish = finished.set
+        try:
+            message = aiocoap.Message(code=Code.POST, uri=f"{uri}/bs")
+            message.opt.uri_query = (f"ep={endpoint}",)
+            response = await asyncio.wait_for(context.request(message).response, request_timeout)
+            if response.code != Code.CHANGED:
+                raise _Refused(f"Bootstrap-Request answered {response.code}")
+            await asyncio.wait_for(finished.wait(), finish_timeout)
+            log.info("lwm2m: bootstrapped by %s", uri)
+            return accounts(tree)
+        except (aiocoap.error.Error, OSError, TimeoutError, _Refused) as exc:
+            failures += 1
+            if failures == 1:
+                log.warning("lwm2m: bootstrap from %s failed (%s); retrying with backoff", uri, exc)
+            await sleep(backoff.delay(failures))
+        finally:
+            face.bootstrap_finish = None
 
 
 class _UpdateRefused(Exception):

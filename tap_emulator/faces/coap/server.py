@@ -120,6 +120,8 @@ _OPERATIONS = {
 
 # Timers of attribute-driven notifications: ``call_later(delay, callback)`` returns what ``cancel()``s it.
 CallLater = Callable[[float, Callable[[], None]], Any]
+# The path of Bootstrap-Request (on the bootstrap server) and Bootstrap-Finish (on the device).
+BOOTSTRAP_PATH = "bs"
 # Per record of a container write, beyond the value itself: its name, keys and a base64 expansion.
 RECORD_OVERHEAD = 64
 
@@ -224,6 +226,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self.attributes = AttributeStore()
         self._clock = clock
         self._call_later = call_later
+        # Set while a client-initiated bootstrap runs (registration.bootstrap): called on Bootstrap-Finish.
+        # Meanwhile a write to a missing instance creates it and a delete of an object empties it.
+        self.bootstrap_finish: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.limited_log = RateLimitedLog(log, interval=LIMITED_LOG_INTERVAL)
 
@@ -374,6 +379,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         path = tuple(request.opt.uri_path)
         if path == (".well-known", "core"):
             return self._render_link_format(request)
+        if path == (BOOTSTRAP_PATH,):
+            return self._bootstrap_finish(request)
         try:
             target = self._parse(path)
         except _PathError as exc:
@@ -410,6 +417,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         ):
             # POST /obj/{id} with no body: a Create naming its instance id (LwM2M 1.0 servers send it).
             return await self._create(request, target)
+        if self.bootstrap_finish is not None and multiple:
+            bootstrapped = await self._bootstrap_write_or_delete(request, target, operation)
+            if bootstrapped is not None:
+                return bootstrapped
         if operation is Operation.DELETE and multiple and target.instance_id is not None:
             response = await self.tree.handle(
                 Request(Operation.DELETE, target.obj.id, target.instance_id, caller=self._caller_for(request))
@@ -520,6 +531,37 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         response = _message(Status.CREATED)
         response.opt.location_path = (str(obj.id), str(instance_id))
         return response
+
+    def _bootstrap_finish(self, request: aiocoap.Message) -> aiocoap.Message:
+        """Bootstrap-Finish (``POST /bs``): the bootstrap server is done; 4.04 when none is at work."""
+        finish = self.bootstrap_finish
+        if finish is None:
+            return _error(Status.NOT_FOUND, "no bootstrap is under way")
+        if request.code != Code.POST:
+            return _error(Status.METHOD_NOT_ALLOWED, "Bootstrap-Finish is a POST")
+        self.bootstrap_finish = None
+        finish()
+        return _message(Status.CHANGED)
+
+    async def _bootstrap_write_or_delete(
+        self, request: aiocoap.Message, target: _Target, operation: Operation
+    ) -> aiocoap.Message | None:
+        """Bootstrap-Write of an instance the device lacks creates it; Bootstrap-Delete of an object
+        deletes its instances (TS 1.1 Core section 5.2.7). None: the request is served as usual."""
+        obj, caller = target.obj, self._caller_for(request)
+        if operation is Operation.WRITE and target.instance_id is not None:
+            if self.tree.live(obj.id, target.instance_id) is not None:
+                return None
+            created = await self._create(request, target)
+            return _message(Status.CHANGED) if created.code == Code.CREATED else created
+        if operation is Operation.DELETE and target.instance_id is None:
+            for iid in self.tree.instance_ids(obj.id):
+                deleted = await self.tree.handle(Request(Operation.DELETE, obj.id, iid, caller=caller))
+                if not deleted.status.is_success:
+                    return _error(deleted.status, deleted.diagnostic)
+                self.attributes.forget_instance(obj.id, iid)
+            return _message(Status.DELETED)
+        return None
 
     def _free_instance_id(self, obj: ObjectDef) -> int | None:
         """The lowest instance id not in use, for a Create that names none."""
