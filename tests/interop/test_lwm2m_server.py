@@ -358,3 +358,30 @@ async def test_bootstrap_then_registration(tmp_path: Path, lwm2m_server: LwM2MSe
     finally:
         await emulator.stop()
         await context.shutdown()
+
+
+async def test_an_update_is_sent_at_half_the_lifetime(tmp_path: Path, lwm2m_server: LwM2MServer) -> None:
+    tree = open_device(load_profile(), str(tmp_path / "device.sqlite3"))
+    coap = await start_coap_server(tree, "127.0.0.1", 0)
+    waits: list[float] = []
+    park = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the first wait passes at once, later ones park
+        waits.append(seconds)
+        if len(waits) > 1:
+            await park.wait()
+
+    uri = ServerUri("127.0.0.1", lwm2m_server.port)
+    await ensure_account(tree, 0, uri, 240)
+    registration = Registration(coap.context, tree, 0, uri, "periodic", sleep=sleep)
+    registration.start()
+    try:
+        assert (await lwm2m_server.event("registration"))["lifetime"] == "240"
+        update = await lwm2m_server.event("update")
+        assert update["endpoint"] == "periodic" and update["payload"] == ""  # nothing changed: no links
+        await until(lambda: registration.updates == 1 and len(waits) == 2)
+        assert waits == [120.0, 120.0]
+    finally:
+        await registration.close()
+        await coap.close()
+        tree.state.close()

@@ -260,11 +260,16 @@ class Registration:
             await self._wait(self.lifetime / 2)
 
     async def _wait(self, seconds: float) -> None:
+        """Until the next Update is due: ``seconds`` on the injected sleep, or a change to announce."""
         if self._links_changed or self._lifetime_changed:
             return
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._sleep(seconds))]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _send(self, message: aiocoap.Message) -> aiocoap.Message:
         request = self.context.request(message)
