@@ -62,6 +62,7 @@ from tap_emulator.codec.values import (
 )
 from tap_emulator.faces.coap.attributes import (
     AttributeError_,
+    Attributes,
     AttributeStore,
     NotifyGate,
     Path,
@@ -853,6 +854,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self._observers_per_peer.clear()
         self._observer_total = 0
         for observation in ended:
+            observation.retune(Attributes())  # its pmin/pmax timers end with it
             observation.serverobservation.trigger(_error(Code.SERVICE_UNAVAILABLE, reason))
         return len(ended)
 

@@ -597,3 +597,17 @@ async def test_cancel_observe_both_ways(device: Device, how: str) -> None:
                 raise TimeoutError
     finally:
         raw.close()
+
+
+async def test_ending_observations_stops_their_pmax_timers(device: Device) -> None:
+    g, timers, face = SUPERVISOR, device.timers, device.server.face
+    assert code(await device.request("PUT", f"/1025/{g}/4", query=("pmax=5",))) == "2.04"
+    observer = Observer(device, f"/1025/{g}/4")
+    try:
+        await asyncio.wait_for(observer.request.response, TIMEOUT)
+        watched = observation(device)
+        assert face.end_observations("the device rebooted") == 1
+        await timers.advance_to(30.0, face)
+        assert watched.sent_at == [] and watched.gate is None
+    finally:
+        observer.cancel()
