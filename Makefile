@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_DIR := tests/interop/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+LWM2M_DIR := tests/interop/lwm2m
+LWM2M_STAMP := $(LWM2M_DIR)/node_modules/.installed
 RUN_ARGS ?=
 
 .PHONY: run test lint bench install node system-deps clean
@@ -24,7 +26,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $(NODE_STAMP)
 
-node: $(NODE_STAMP)
+# A real LwM2M server (lwm2m-node-lib) and an independent LwM2M codec for the LwM2M interop tests.
+$(LWM2M_STAMP): $(LWM2M_DIR)/package.json $(LWM2M_DIR)/package-lock.json
+	npm ci --prefix $(LWM2M_DIR) --no-audit --no-fund
+	touch $(LWM2M_STAMP)
+
+node: $(NODE_STAMP) $(LWM2M_STAMP)
 
 # libcoap's command-line client for the CoAP interop tests (Debian package libcoap3-bin).
 system-deps:

@@ -7,6 +7,7 @@ path as ``tap-emulator serve``, and stop it cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -26,6 +27,7 @@ from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 if TYPE_CHECKING:
+    from tap_emulator.faces.coap.registration import Registration, ServerUri
     from tap_emulator.faces.coap.server import CoapServer
     from tap_emulator.faces.http.cloud_config import CloudConfig
     from tap_emulator.faces.tap.session import TapFace
@@ -146,6 +148,10 @@ class ServeOptions:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
     http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
     cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
+    lwm2m_servers: tuple[ServerUri, ...] = ()  # LwM2M servers to register with (from the CoAP socket)
+    endpoint: str | None = None  # LwM2M endpoint name; None: the serial number
+    lifetime: int | None = None  # registration lifetime (s); None: what object 1 holds (300 by default)
+    lwm2m_bootstrap: ServerUri | None = None  # bootstrap server: bootstrap, then register as it says
 
 
 def open_device(
@@ -205,6 +211,7 @@ class Emulator:
         # Called after every reboot and factory reset, once the tree holds its new state (the value
         # sources' runner restarts here); each may return an awaitable.
         self.restart_hooks: list[Callable[[], object]] = []
+        self.registrations: list[Registration] = []
         self._closers: list[Callable[[], object]] = []
         self._lifecycle_tasks: set[asyncio.Task[None]] = set()
 
@@ -260,6 +267,7 @@ class Emulator:
         self._closers.append(coap.close)
         self.coap = coap
         self.coap_address = coap.address
+        await self._start_registrations(tree, coap)
         if self.options.coap_access is not None:
             how = "chosen"
         else:
@@ -274,6 +282,42 @@ class Emulator:
             if oscore is None
             else "; requests an OSCORE context of --coap-oscore authenticates act as maintenance",
         )
+
+    async def _start_registrations(self, tree: DeviceTree, coap: CoapServer) -> None:
+        """Register with each ``--lwm2m-server`` from the CoAP face's socket (account i is Security and
+        Server instance i); each de-registers before the CoAP face closes."""
+        from tap_emulator.faces.coap.registration import Registration, ensure_account
+
+        endpoint = self.options.endpoint or tree.serial_number
+        for account, uri in enumerate(self.options.lwm2m_servers):
+            await ensure_account(tree, account, uri, self.options.lifetime)
+            registration = Registration(coap.context, tree, account, uri, endpoint)
+            registration.start()
+            self.registrations.append(registration)
+            self._closers.append(registration.close)
+        if self.options.lwm2m_bootstrap is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._bootstrap_then_register(tree, coap, self.options.lwm2m_bootstrap, endpoint)
+            )
+
+            async def stop_bootstrap() -> None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+            self._closers.append(stop_bootstrap)
+
+    async def _bootstrap_then_register(
+        self, tree: DeviceTree, coap: CoapServer, uri: ServerUri, endpoint: str
+    ) -> None:
+        """``--lwm2m-bootstrap``: bootstrap, then register with every server account it left."""
+        from tap_emulator.faces.coap.registration import Registration, bootstrap
+
+        for account, server in await bootstrap(coap.context, coap.face, tree, uri, endpoint):
+            registration = Registration(coap.context, tree, account, server, endpoint)
+            registration.start()
+            self.registrations.append(registration)
+            self._closers.append(registration.close)
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:
         """The Tap-native face over TCP and WebSocket; its sessions share one login limiter."""

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tap_emulator.app import (
     COAP_PORT,
@@ -38,6 +38,9 @@ from tap_emulator.store import StoreError
 from tap_emulator.sync import DEFAULT_STORE_NAME
 from tap_emulator.sync.commands import CommandError, add_store_commands, run_store_command
 
+if TYPE_CHECKING:
+    from tap_emulator.faces.coap.registration import ServerUri
+
 __all__ = ["main"]
 
 EXIT_RUNTIME = 1
@@ -56,6 +59,21 @@ def _endpoint(default_port: int) -> Callable[[str], Endpoint | None]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _lwm2m_server(text: str) -> ServerUri:
+    from tap_emulator.faces.coap.registration import parse_server_uri
+
+    try:
+        return parse_server_uri(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lifetime(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r}: a lifetime is a whole number of seconds, 1 or more")
+    return int(text)
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -125,6 +143,31 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="aiocoap credentials file (JSON) whose OSCORE contexts get maintenance access over CoAP "
         "(needs the oscore extra)",
+    )
+    serve.add_argument(
+        "--lwm2m-server",
+        type=_lwm2m_server,
+        action="append",
+        default=[],
+        metavar="coap://HOST:PORT",
+        help="register with this LwM2M server from the CoAP socket (repeatable; needs --coap)",
+    )
+    serve.add_argument(
+        "--lwm2m-bootstrap",
+        type=_lwm2m_server,
+        default=None,
+        metavar="coap://HOST:PORT",
+        help="bootstrap from this LwM2M bootstrap server, then register with the servers it configures",
+    )
+    serve.add_argument(
+        "--endpoint", default=None, metavar="NAME", help="LwM2M endpoint name (default: the serial number)"
+    )
+    serve.add_argument(
+        "--lifetime",
+        type=_lifetime,
+        default=None,
+        metavar="S",
+        help="LwM2M registration lifetime in seconds (default: object 1's, 300)",
     )
     serve.add_argument(
         "--tcp",
@@ -303,7 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 http=args.http,
                 cloud_config=args.cloud_config,
+                lwm2m_servers=tuple(args.lwm2m_server),
+                lwm2m_bootstrap=args.lwm2m_bootstrap,
+                endpoint=args.endpoint,
+                lifetime=args.lifetime,
             )
+            if (options.lwm2m_servers or options.lwm2m_bootstrap) and options.coap is None:
+                print("tap-emulator: error: LwM2M registration needs the CoAP face (--coap)", file=sys.stderr)
+                return 2
             if args.trace:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)
             return asyncio.run(_serve(options))

@@ -318,7 +318,19 @@ class SyncTask:
             return False
         groups: list[PendingGroup] = []
         records = []
-        for group in coalesce(rows):
+        pending = coalesce(rows)
+        others = [g for g in pending if g.object_id != self._object_id]
+        if others:
+            # The management store holds groups only: rows of other objects (the LwM2M Security and
+            # Server accounts) have nowhere to go and settle locally, instead of parking as rejected.
+            await outbox.mark_delivered(
+                state,
+                [outbox.DeliveredUpTo(g.object_id, g.instance_id, g.version) for g in others],
+                self._clock(),
+            )
+        for group in pending:
+            if group.object_id != self._object_id:
+                continue
             try:
                 records.append(group_record(self._serial, group.payload, group.changed_at))
             except UnsafePayload as error:

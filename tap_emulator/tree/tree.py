@@ -353,6 +353,8 @@ class DeviceTree:
         handler = self._handlers[resolved.obj.id]
         resource = resolved.resource
         if resource is None:
+            if req.operation is Operation.DELETE:
+                return await handler.delete(resolved)
             return handler.read_container(resolved)
         if resource.behaviour is Behaviour.CREATE:
             return await handler.create(resolved)
@@ -380,10 +382,12 @@ class DeviceTree:
             return Response(
                 Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {req.instance_id} does not exist"
             )
-        # allowed operation
-        if res is None and req.operation is not Operation.READ:
+        # allowed operation: a container is read; an instance of a multiple-instance object is deleted
+        deletes_instance = res is None and inst is not None and req.operation is Operation.DELETE
+        if res is None and req.operation is not Operation.READ and not deletes_instance:
             return Response(
-                Status.METHOD_NOT_ALLOWED, diagnostic="only GET is allowed on an instance or object"
+                Status.METHOD_NOT_ALLOWED,
+                diagnostic="an instance is read or deleted, an object read",
             )
         if res is not None and req.operation not in res.operations:
             return Response(
@@ -445,6 +449,34 @@ class DeviceTree:
         self._device_values[(obj.id, resource.id)] = value
         self._emit(ChangeEvent(obj.id, None, frozenset({resource.id})))
         return Response(Status.CHANGED)
+
+    async def delete_instance(self, obj: ObjectDef, instance_id: int) -> Response:
+        """Delete an instance: a tombstone (versioned, so the management store hears of it), durable
+        before it is announced; the instance id can be created again."""
+        instances = self._instances[obj.id]
+        previous = instances.get(instance_id)
+        if previous is None or previous.deleted:
+            return Response(Status.NOT_FOUND, diagnostic=f"{obj.name.lower()} {instance_id} does not exist")
+        version = max(self._clock_ms(), previous.version + 1)
+        tombstone = StoredInstance({}, None, version, deleted=True)
+        instances[instance_id] = tombstone
+        handler = self._handlers[obj.id]
+        handler.loaded()
+        try:
+            await self._state.commit(
+                [
+                    InstanceWrite(
+                        _row(obj.id, instance_id, tombstone), public_payload(obj, instance_id, tombstone)
+                    )
+                ]
+            )
+        except StateError:
+            if instances.get(instance_id) is tombstone:
+                instances[instance_id] = previous
+                handler.loaded()
+            return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
+        self._emit(ChangeEvent(obj.id, instance_id, frozenset(), version, deleted=True))
+        return Response(Status.DELETED)
 
     async def commit_instance(
         self,

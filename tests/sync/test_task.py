@@ -166,3 +166,27 @@ async def test_the_device_record_is_upserted_and_last_seen_refreshed_on_each_hea
         await task.stop()
     (device,) = await store.list_devices()
     assert (device.serial, device.model, device.firmware) == (SERIAL, "TAP 1.10 EMU", "1.118.0")
+
+
+async def test_rows_of_objects_the_store_does_not_hold_settle_without_being_sent(
+    tmp_path: Path, tree: DeviceTree, store: ManagementStore
+) -> None:
+    from tap_emulator.faces.coap.registration import ServerUri, ensure_account
+
+    # An LwM2M server account: Security and Server instance 0, written through the tree (outbox rows).
+    await ensure_account(tree, 0, ServerUri("127.0.0.1", 5683), 120)
+    task = SyncTask(tree, lambda: open_store(f"sqlite:///{tmp_path}/store.sqlite3"))
+    task.start()
+    try:
+        await wait_until(lambda: store_matches_device(store, tree), 10)
+
+        async def settled() -> bool:
+            return (await backlog_status(tree.state)).pending == 0
+
+        await wait_until(settled, 5)
+    finally:
+        await task.stop()
+    status = await backlog_status(tree.state)
+    assert status.rejected == 0
+    group = await store.get_group(SERIAL, 0)  # group 0 (anonymous) is untouched by Security instance 0
+    assert group is not None and group.name == "anonymous"

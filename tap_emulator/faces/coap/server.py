@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +40,35 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.pipe import error_to_message, run_driving_pipe
 
-from tap_emulator.codec.values import (
-    CONTAINER_FORMATS,
-    LINK_FORMAT,
+from tap_emulator.codec.lwm2m import (
+    LWM2M_FORMATS,
     SENML_JSON,
+    Lwm2mFormatError,
+    Record,
+    decode_records,
+    encode_records,
+    records_of,
+)
+from tap_emulator.codec.values import (
+    LINK_FORMAT,
     TEXT,
     VALUE_FORMATS,
     RepresentationError,
     UnsupportedFormat,
     decode_representation,
     encode_representation,
-    encode_senml,
     entity_tag,
     max_body_size,
 )
+from tap_emulator.faces.coap.attributes import (
+    AttributeError_,
+    Attributes,
+    AttributeStore,
+    NotifyGate,
+    Path,
+    parse_write_attributes,
+)
+from tap_emulator.faces.coap.discovery import discover, filter_links, render_links, well_known_links
 from tap_emulator.faces.coap.limits import (
     NOTIFICATION_TUNING,
     CoapLimits,
@@ -66,7 +81,7 @@ from tap_emulator.faces.coap.message_layer import (
     install_notification_resets,
 )
 from tap_emulator.logsafety import RateLimitedLog
-from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueType
 from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Response, Status
 
 __all__ = ["CoapFace", "CoapLimits", "start_coap_server"]
@@ -104,7 +119,12 @@ _OPERATIONS = {
     Code.DELETE: Operation.DELETE,
 }
 
-_INTERFACE = {Operation.READ: "core.rp", Operation.WRITE: "core.p", Operation.EXECUTE: "core.a"}
+# Timers of attribute-driven notifications: ``call_later(delay, callback)`` returns what ``cancel()``s it.
+CallLater = Callable[[float, Callable[[], None]], Any]
+# The path of Bootstrap-Request (on the bootstrap server) and Bootstrap-Finish (on the device).
+BOOTSTRAP_PATH = "bs"
+# Per record of a container write, beyond the value itself: its name, keys and a base64 expansion.
+RECORD_OVERHEAD = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +204,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         authenticated_caller: Caller | None = None,
         con_every: int = 10,
         limits: CoapLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        call_later: CallLater | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -200,8 +222,14 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self._observers_per_peer: dict[Hashable, int] = {}
         self._observer_total = 0
         self._unsubscribe = tree.subscribe(self._on_change)
-        self._link_format = self._build_link_format()
         self._body_caps = self._build_body_caps()
+        # Write-Attributes per path, and the clock and timers notifications honour them by (injectable).
+        self.attributes = AttributeStore()
+        self._clock = clock
+        self._call_later = call_later
+        # Set while a client-initiated bootstrap runs (registration.bootstrap): called on Bootstrap-Finish.
+        # Meanwhile a write to a missing instance creates it and a delete of an object empties it.
+        self.bootstrap_finish: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.limited_log = RateLimitedLog(log, interval=LIMITED_LOG_INTERVAL)
 
@@ -260,6 +288,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     async def render_to_pipe(self, pipe: Any) -> None:
         refusal = self._refusal(pipe.request)
         if refusal is None:
+            if pipe.request.opt.observe == 0:
+                _number_observations_from_one(pipe)
             await super().render_to_pipe(pipe)
             return
         if refusal is _RENDER_ALONE:
@@ -305,10 +335,10 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         response.opt.size1 = cap
         return response
 
-    def _build_body_caps(self) -> dict[tuple[int, int, str | None], int]:
+    def _build_body_caps(self) -> dict[tuple[int, int | None, str | None], int]:
         """Per (object, resource, addressed form or None) the largest body a write or execute may carry
         (codec.values.max_body_size over the forms it accepts); resources that take none are absent."""
-        caps: dict[tuple[int, int, str | None], int] = {}
+        caps: dict[tuple[int, int | None, str | None], int] = {}
         for obj in self.model.objects.values():
             for res in obj.resources.values():
                 if not res.operations & {Operation.WRITE, Operation.EXECUTE}:
@@ -316,6 +346,11 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 caps[(obj.id, res.id, None)] = max(max_body_size(form) for form in res.forms)
                 for form in res.forms:
                     caps[(obj.id, res.id, form.alias)] = max_body_size(form)
+            # An instance write or a Create carries each writable resource once, in any LwM2M format.
+            writable = [r for r in obj.resources.values() if Operation.WRITE in r.operations]
+            caps[(obj.id, None, None)] = RECORD_OVERHEAD + sum(
+                2 * max(max_body_size(form) for form in r.forms) + RECORD_OVERHEAD for r in writable
+            )
         return caps
 
     def _body_cap(self, request: aiocoap.Message) -> int:
@@ -327,10 +362,17 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             target = self._parse(tuple(request.opt.uri_path))
         except _PathError:
             return 0
-        if target.resource is None or operation not in target.resource.operations:
+        if target.resource is None:
+            return self._body_caps.get((target.obj.id, None, None), 0)
+        if operation not in target.resource.operations:
             return 0
         alias = None if target.form is None else target.form.alias
-        return self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+        cap = self._body_caps.get((target.obj.id, target.resource.id, alias), 0)
+        cf = request.opt.content_format
+        if cap and cf is not None and int(cf) in LWM2M_FORMATS:
+            # One record: the value (base64 at worst) with its name and base name around it.
+            return 2 * cap + 2 * RECORD_OVERHEAD
+        return cap
 
     # ------------------------------------------------------------------ rendering
 
@@ -338,6 +380,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         path = tuple(request.opt.uri_path)
         if path == (".well-known", "core"):
             return self._render_link_format(request)
+        if path == (BOOTSTRAP_PATH,):
+            return self._bootstrap_finish(request)
         try:
             target = self._parse(path)
         except _PathError as exc:
@@ -345,6 +389,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         operation = _OPERATIONS.get(request.code)
         if operation is None:
             return _error(Status.METHOD_NOT_ALLOWED, f"{request.code} is not supported")
+        if operation is Operation.WRITE and request.opt.uri_query and not request.payload:
+            return await self._write_attributes(request, target)
         if request.opt.if_match or request.opt.if_none_match:
             failed = await self._precondition_failed(request, target)
             if failed is not None:
@@ -356,26 +402,174 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     async def _render_container(
         self, request: aiocoap.Message, target: _Target, operation: Operation
     ) -> aiocoap.Message:
-        if operation is not Operation.READ:
-            return _error(Status.METHOD_NOT_ALLOWED, "only GET is allowed on an instance or object")
-        accept = request.opt.accept if request.opt.accept is not None else SENML_JSON
-        if int(accept) not in CONTAINER_FORMATS:
-            return _error(
-                Status.NOT_ACCEPTABLE, "instances and objects are offered as SenML JSON (110) or CBOR (112)"
+        """An object or an instance: read (LwM2M formats, or Discover with link-format), written
+        (PUT replaces, POST updates, both with the resources given), created (POST on the object), or
+        deleted (DELETE on an instance)."""
+        if operation is Operation.READ:
+            return await self._read_container(request, target)
+        multiple = target.obj.multiple
+        if operation is Operation.EXECUTE and multiple and target.instance_id is None:
+            return await self._create(request, target)
+        if (
+            operation is Operation.EXECUTE
+            and multiple
+            and not request.payload
+            and request.opt.content_format is None
+        ):
+            # POST /obj/{id} with no body: a Create naming its instance id (LwM2M 1.0 servers send it).
+            return await self._create(request, target)
+        if self.bootstrap_finish is not None and multiple:
+            bootstrapped = await self._bootstrap_write_or_delete(request, target, operation)
+            if bootstrapped is not None:
+                return bootstrapped
+        if operation is Operation.DELETE and multiple and target.instance_id is not None:
+            response = await self.tree.handle(
+                Request(Operation.DELETE, target.obj.id, target.instance_id, caller=self._caller_for(request))
             )
+            if not response.status.is_success:
+                return _error(response.status, response.diagnostic)
+            self.attributes.forget_instance(target.obj.id, target.instance_id)
+            return _message(response.status)
+        if operation in (Operation.WRITE, Operation.EXECUTE) and (
+            target.instance_id is not None or not multiple
+        ):
+            records = self._container_records(request, target)
+            if isinstance(records, aiocoap.Message):
+                return records
+            return await self._write_records(request, target.obj, target.instance_id, records)
+        return _error(
+            Status.METHOD_NOT_ALLOWED, "an object is read or created, an instance read, written or deleted"
+        )
+
+    async def _read_container(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+        accept = int(request.opt.accept) if request.opt.accept is not None else SENML_JSON
+        if accept == LINK_FORMAT:
+            return await self._discover(request, target)
+        if accept not in LWM2M_FORMATS:
+            offered = ", ".join(str(cf) for cf in (*LWM2M_FORMATS, LINK_FORMAT))
+            return _error(Status.NOT_ACCEPTABLE, f"instances and objects are offered as {offered}")
         response = await self.tree.handle(
             Request(Operation.READ, target.obj.id, target.instance_id, caller=self._caller_for(request))
         )
         if not response.status.is_success:
             return _error(response.status, response.diagnostic)
         assert isinstance(response.value, dict)
-        entries: list[tuple[str, Any]] = []
+        records: list[Record] = []
         if target.obj.multiple and target.instance_id is None:
             for iid, values in response.value.items():
-                entries += [(f"{iid}/{rid}", v) for rid, v in values.items() if v is not None]
+                records += records_of(values, iid)
         else:
-            entries = [(str(rid), v) for rid, v in response.value.items() if v is not None]
-        return _message(Status.CONTENT, encode_senml(target.base, entries, int(accept)), int(accept))
+            records = records_of(response.value)
+        payload = encode_records(target.obj, target.instance_id, None, records, accept, base=target.base)
+        return _message(Status.CONTENT, payload, accept)
+
+    def _container_records(self, request: aiocoap.Message, target: _Target) -> list[Record] | aiocoap.Message:
+        """The records of a write to an object or instance, every one a writable resource whose value
+        fits the model (checked before anything is written); or the error answer."""
+        cf = request.opt.content_format
+        if cf is None or int(cf) not in LWM2M_FORMATS:
+            offered = ", ".join(str(f) for f in LWM2M_FORMATS)
+            return _error(Status.UNSUPPORTED_CONTENT_FORMAT, f"instances are written in {offered}")
+        try:
+            records = decode_records(target.obj, target.instance_id, None, request.payload, int(cf))
+        except Lwm2mFormatError as exc:
+            return _error(Status.BAD_REQUEST, str(exc))
+        for record in records:
+            resource = target.obj.resources[record.resource_id]
+            if Operation.WRITE not in resource.operations:
+                return _error(Status.METHOD_NOT_ALLOWED, f"{resource.name} is not writable")
+            try:
+                resource.form.validate(record.value)
+            except ValueError as exc:
+                return _error(Status.BAD_REQUEST, f"{resource.name}: {exc}")
+        return records
+
+    async def _write_records(
+        self, request: aiocoap.Message, obj: ObjectDef, instance_id: int | None, records: list[Record]
+    ) -> aiocoap.Message:
+        """Each record as one write through the tree (rights, limits and durability are the tree's);
+        the first refusal is the answer, the records before it stay written."""
+        caller = self._caller_for(request)
+        for record in records:
+            response = await self.tree.handle(
+                Request(Operation.WRITE, obj.id, instance_id, record.resource_id, record.value, caller=caller)
+            )
+            if not response.status.is_success:
+                return _error(response.status, response.diagnostic)
+        return _message(Status.CHANGED)
+
+    async def _create(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+        """LwM2M Create: the object's create resource (as the GroupService create, with its rights),
+        then the given resources; the new instance is deleted again if a write is refused."""
+        obj = target.obj
+        create = next((r for r in obj.resources.values() if r.behaviour is Behaviour.CREATE), None)
+        if create is None:
+            return _error(Status.METHOD_NOT_ALLOWED, f"object {obj.id} has no create operation")
+        records: list[Record] = []
+        if request.payload or request.opt.content_format is not None:
+            checked = self._container_records(request, target)
+            if isinstance(checked, aiocoap.Message):
+                return checked
+            records = checked
+        ids = {r.instance_id for r in records if r.instance_id is not None}
+        if target.instance_id is not None:
+            ids.add(target.instance_id)
+        if len(ids) > 1:
+            return _error(Status.BAD_REQUEST, "a Create makes one instance")
+        instance_id = ids.pop() if ids else self._free_instance_id(obj)
+        if instance_id is None or not obj.valid_instance(instance_id):
+            return _error(Status.BAD_REQUEST, f"no instance id of object {obj.id} is free")
+        caller = self._caller_for(request)
+        created = await self.tree.handle(
+            Request(Operation.EXECUTE, obj.id, instance_id, create.id, caller=caller)
+        )
+        if not created.status.is_success:
+            return _error(created.status, created.diagnostic)
+        written = await self._write_records(request, obj, instance_id, records)
+        if not Code(written.code).is_successful():
+            await self.tree.handle(Request(Operation.DELETE, obj.id, instance_id, caller=MAINTENANCE))
+            return written
+        response = _message(Status.CREATED)
+        response.opt.location_path = (str(obj.id), str(instance_id))
+        return response
+
+    def _bootstrap_finish(self, request: aiocoap.Message) -> aiocoap.Message:
+        """Bootstrap-Finish (``POST /bs``): the bootstrap server is done; 4.04 when none is at work."""
+        finish = self.bootstrap_finish
+        if finish is None:
+            return _error(Status.NOT_FOUND, "no bootstrap is under way")
+        if request.code != Code.POST:
+            return _error(Status.METHOD_NOT_ALLOWED, "Bootstrap-Finish is a POST")
+        self.bootstrap_finish = None
+        finish()
+        return _message(Status.CHANGED)
+
+    async def _bootstrap_write_or_delete(
+        self, request: aiocoap.Message, target: _Target, operation: Operation
+    ) -> aiocoap.Message | None:
+        """Bootstrap-Write of an instance the device lacks creates it; Bootstrap-Delete of an object
+        deletes its instances (TS 1.1 Core section 5.2.7). None: the request is served as usual."""
+        obj, caller = target.obj, self._caller_for(request)
+        if operation is Operation.WRITE and target.instance_id is not None:
+            if self.tree.live(obj.id, target.instance_id) is not None:
+                return None
+            created = await self._create(request, target)
+            return _message(Status.CHANGED) if created.code == Code.CREATED else created
+        if operation is Operation.DELETE and target.instance_id is None:
+            for iid in self.tree.instance_ids(obj.id):
+                deleted = await self.tree.handle(Request(Operation.DELETE, obj.id, iid, caller=caller))
+                if not deleted.status.is_success:
+                    return _error(deleted.status, deleted.diagnostic)
+                self.attributes.forget_instance(obj.id, iid)
+            return _message(Status.DELETED)
+        return None
+
+    def _free_instance_id(self, obj: ObjectDef) -> int | None:
+        """The lowest instance id not in use, for a Create that names none."""
+        assert obj.instance_range is not None
+        used = set(self.tree.instance_ids(obj.id))
+        low, high = obj.instance_range
+        return next((i for i in range(low, high + 1) if i not in used), None)
 
     async def _render_resource(
         self, request: aiocoap.Message, target: _Target, operation: Operation
@@ -386,14 +580,22 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         form = target.form
         accept = request.opt.accept
         if operation is Operation.READ:
-            if accept is not None and int(accept) not in VALUE_FORMATS:
-                return _error(Status.NOT_ACCEPTABLE, "offered: text/plain (0), octet-stream (42), cbor (60)")
+            if accept is not None and int(accept) == LINK_FORMAT and resource.readable:
+                return await self._discover(request, target)
+            if accept is not None and int(accept) not in (*VALUE_FORMATS, *LWM2M_FORMATS):
+                offered = ", ".join(str(cf) for cf in (*VALUE_FORMATS, *LWM2M_FORMATS, LINK_FORMAT))
+                return _error(Status.NOT_ACCEPTABLE, f"offered: {offered}")
         elif operation in (Operation.WRITE, Operation.EXECUTE) and operation in resource.operations:
             try:
                 cf = request.opt.content_format
-                form, value = decode_representation(
-                    resource, request.payload, None if cf is None else int(cf), target.form
-                )
+                if cf is not None and int(cf) in LWM2M_FORMATS:
+                    form, value = self._decode_one(target, resource, request.payload, int(cf))
+                else:
+                    form, value = decode_representation(
+                        resource, request.payload, None if cf is None else int(cf), target.form
+                    )
+            except Lwm2mFormatError as exc:
+                return _error(Status.BAD_REQUEST, str(exc))
             except UnsupportedFormat as exc:
                 return _error(Status.UNSUPPORTED_CONTENT_FORMAT, str(exc))
             except RepresentationError as exc:
@@ -414,10 +616,23 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if operation is not Operation.READ:
             return _message(response.status)
         content_format = TEXT if accept is None else int(accept)
-        payload = encode_representation(form or resource.form, response.value, content_format)
+        if content_format in LWM2M_FORMATS:
+            record = Record(None, resource.id, response.value)
+            payload = encode_records(target.obj, target.instance_id, resource.id, [record], content_format)
+        else:
+            payload = encode_representation(form or resource.form, response.value, content_format)
         message = _message(response.status, payload, content_format)
         message.opt.etag = entity_tag(response.value)
         return message
+
+    def _decode_one(
+        self, target: _Target, resource: ResourceDef, payload: bytes, cf: int
+    ) -> tuple[Form, Any]:
+        """A resource write in an LwM2M format: exactly one record, for this resource."""
+        records = decode_records(target.obj, target.instance_id, resource.id, payload, cf)
+        if len(records) != 1:
+            raise Lwm2mFormatError(f"a write of {resource.name} carries one value, not {len(records)}")
+        return target.form or resource.form, records[0].value
 
     # ------------------------------------------------------------------ conditional requests
 
@@ -454,45 +669,72 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     # ------------------------------------------------------------------ discovery
 
-    def _build_link_format(self) -> bytes:
-        links: list[str] = []
-        for obj in sorted(self.model.objects.values(), key=lambda o: o.id):
-            instance = "{g}" if obj.multiple else "0"
-            for res in sorted(obj.resources.values(), key=lambda r: r.id):
-                if res.behaviour is Behaviour.SESSION:
-                    continue
-                interfaces = " ".join(_INTERFACE[op] for op in sorted(res.operations, key=lambda o: o.value))
-                obs = ";obs" if res.readable else ""
-                ct = '"0 42 60"' if res.form.value_type.value else '"0"'
-                rt = f'"tap.{obj.alias or obj.id}.{res.form.alias}"'
-                links.append(f'</{obj.id}/{instance}/{res.id}>;rt={rt};if="{interfaces}";ct={ct}{obs}')
-                if obj.alias:
-                    for form in res.forms:
-                        rt = f'"tap.{obj.alias}.{form.alias}"'
-                        links.append(
-                            f"</{obj.alias}/{instance if obj.multiple else '0'}/{form.alias}>;"
-                            f'rt={rt};if="{interfaces}";ct={ct}{obs}'
-                        )
-            if obj.multiple:
-                links.append(f'</{obj.id}>;rt="tap.{obj.alias}";if="core.b";ct="110 112";obs')
-                links.append(f'</{obj.id}/{{g}}>;rt="tap.{obj.alias}.instance";if="core.b";ct="110 112";obs')
-        # Concrete instances are discoverable too, so a client can find the existing groups.
-        return ",".join(links).encode("utf-8")
+    def _instance_ids(self, obj: ObjectDef) -> list[int]:
+        return self.tree.instance_ids(obj.id) if obj.multiple else [0]
 
     def _render_link_format(self, request: aiocoap.Message) -> aiocoap.Message:
+        """``/.well-known/core`` from the model and the live instances, filtered by the query (RFC
+        6690 section 4.1); aiocoap sends it block-wise when it exceeds a block."""
         if request.code != Code.GET:
             return _error(Status.METHOD_NOT_ALLOWED, "only GET is allowed on /.well-known/core")
         if request.opt.accept is not None and int(request.opt.accept) != LINK_FORMAT:
             return _error(Status.NOT_ACCEPTABLE, "offered: application/link-format (40)")
-        instances = []
-        for obj in self.model.objects.values():
-            if obj.multiple:
-                instances += [
-                    f'</{obj.id}/{i}>;rt="tap.{obj.alias}.instance";ct="110 112";obs'
-                    for i in self.tree.instance_ids(obj.id)
-                ]
-        payload = self._link_format + ("," + ",".join(instances) if instances else "").encode("utf-8")
-        return _message(Status.CONTENT, payload, LINK_FORMAT)
+        links = filter_links(well_known_links(self.model, self._instance_ids), list(request.opt.uri_query))
+        if isinstance(links, str):
+            return _error(Status.BAD_REQUEST, links)
+        return _message(Status.CONTENT, render_links(links), LINK_FORMAT)
+
+    async def _discover(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+        """LwM2M Discover of an object, instance or resource the caller may read."""
+        resource_id = None if target.resource is None else target.resource.id
+        readable = await self.tree.handle(
+            Request(
+                Operation.READ,
+                target.obj.id,
+                target.instance_id,
+                resource_id,
+                caller=self._caller_for(request),
+            )
+        )
+        if not readable.status.is_success:
+            return _error(readable.status, readable.diagnostic)
+        links = discover(
+            target.obj, target.instance_id, resource_id, self._instance_ids(target.obj), self.attributes
+        )
+        return _message(Status.CONTENT, render_links(links), LINK_FORMAT)
+
+    async def _write_attributes(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+        """LwM2M Write-Attributes: a PUT with the attributes as Uri-Query and no payload, on a target
+        the caller may read; observations under it take the new attributes at once."""
+        resource = target.resource
+        if resource is not None and not resource.readable:
+            return _error(Status.METHOD_NOT_ALLOWED, f"{resource.name} is not readable, so not observable")
+        resource_id = None if resource is None else resource.id
+        readable = await self.tree.handle(
+            Request(
+                Operation.READ,
+                target.obj.id,
+                target.instance_id,
+                resource_id,
+                caller=self._caller_for(request),
+            )
+        )
+        if not readable.status.is_success:
+            return _error(readable.status, readable.diagnostic)
+        path: Path = (target.obj.id, target.instance_id, resource_id)
+        numeric = resource is not None and resource.form.value_type is ValueType.INTEGER
+        try:
+            changes = parse_write_attributes(
+                request.opt.uri_query, resource_level=resource is not None, numeric=numeric
+            )
+            self.attributes.write(path, changes)
+        except AttributeError_ as exc:
+            return _error(Status.BAD_REQUEST, str(exc))
+        for watchers in self._observations.values():
+            for observation in watchers:
+                if _under(observation.key, path):
+                    observation.retune(self.attributes.effective(observation.key))
+        return _message(Status.CHANGED)
 
     # ------------------------------------------------------------------ observe
 
@@ -516,7 +758,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 "observer cap", "coap: observer cap reached; a GET was answered without observing"
             )
             return _decline(serverobservation)
-        observation = _Observation(self, request, serverobservation)
+        observation = _Observation(self, request, serverobservation, key)
         self._observations[key].add(observation)
         self._observers_per_peer[peer] = per_peer + 1
         self._observer_total += 1
@@ -525,6 +767,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             watchers = self._observations.get(key)
             if watchers is None or observation not in watchers:
                 return
+            observation.stop()
             watchers.discard(observation)
             if not watchers:
                 del self._observations[key]
@@ -534,6 +777,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 self._observers_per_peer[peer] = left
 
         serverobservation.accept(cancel)
+        attributes = self.attributes.effective(key)
+        if not attributes.empty:
+            observation.retune(attributes, await self._observed_number(observation))
 
     def _on_change(self, event: ChangeEvent) -> None:
         keys: list[tuple[int, int | None, int | None]] = [
@@ -543,10 +789,28 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if event.instance_id is not None:
             keys.append((event.object_id, None, None))
         observations = [o for key in keys for o in self._observations.get(key, ())]
-        if observations:
-            task = asyncio.get_running_loop().create_task(self._notify(observations))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        immediate = [o for o in observations if o.gate is None]
+        for observation in observations:
+            if observation.gate is not None:
+                observation.changed()
+        if immediate:
+            self._spawn(self._notify(immediate))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _timer(self, at: float, callback: Callable[[], None]) -> Any:
+        delay = max(0.0, at - self._clock())
+        if self._call_later is not None:
+            return self._call_later(delay, callback)
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+    async def drain(self) -> None:
+        """Wait until every notification under way has gone out (for tests with an injected clock)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _notify(self, observations: list[_Observation]) -> None:
         """Render each distinct observed request once, and send a copy to each of its observers.
@@ -563,6 +827,21 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             if index % NOTIFY_BATCH == 0:
                 await asyncio.sleep(0)
 
+    async def _observed_number(self, observation: _Observation) -> float | None:
+        """The value a threshold or step compares: an integer resource's, else None."""
+        obj_id, instance_id, resource_id = observation.key
+        if resource_id is None:
+            return None
+        resource = self.model.objects[obj_id].resources[resource_id]
+        if resource.form.value_type is not ValueType.INTEGER:
+            return None
+        response = await self.tree.handle(
+            Request(
+                Operation.READ, obj_id, instance_id, resource_id, caller=self._caller_for(observation.request)
+            )
+        )
+        return float(response.value) if isinstance(response.value, int) else None
+
     @property
     def observation_count(self) -> int:
         return self._observer_total
@@ -575,6 +854,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self._observers_per_peer.clear()
         self._observer_total = 0
         for observation in ended:
+            observation.retune(Attributes())  # its pmin/pmax timers end with it
             observation.serverobservation.trigger(_error(Code.SERVICE_UNAVAILABLE, reason))
         return len(ended)
 
@@ -590,6 +870,28 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         }
 
 
+def _number_observations_from_one(pipe: Any) -> None:
+    """Shift the Observe numbers of an observation's responses by one (aiocoap numbers them from 0).
+
+    Any start is valid (RFC 7641 section 4.4), but node-coap before 1.0, which LwM2M servers such as
+    lwm2m-node-lib ship, keeps only numbers above the last one seen, starting from 0: it drops a first
+    response numbered 0, and the server never sees the Observe succeed.
+    """
+    add_response = pipe.add_response
+
+    def numbered(response: aiocoap.Message, is_last: bool = False) -> None:
+        if response.opt.observe is not None:
+            response.opt.observe = (response.opt.observe + 1) & 0xFFFFFF
+        add_response(response, is_last=is_last)
+
+    pipe.add_response = numbered
+
+
+def _under(key: Path, path: Path) -> bool:
+    """Whether an observation of ``key`` inherits attributes set on ``path``."""
+    return key[0] == path[0] and path[1] in (None, key[1]) and path[2] in (None, key[2])
+
+
 def _decline(serverobservation: Any) -> None:
     """Answer the request without registering it (no Observe option, RFC 7641 section 4.1).
 
@@ -603,25 +905,108 @@ def _decline(serverobservation: Any) -> None:
 
 
 class _Observation:
-    """One accepted observation: sends its notifications, NON with the periodic CON."""
+    """One accepted observation: sends its notifications, NON with the periodic CON.
 
-    def __init__(self, face: CoapFace, request: aiocoap.Message, serverobservation: Any) -> None:
+    Without notification attributes each change is sent at once (batched by the face). With them a
+    ``NotifyGate`` holds changes back until ``pmin``, drops those under the thresholds, and a timer
+    sends the ``pmax`` notification; ``sent_at`` records the face clock of each notification.
+    """
+
+    def __init__(self, face: CoapFace, request: aiocoap.Message, serverobservation: Any, key: Path) -> None:
         self.face = face
         self.request = request
         self.serverobservation = serverobservation
+        self.key = key
         self.sent = 0
+        self.sent_at: list[float] = []
+        self.gate: NotifyGate | None = None
+        self._evaluation: Any = None
+        self._sending: Any = None
+        self._pmax: Any = None
         opt = request.opt
         # What the rendering depends on: observers with the same shape get the same notification.
         self.shape: Hashable = (tuple(opt.uri_path), opt.accept, tuple(opt.if_match), opt.if_none_match)
 
     def send(self, response: aiocoap.Message) -> None:
         self.sent += 1
+        self.sent_at.append(self.face._clock())
         if self.sent % self.face.con_every == 0:
             response.mtype = Type.CON
             response.transport_tuning = NOTIFICATION_TUNING
         else:
             response.mtype = Type.NON
         self.serverobservation.trigger(response)
+
+    # ---------------------------------------------------------------- attribute-driven notifications
+
+    def retune(self, attributes: Any, value: float | None = None) -> None:
+        """Take new effective attributes (none: back to notifying every change at once)."""
+        if attributes.empty:
+            self.stop()
+            self.gate = None
+            return
+        if self.gate is None:
+            self.gate = NotifyGate(attributes, self.face._clock(), value)
+        else:
+            self.gate.attributes = attributes
+        self._arm_pmax()
+
+    def stop(self) -> None:
+        for handle in (self._evaluation, self._sending, self._pmax):
+            if handle is not None:
+                handle.cancel()
+        self._evaluation = self._sending = self._pmax = None
+
+    def changed(self) -> None:
+        assert self.gate is not None
+        if self._evaluation is None:
+            at = self.gate.evaluation_time(self.face._clock())
+            self._evaluation = self.face._timer(at, self._evaluate_due)
+
+    def _evaluate_due(self) -> None:
+        self._evaluation = None
+        self.face._spawn(self._evaluate())
+
+    async def _evaluate(self) -> None:
+        gate = self.gate
+        if gate is None:
+            return
+        value = await self.face._observed_number(self)
+        at = gate.evaluate(self.face._clock(), value)
+        if at is not None and self._sending is None:
+            self._sending = self.face._timer(at, self._send_due)
+
+    def _send_due(self) -> None:
+        self._sending = None
+        self.face._spawn(self._notify_now())
+
+    def _live(self, gate: NotifyGate) -> bool:
+        return self.gate is gate
+
+    def _arm_pmax(self) -> None:
+        if self._pmax is not None:
+            self._pmax.cancel()
+            self._pmax = None
+        deadline = None if self.gate is None else self.gate.deadline()
+        if deadline is not None:
+            self._pmax = self.face._timer(deadline, self._pmax_due)
+
+    def _pmax_due(self) -> None:
+        self._pmax = None
+        if self._sending is None:
+            self.face._spawn(self._notify_now())
+
+    async def _notify_now(self) -> None:
+        gate = self.gate
+        if gate is None:
+            return
+        response = await self.face.render(self.request)
+        value = await self.face._observed_number(self)
+        if not self._live(gate):  # cancelled or retuned meanwhile
+            return
+        self.send(_clone(response))
+        gate.sent(self.face._clock(), value)
+        self._arm_pmax()
 
 
 class CoapServer:
@@ -698,13 +1083,16 @@ async def start_coap_server(
     oscore: Any = None,
     con_every: int = 10,
     limits: CoapLimits | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    call_later: CallLater | None = None,
 ) -> CoapServer:
     """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
     in the message.
 
     ``oscore`` (an aiocoap CredentialsMap, see ``load_oscore_credentials``) makes aiocoap's OSCORE site
     wrapper unprotect requests before the face sees them; those its contexts authenticate act with
-    maintenance rights, every other request as ``caller``.
+    maintenance rights, every other request as ``caller``. ``clock`` and ``call_later`` time the
+    notifications that Write-Attributes hold back or require (the event loop's by default).
     """
     face = CoapFace(
         tree,
@@ -712,6 +1100,8 @@ async def start_coap_server(
         authenticated_caller=None if oscore is None else MAINTENANCE,
         con_every=con_every,
         limits=limits,
+        clock=clock,
+        call_later=call_later,
     )
     site: Any = face
     if oscore is not None:

@@ -153,6 +153,11 @@ class ObjectHandler:
             self.obj, target.instance_id, values, target.instance.credential, frozenset({resource.id})
         )
 
+    async def delete(self, target: Target) -> Response:
+        """Delete the addressed instance (LwM2M Delete)."""
+        assert target.instance_id is not None
+        return await self.tree.delete_instance(self.obj, target.instance_id)
+
     async def create(self, target: Target) -> Response:
         assert target.instance_id is not None
         values = {r.id: r.default_value(target.instance_id) for r in self.obj.stored_resources()}

@@ -127,6 +127,9 @@ class GroupHandler(ObjectHandler):
                 return Response(Status.UNAUTHORIZED, diagnostic="log in to read groups")
             return None
         group = target.instance_id
+        deletes = target.request.operation is Operation.DELETE
+        if group == caller and deletes:
+            return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not delete itself")
         if group is None or caller == access.admin_group:
             return None
         changes_alias = target.resource is not None and target.resource.id == self.resource("alias").id
@@ -177,6 +180,12 @@ class GroupHandler(ObjectHandler):
             credential = Credential(credential.password_hash, scram)
         values = {**inst.values, resource.id: value}
         return await self.tree.commit_instance(self.obj, gid, values, credential, frozenset({resource.id}))
+
+    async def delete(self, target: Target) -> Response:
+        """A group is deleted as any instance is, except the admin group: the device keeps its admin."""
+        if target.instance_id == self.tree.access.admin_group:
+            return Response(Status.BAD_REQUEST, diagnostic="the admin group cannot be deleted")
+        return await super().delete(target)
 
     async def _set_credential(self, target: Target) -> Response:
         resource, gid = target.resource, target.instance_id

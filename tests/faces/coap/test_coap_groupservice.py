@@ -327,14 +327,27 @@ async def test_methods_the_model_does_not_allow_are_4_05(
     assert code(response) == "4.05"
 
 
-@pytest.mark.parametrize("p", ["/1025", "/1025/65535", "/group/65535", "/.well-known/core"])
 @pytest.mark.parametrize("method", ["PUT", "POST", "DELETE"])
-async def test_containers_are_read_only(coap: Any, p: str, method: str) -> None:
+async def test_well_known_core_is_read_only(coap: Any, method: str) -> None:
+    assert code(await coap.request(method, "/.well-known/core", b"x")) == "4.05"
+
+
+@pytest.mark.parametrize(("method", "p"), [("PUT", "/1025"), ("DELETE", "/1025")])
+async def test_an_object_is_neither_replaced_nor_deleted(coap: Any, method: str, p: str) -> None:
     assert code(await coap.request(method, p, b"x")) == "4.05"
 
 
+@pytest.mark.parametrize("p", ["/1025", "/1025/65535", "/group/65535"])
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+async def test_container_writes_need_an_lwm2m_format(coap: Any, p: str, method: str) -> None:
+    if p == "/1025" and method == "PUT":
+        return
+    assert code(await coap.request(method, p, b"x")) == "4.15"
+    assert code(await coap.request(method, p, b"x", content_format=TEXT)) == "4.15"
+
+
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("accept", [JSON, SENML_JSON, SENML_CBOR, LINK, 11542])
+@pytest.mark.parametrize("accept", [JSON, 41, 11060])
 async def test_unsupported_accept_on_a_value_is_4_06(coap: Any, form: str, accept: int) -> None:
     assert code(await coap.request("GET", path(form, ADMIN, "name"), accept=accept)) == "4.06"
 
@@ -350,7 +363,7 @@ async def test_unsupported_accept_on_a_container_is_4_06(coap: Any, p: str, acce
     ("method", "slug", "cf"),
     [
         ("PUT", "name", JSON),
-        ("PUT", "name", SENML_JSON),
+        ("PUT", "name", 41),
         ("PUT", "session-lifetime", LINK),
         ("POST", "password", JSON),
     ],
@@ -534,19 +547,24 @@ def parse_links(payload: bytes) -> dict[str, dict[str, str]]:
 async def test_well_known_core_lists_every_group_resource_and_alias(coap: Any) -> None:
     response = await coap.request("GET", "/.well-known/core")
     assert code(response) == "2.05" and response.opt.content_format == LINK
+    assert b"{" not in response.payload  # RFC 6690 targets are URI references, never templates
     links = parse_links(response.payload)
-    for slug, rid in CANONICAL.items():
-        for target in (f"/1025/{{g}}/{rid}", f"/group/{{g}}/{slug}"):
-            attributes = links[target]
-            assert attributes["rt"] and attributes["if"] and attributes["ct"], target
-    assert "obs" in links["/1025/{g}/0"] and "obs" not in links["/1025/{g}/2"]
-    assert "obs" not in links["/group/{g}/password-key"]
-    assert "0" in links["/1025/{g}/4"]["ct"].split() and "42" in links["/1025/{g}/4"]["ct"].split()
-    assert links["/1025/{g}/0"]["if"] == "core.rp core.p"
-    assert links["/1025/{g}/65535"]["if"] == "core.a"
-    assert "110" in links["/1025/{g}"]["ct"].split() and "112" in links["/1025"]["ct"].split()
-    for group in (0, 65534, 65535):
+    for group in (ANONYMOUS, SUPERVISOR, ADMIN):
+        for slug, rid in CANONICAL.items():
+            for target in (f"/1025/{group}/{rid}", f"/group/{group}/{slug}"):
+                attributes = links[target]
+                assert attributes["rt"] and attributes["if"] and attributes["ct"], target
         assert f"/1025/{group}" in links
+    g = ADMIN
+    assert "obs" in links[f"/1025/{g}/0"] and "obs" not in links[f"/1025/{g}/2"]
+    assert "obs" not in links[f"/group/{g}/password-key"]
+    assert {"0", "42", "11542"} <= set(links[f"/1025/{g}/4"]["ct"].split())
+    assert links[f"/1025/{g}/0"]["if"] == "core.rp core.p"
+    assert links[f"/1025/{g}/65535"]["if"] == "core.a"
+    assert {"110", "11542"} <= set(links[f"/1025/{g}"]["ct"].split()) and "112" in links["/1025"][
+        "ct"
+    ].split()
+    assert f"/1025/{MISSING}" not in links
     assert code(await coap.request("GET", "/.well-known/core", accept=SENML_JSON)) == "4.06"
 
 

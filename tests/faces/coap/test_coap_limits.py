@@ -145,7 +145,9 @@ async def test_a_body_where_the_method_takes_none_gets_the_methods_answer_at_onc
 ) -> None:
     server = await serve()
     raw = await raw_for(server)
-    raw.send(encode(CON, PUT, next(_mids), b"\x07", [*path("/1025/65535"), block1(0, True, 6)], bytes(1024)))
+    raw.send(
+        encode(CON, PUT, next(_mids), b"\x07", [*path("/1025/65535/65535"), block1(0, True, 6)], bytes(1024))
+    )
     assert (await raw.receive()).dotted_code == "4.05"
     assert server.face.held()["block1"] == 0
 
