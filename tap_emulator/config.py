@@ -105,6 +105,13 @@ MQTT_PORT = 1883
 DEFAULT_NET_KEY = "testnetkey"  # @iotize/device-com-mqtt.js's default
 
 
+def parse_port(text: str) -> int | None:
+    """The TCP port a decimal text names, or None when it names none (empty, not digits, 0, > 65535)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
+
+
 def parse_broker_url(text: str) -> tuple[str, int]:
     """``mqtt://HOST[:PORT]`` (or ``HOST[:PORT]``) as (host, port); ValueError naming what is wrong.
 
@@ -121,9 +128,10 @@ def parse_broker_url(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: expected mqtt://HOST[:PORT]")
     if port_text == "":
         return host, MQTT_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    port = parse_port(port_text)
+    if port is None:
         raise ValueError(f"{text!r}: port must be a number in 1..65535")
-    return host, int(port_text)
+    return host, port
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,7 +255,7 @@ async def test_other_devices_commands_and_malformed_messages_get_no_answer(tmp_p
             async with asyncio.timeout(10):
                 message = await anext(aiter(client.messages))
     assert message.topic.value == topics.answer
-    answer = decode(bytes(message.payload))  # type: ignore[arg-type]
+    answer = decode(bytes(message.payload))
     assert (answer.sender_id, answer.reference_id) == (9, 78)  # only the well-formed command is answered
     assert answer.frame == b"\x45" + serial.encode() + b"\x90\x00"
 

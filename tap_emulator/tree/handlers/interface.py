@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.config import MQTT_PORT, Profile, SecurityMode
+from tap_emulator.config import MQTT_PORT, Profile, SecurityMode, parse_port
 from tap_emulator.tree.api import Response
 from tap_emulator.tree.handlers import handles
 from tap_emulator.tree.handlers.base import ObjectHandler, Target
@@ -52,11 +52,7 @@ class RelaySettings:
 
 def _port(text: str) -> int | None:
     """The port a broker-port text names (empty: the MQTT default), or None if it names none."""
-    if text == "":
-        return MQTT_PORT
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        return None
-    return int(text)
+    return MQTT_PORT if text == "" else parse_port(text)
 
 
 @handles("interface")
@@ -104,5 +100,5 @@ class InterfaceHandler(ObjectHandler):
             and resource is self.resource(RELAY_RESOURCES["port"])
             and (not isinstance(target.value, str) or _port(target.value) is None)
         ):
-            return Response(Status.BAD_REQUEST, diagnostic=f"{resource.name}: a port number in 1..65535")
+            return Response(Status.BAD_REQUEST, diagnostic=f"{resource.name}: not a port number")
         return await super().write(target)
