@@ -109,3 +109,16 @@ async def test_frames_of_one_sender_are_served_in_order() -> None:
     finally:
         endpoint.close()
         device.close()
+
+
+async def test_sessions_the_face_ends_are_replaced_by_fresh_ones() -> None:
+    device = make_device()
+    endpoint = RelayEndpoint(device.face, "dev", clock=device.clock)
+    try:
+        await ask(endpoint, 1, 1, plain_login("admin", "admin"))
+        assert device.face.end_sessions() == 1  # as a reboot does
+        assert len(endpoint) == 0
+        assert await current_group(endpoint, 1) == 0  # a new anonymous session, not a closed one
+    finally:
+        endpoint.close()
+        device.close()
