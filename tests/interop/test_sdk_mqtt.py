@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -47,10 +48,14 @@ def unique_serial() -> str:
     return "EMUT" + uuid.uuid4().hex[:12].upper()
 
 
-def profile_with(tmp_path: Path, serial: str, mqtt: str = "") -> str:
+def profile_with(tmp_path: Path, serial: str, *, relay_on: bool, net_key: str) -> str:
+    """The default profile (its [mqtt] broker is Mosquitto on 127.0.0.1:1883) with a serial of its own."""
     text = (PROFILES_DIR / "default.toml").read_text().replace('"EMU0000000001"', f'"{serial}"')
+    text = text.replace('net_key = "testnetkey"', f'net_key = "{net_key}"')
+    if relay_on:
+        text = text.replace("relay = false", "relay = true")
     path = tmp_path / "profile.toml"
-    path.write_text(text + ("\n[mqtt]\n" + mqtt if mqtt else ""))
+    path.write_text(text)
     return str(path)
 
 
@@ -77,7 +82,8 @@ async def relayed_emulator(
     *,
     security: SecurityMode | None = None,
     mqtt: str | None = BROKER_URL,
-    profile_mqtt: str = "",
+    relay_on: bool = False,
+    net_key: str = "testnetkey",
 ) -> AsyncIterator[tuple[Emulator, str]]:
     require_sdk()
     require_broker()
@@ -85,7 +91,7 @@ async def relayed_emulator(
     lines: list[str] = []
     emulator = Emulator(
         ServeOptions(
-            profile=profile_with(tmp_path, serial, profile_mqtt),
+            profile=profile_with(tmp_path, serial, relay_on=relay_on, net_key=net_key),
             state=str(tmp_path / "device.sqlite3"),
             coap=None,
             tcp=None,
@@ -198,8 +204,9 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
 
 
 async def test_relay_settings_are_the_sdks_mqtt_service_and_a_net_key_change_moves_the_topics(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     async with relayed_emulator(tmp_path) as (emulator, serial):
         relay = emulator.mqtt
         assert relay is not None and relay.relay.connections == 1
@@ -220,7 +227,7 @@ async def test_relay_settings_are_the_sdks_mqtt_service_and_a_net_key_change_mov
             ],
         )
         assert ok(first[0]) == "testnetkey"
-        assert ok(first[1]) == ""
+        assert ok(first[1]) == "127.0.0.1"  # the default profile's [mqtt] broker
         assert first[2]["status"] == 0x81
         assert ok(first[5]) == "broker.example" and ok(first[7]) == "18830"
         assert first[8]["status"] == 0x80  # not a port
@@ -239,6 +246,7 @@ async def test_relay_settings_are_the_sdks_mqtt_service_and_a_net_key_change_mov
         new = await sdk(serial, [call("device.getSerialNumber")], netkey="othernetkey")
     assert not old[0]["ok"]
     assert ok(new[0]) == serial
+    assert "s3cret" not in caplog.text and "othernetkey" not in caplog.text  # secrets are never logged
 
 
 async def test_other_devices_commands_and_malformed_messages_get_no_answer(tmp_path: Path) -> None:
@@ -261,9 +269,7 @@ async def test_other_devices_commands_and_malformed_messages_get_no_answer(tmp_p
 
 
 async def test_the_profile_can_turn_the_relay_on(tmp_path: Path) -> None:
-    async with relayed_emulator(
-        tmp_path, mqtt=None, profile_mqtt=f'relay = true\nbroker = "{BROKER_URL}"\nnet_key = "pk"\n'
-    ) as (_emulator, serial):
+    async with relayed_emulator(tmp_path, mqtt=None, relay_on=True, net_key="pk") as (_emulator, serial):
         results = await sdk(
             serial, [call("device.getSerialNumber"), call("mqtt.getRelayNetKey")], netkey="pk"
         )

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(90)
 HOST = "127.0.0.1"
 GROUP_OBJECT, CREATE, LOGIN_OBJECT, LOGIN = 1025, 0xFFFF, 1024, 0
 CREATED, CHANGED = 0x41, 0x44
+PORT, CURRENT_GROUP = 51, 7
 WRITES = 40
 KILL_AT, RESTART_AT = 12, 16
 
@@ -76,7 +77,17 @@ class PrivateBroker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    private = PrivateBroker(tmp_path)
+    yield from _broker(tmp_path / "a")
+
+
+@pytest.fixture
+def second_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    yield from _broker(tmp_path / "b")
+
+
+def _broker(directory: Path) -> Iterator[PrivateBroker]:
+    directory.mkdir()
+    private = PrivateBroker(directory)
     private.start()
     try:
         yield private
@@ -84,9 +95,12 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         private.kill()
 
 
-def profile_file(tmp_path: Path, serial: str) -> str:
+def profile_file(tmp_path: Path, serial: str, broker_port: int | None = None) -> str:
+    text = (PROFILES_DIR / "default.toml").read_text().replace('"EMU0000000001"', f'"{serial}"')
+    if broker_port is not None:
+        text = text.replace("relay = false", "relay = true").replace(":1883", f":{broker_port}")
     path = tmp_path / "profile.toml"
-    path.write_text((PROFILES_DIR / "default.toml").read_text().replace('"EMU0000000001"', f'"{serial}"'))
+    path.write_text(text)
     return str(path)
 
 
@@ -209,3 +223,56 @@ async def test_the_face_reconnects_resubscribes_and_loses_no_acknowledged_write(
     finally:
         tree.state.close()
     assert not missing
+
+
+async def test_a_new_broker_port_written_to_the_device_moves_the_face(
+    tmp_path: Path, broker: PrivateBroker, second_broker: PrivateBroker
+) -> None:
+    """Without --mqtt the face follows the device's own broker settings (profile [mqtt], then 1024)."""
+    await broker.wait_listening()
+    await second_broker.wait_listening()
+    serial = "EMUP" + uuid.uuid4().hex[:12].upper()
+    emulator = Emulator(
+        ServeOptions(
+            profile=profile_file(tmp_path, serial, broker.port),
+            state=":memory:",
+            coap=None,
+            tcp=None,
+            ws=None,
+            http=None,
+            security=SecurityMode.NONE,
+            store="off",
+        ),
+        announce=lambda _line: None,
+    )
+    await emulator.start()
+    first, second = App(broker.port, serial), App(second_broker.port, serial)
+    try:
+        assert emulator.mqtt is not None and emulator.mqtt.broker() == (HOST, broker.port)
+        await first.start()
+        await second.start()
+        assert await second.request(login_frame("admin", "admin"), timeout=0.5) is None  # not there yet
+        assert await first.request(login_frame("admin", "admin")) == CHANGED
+        port = str(second_broker.port).encode()
+        assert (
+            await first.request(encode_request(TapRequest(Method.PUT, LOGIN_OBJECT, None, PORT, port)))
+            == CHANGED
+        )
+        async with asyncio.timeout(10):
+            while not (
+                emulator.mqtt.broker() == (HOST, second_broker.port) and emulator.mqtt.relay.connected
+            ):
+                await asyncio.sleep(0.02)
+        assert emulator.mqtt.broker() == (HOST, second_broker.port)
+        # The session belongs to the sender, not to the broker connection: still admin.
+        status = await second.request(
+            encode_request(TapRequest(Method.GET, LOGIN_OBJECT, None, CURRENT_GROUP))
+        )
+        assert status == 0x45
+        assert (
+            await first.request(login_frame("admin", "admin"), timeout=0.5) is None
+        )  # the old broker is left
+    finally:
+        await first.stop()
+        await second.stop()
+        await emulator.stop()
