@@ -18,8 +18,13 @@ from tap_emulator.config import PROFILES_DIR
 
 
 def serial_profile(tmp_path: Path, extra: str = "") -> tuple[str, str]:
+    """The default profile with a serial of its own and, when ``extra`` is given, ``extra`` for its
+    [mqtt] table instead of the default one."""
     serial = "EMUC" + uuid.uuid4().hex[:12].upper()
     text = (PROFILES_DIR / "default.toml").read_text().replace('"EMU0000000001"', f'"{serial}"')
+    if extra:
+        start, end = text.index("[mqtt]"), text.index("[access]")
+        text = text[:start] + text[end:]
     path = tmp_path / "p.toml"
     path.write_text(text + extra)
     return serial, str(path)
