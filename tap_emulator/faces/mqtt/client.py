@@ -27,12 +27,25 @@ import aiomqtt
 
 from tap_emulator.logsafety import RateLimitedLog
 
-__all__ = ["Backoff", "BrokerSettings", "MqttRelay", "RelayRouter"]
+__all__ = ["PAHO_LOGGER", "Backoff", "BrokerSettings", "MqttRelay", "RelayRouter"]
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
-_paho_log = logging.getLogger("tap_emulator.faces.mqtt.paho")
+PAHO_LOGGER: Final = "tap_emulator.faces.mqtt.paho"
+
+
+class _RateLimitPaho(logging.Filter):
+    """aiomqtt warns once per message it discards (its queue full, a flood): those lines go out through
+    a `RateLimitedLog`, at most one per kind every 10 s, instead of one each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _limited.log(record.levelno, ("paho", record.msg), "mqtt client: %s", record.getMessage())
+        return False
+
+
+_paho_log = logging.getLogger(PAHO_LOGGER)
 _paho_log.setLevel(logging.WARNING)
+_paho_log.addFilter(_RateLimitPaho())
 
 DEFAULT_MAX_IN_FLIGHT: Final = 256
 _MAX_QUEUED: Final = 1024  # messages aiomqtt holds before this face takes them
