@@ -111,7 +111,7 @@ class MqttRelay:
         self._router = router
         self._backoff = backoff or Backoff()
         self._sleep = sleep
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._change = asyncio.Event()
@@ -236,7 +236,7 @@ class MqttRelay:
         handler = self._router.route(message.topic.value)
         if handler is None:
             return
-        if self._slots.locked():
+        if len(self._handlers) >= self._max_in_flight:  # served or waiting for their sender's turn
             _limited.warning(("relay busy",), "mqtt: too many commands in flight; dropping some")
             return
         task = asyncio.get_running_loop().create_task(self._serve(handler, bytes(message.payload)))
@@ -246,24 +246,23 @@ class MqttRelay:
     async def _serve(
         self, handler: Callable[[bytes], Awaitable[tuple[str, bytes] | None]], payload: bytes
     ) -> None:
-        async with self._slots:
-            try:
-                answer = await handler(payload)
-                if answer is None:
-                    return
-                # On the connection in use when the answer is ready: one that dropped meanwhile is
-                # waited for (briefly), so a command served across a reconnect is still answered.
-                async with asyncio.timeout(_ANSWER_WAIT):
-                    await self._subscribed.wait()
-                client = self._client
-                if client is not None:
-                    # QoS 0, as the SDK subscribes: a PUBACK the broker sent back would sit unacknowledged
-                    # and make Mosquitto (no TCP_NODELAY by default) hold the next command for our
-                    # delayed ACK: 45 ms per round trip instead of 2 ms, measured.
-                    await client.publish(answer[0], answer[1], qos=0)
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                # The broker is away: a change the command made is durable all the same; the app timed
-                # out and asks again once the face is back.
-                _limited.info(("answer lost",), "mqtt: an answer was not published: %s", exc or "no broker")
-            except Exception:
-                log.exception("mqtt: a relay command failed")
+        try:
+            answer = await handler(payload)
+            if answer is None:
+                return
+            # On the connection in use when the answer is ready: one that dropped meanwhile is
+            # waited for (briefly), so a command served across a reconnect is still answered.
+            async with asyncio.timeout(_ANSWER_WAIT):
+                await self._subscribed.wait()
+            client = self._client
+            if client is not None:
+                # QoS 0, as the SDK subscribes: a PUBACK the broker sent back would sit unacknowledged
+                # and make Mosquitto (no TCP_NODELAY by default) hold the next command for our
+                # delayed ACK: 45 ms per round trip instead of 2 ms, measured.
+                await client.publish(answer[0], answer[1], qos=0)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            # The broker is away: a change the command made is durable all the same; the app timed
+            # out and asks again once the face is back.
+            _limited.info(("answer lost",), "mqtt: an answer was not published: %s", exc or "no broker")
+        except Exception:
+            log.exception("mqtt: a relay command failed")
