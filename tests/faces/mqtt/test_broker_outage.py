@@ -150,7 +150,7 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
-    async def request(self, frame: bytes, timeout: float = 1.5) -> int | None:
+    async def request(self, frame: bytes, timeout: float = 5.0) -> int | None:
         """The status byte of the answer, or None when no answer came (broker away, request lost)."""
         self.reference += 1
         waiter = asyncio.get_running_loop().create_future()
@@ -202,7 +202,11 @@ async def test_the_face_reconnects_resubscribes_and_loses_no_acknowledged_write(
                 broker.start()
                 await broker.wait_listening()
             group = 100 + index
-            status = await app.request(encode_request(TapRequest(Method.POST, GROUP_OBJECT, group, CREATE)))
+            during_outage = KILL_AT <= index < RESTART_AT + 3
+            status = await app.request(
+                encode_request(TapRequest(Method.POST, GROUP_OBJECT, group, CREATE)),
+                timeout=1.0 if during_outage else 5.0,
+            )
             if status == CREATED:
                 acknowledged.append(group)
                 answered_after_restart += index >= RESTART_AT
