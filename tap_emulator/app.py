@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile
+from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tap_emulator.faces.coap.registration import Registration, ServerUri
     from tap_emulator.faces.coap.server import CoapServer
     from tap_emulator.faces.http.cloud_config import CloudConfig
+    from tap_emulator.faces.mqtt import DeviceRelay
     from tap_emulator.faces.tap.session import TapFace
 
 __all__ = [
@@ -52,6 +53,7 @@ COAP_PORT = 5683  # RFC 7252
 TAP_TCP_PORT = 2000  # what a Wi-Fi TapNLink listens on
 TAP_WS_PORT = 2001
 HTTP_PORT = 8080  # the emulated cloud: native API and seed faces
+_DEVICE_BROKER: tuple[str, int] = ("", 0)  # the relay on the broker of the device's own settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,9 @@ class ServeOptions:
     sync: SyncSettings = field(default_factory=SyncSettings)
     tcp: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_TCP_PORT))  # Tap frames
     ws: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", TAP_WS_PORT))  # over WebSocket
+    # The MQTT relay face: a broker URL (it wins over the device's broker settings), "off", or None: on
+    # when the profile's [mqtt] says relay = true, on the broker object 1024 holds.
+    mqtt: str | None = None
     trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
     http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
@@ -204,6 +209,7 @@ class Emulator:
         self.coap_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
+        self.mqtt: DeviceRelay | None = None
         self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self.tap_face: TapFace | None = None
@@ -248,6 +254,10 @@ class Emulator:
         ):
             if address is not None:
                 self.announce(f"listening {kind} {format_address(address)}")
+        if self.mqtt is not None:
+            from tap_emulator.faces.mqtt import broker_url
+
+            self.announce(f"listening mqtt {tree.serial_number} {broker_url(*self.mqtt.broker())}")
         log.info(
             "device %s up (state %s)", tree.serial_number, "in memory" if state_path == MEMORY else state_path
         )
@@ -319,18 +329,13 @@ class Emulator:
             self.registrations.append(registration)
             self._closers.append(registration.close)
 
-    async def _start_tap_faces(self, tree: DeviceTree) -> None:
-        """The Tap-native face over TCP and WebSocket; its sessions share one login limiter."""
-        from tap_emulator.faces.tap import TapFace, start_tcp_server, start_ws_server
+    def _tap_face(self, tree: DeviceTree) -> TapFace:
+        """What the Tap faces (TCP, WebSocket, MQTT relay) share: sessions, one login limiter."""
+        from tap_emulator.faces.tap import TapFace
         from tap_emulator.security.lockout import LoginLimiter
 
-        if self.options.tcp is None and self.options.ws is None:
-            return
-        limits, warning = fit_to_file_limit(self.options.connections, self._faces_sharing_descriptors())
-        if warning:
-            log.warning("%s", warning)
         security = self.profile.security
-        face = TapFace(
+        return TapFace(
             tree,
             limiter=LoginLimiter(security.lockout),
             clock=time.monotonic,
@@ -339,15 +344,43 @@ class Emulator:
             handshake_seconds=security.scram_handshake_seconds,
             trace=self.options.trace,
         )
+
+    async def _start_tap_faces(self, tree: DeviceTree) -> None:
+        """The Tap-native face over TCP, WebSocket and the MQTT relay; its sessions share one face."""
+        from tap_emulator.faces.tap import start_tcp_server, start_ws_server
+
+        broker = self._mqtt_broker()
+        if self.options.tcp is None and self.options.ws is None and broker is None:
+            return
+        face = self._tap_face(tree)
         self.tap_face = face
-        if self.options.tcp is not None:
-            tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port, limits)
-            self._closers.append(tcp.close)
-            self.tcp_address = tcp.address
-        if self.options.ws is not None:
-            ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port, limits)
-            self._closers.append(ws.close)
-            self.ws_address = ws.address
+        if self.options.tcp is not None or self.options.ws is not None:
+            limits, warning = fit_to_file_limit(self.options.connections, self._faces_sharing_descriptors())
+            if warning:
+                log.warning("%s", warning)
+            if self.options.tcp is not None:
+                tcp = await start_tcp_server(face, self.options.tcp.host, self.options.tcp.port, limits)
+                self._closers.append(tcp.close)
+                self.tcp_address = tcp.address
+            if self.options.ws is not None:
+                ws = await start_ws_server(face, self.options.ws.host, self.options.ws.port, limits)
+                self._closers.append(ws.close)
+                self.ws_address = ws.address
+        if broker is not None:
+            from tap_emulator.faces.mqtt import start_device_relay
+
+            override = None if broker is _DEVICE_BROKER else broker
+            self.mqtt = await start_device_relay(face, broker=override, clock=time.monotonic)
+            self._closers.append(self.mqtt.close)
+
+    def _mqtt_broker(self) -> tuple[str, int] | None:
+        """The --mqtt broker, `_DEVICE_BROKER` (the one object 1024 holds), or None (the relay is off)."""
+        choice = self.options.mqtt
+        if choice == "off" or (choice is None and not self.profile.mqtt.relay):
+            return None
+        if choice is None:
+            return _DEVICE_BROKER
+        return parse_broker_url(choice)
 
     def _faces_sharing_descriptors(self) -> int:
         """The TCP faces whose connections share the process's file limit (Tap TCP, WebSocket, HTTP)."""

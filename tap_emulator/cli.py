@@ -29,7 +29,7 @@ from tap_emulator.app import (
     open_device,
     parse_endpoint,
 )
-from tap_emulator.config import ConfigError, SecurityMode, load_profile
+from tap_emulator.config import ConfigError, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import DEFAULT_MAX_CONNECTIONS, ConnectionLimits
 from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
@@ -49,6 +49,15 @@ EXIT_USAGE = 2
 
 class _UsageError(Exception):
     pass
+
+
+def _broker(text: str) -> str:
+    if text != "off":
+        try:
+            parse_broker_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _endpoint(default_port: int) -> Callable[[str], Endpoint | None]:
@@ -182,6 +191,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.ws,
         metavar="HOST:PORT",
         help="Tap frames over WebSocket, one binary message each (default 127.0.0.1:2001; port 0; 'off')",
+    )
+    serve.add_argument(
+        "--mqtt",
+        type=_broker,
+        default=None,
+        metavar="URL|off",
+        help="the IoTize MQTT relay face on this broker (mqtt://HOST[:PORT]); 'off'; default: the "
+        "profile's [mqtt] relay setting (off in the default profile), with the device's broker settings",
     )
     serve.add_argument(
         "--trace",
@@ -336,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store=args.store,
                 tcp=args.tcp,
                 ws=args.ws,
+                mqtt=args.mqtt,
                 trace=args.trace,
                 connections=ConnectionLimits(
                     max_connections=args.max_connections,

@@ -1,8 +1,9 @@
 """Device profiles: the TOML files in ``resources/profiles`` that seed a fresh (or factory-reset) device.
 
-A profile is data, not code: identity (object 3), security mode and login policy (object 1024), access
-rules and the initial groups of object 1025. Loading validates every field and reports the file and the
-key on error, so a typo in a hand-written profile is a clear message, not a traceback.
+A profile is data, not code: identity (object 3), security mode and login policy (object 1024), the
+MQTT relay settings (object 1024, ``[mqtt]``), access rules and the initial groups of object 1025.
+Loading validates every field and reports the file and the key on error, so a typo in a hand-written
+profile is a clear message, not a traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ __all__ = [
     "ConfigError",
     "DeviceIdentity",
     "GroupSeed",
+    "MqttSettings",
     "Profile",
     "SecurityMode",
     "SecurityPolicy",
     "load_profile",
+    "parse_broker_url",
 ]
 
 PROFILES_DIR = RESOURCES_DIR / "profiles"
@@ -98,6 +101,53 @@ class AccessPolicy:
         return below_admin.index(group_id) + 1 if group_id in below_admin else len(below_admin) + 1
 
 
+MQTT_PORT = 1883
+DEFAULT_NET_KEY = "testnetkey"  # @iotize/device-com-mqtt.js's default
+
+
+def parse_port(text: str) -> int | None:
+    """The TCP port a decimal text names, or None when it names none (empty, not digits, 0, > 65535)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
+
+
+def parse_broker_url(text: str) -> tuple[str, int]:
+    """``mqtt://HOST[:PORT]`` (or ``HOST[:PORT]``) as (host, port); ValueError naming what is wrong.
+
+    Plain MQTT over TCP only: the emulator does not speak MQTT over TLS or WebSocket.
+    """
+    rest = text
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme.lower() not in ("mqtt", "tcp"):
+            raise ValueError(f"{text!r}: only mqtt:// brokers are supported")
+    rest = rest.rstrip("/")
+    host, _, port_text = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    if not host or "/" in host or "@" in host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r}: expected mqtt://HOST[:PORT]")
+    if port_text == "":
+        return host, MQTT_PORT
+    port = parse_port(port_text)
+    if port is None:
+        raise ValueError(f"{text!r}: port must be a number in 1..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """``[mqtt]``: the broker and relay settings a fresh device holds (object 1024, 50..59), and whether
+    ``serve`` starts the relay face when ``--mqtt`` is not given."""
+
+    relay: bool = False
+    host: str = ""
+    port: int = MQTT_PORT
+    client_id: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    net_key: str = field(default=DEFAULT_NET_KEY, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSeed:
     id: int
@@ -116,6 +166,7 @@ class Profile:
     groups: tuple[GroupSeed, ...]
     # Ids of the management store's device groups the device joins when it first syncs ([cloud]).
     device_groups: tuple[str, ...] = ()
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
@@ -213,7 +264,53 @@ def load_profile(name_or_path: str = "default") -> Profile:
             )
         )
     _check_groups_against_model(groups, where)
-    return Profile(path.stem, device, security, access, tuple(groups), _device_groups(data, where))
+    return Profile(
+        path.stem, device, security, access, tuple(groups), _device_groups(data, where), _mqtt(data, where)
+    )
+
+
+def _mqtt(data: Mapping[str, Any], where: str) -> MqttSettings:
+    """``[mqtt]``: ``relay`` (bool), ``broker`` (mqtt://HOST[:PORT]), ``client_id``, ``username``,
+    ``password``, ``net_key``; each value must fit its resource of object 1024."""
+    mw = f"{where} [mqtt]"
+    table = _get(data, "mqtt", dict, where, {})
+    unknown = set(table) - {"relay", "broker", "client_id", "username", "password", "net_key"}
+    if unknown:
+        raise ConfigError(f"{mw}: unknown key(s) {', '.join(sorted(unknown))}")
+    host, port = "", MQTT_PORT
+    broker = _get(table, "broker", str, mw, "")
+    if broker:
+        try:
+            host, port = parse_broker_url(broker)
+        except ValueError as exc:
+            raise ConfigError(f"{mw} broker: {exc}") from None
+    settings = MqttSettings(
+        relay=_get(table, "relay", bool, mw, False),
+        host=host,
+        port=port,
+        client_id=_get(table, "client_id", str, mw, ""),
+        username=_get(table, "username", str, mw, ""),
+        password=_get(table, "password", str, mw, ""),
+        net_key=_get(table, "net_key", str, mw, DEFAULT_NET_KEY),
+    )
+    if settings.relay and not settings.host:
+        raise ConfigError(f"{mw}: relay = true needs a broker")
+    interface = default_model().object_by_alias("interface")
+    forms = {} if interface is None else interface.forms_by_alias
+    for key, slug in (
+        ("host", "mqtt-broker-hostname"),
+        ("client_id", "mqtt-client-id"),
+        ("username", "mqtt-username"),
+        ("password", "mqtt-password"),
+        ("net_key", "mqtt-relay-net-key"),
+    ):
+        if slug not in forms:
+            continue
+        try:
+            forms[slug][1].validate(getattr(settings, key))
+        except ValueError_ as exc:  # the message never repeats the value
+            raise ConfigError(f"{mw} {key}: {exc}") from None
+    return settings
 
 
 MAX_PROFILE_DEVICE_GROUPS = 32

@@ -4,8 +4,11 @@
  * pytest can check what a real client sends and understands.
  *
  * Input, one JSON document on stdin:
- *   {"transport": "tcp" | "ws", "host": "127.0.0.1", "port": 2000,
+ *   {"transport": "tcp" | "ws" | "mqtt", "host": "127.0.0.1", "port": 2000,
  *    "path": "/",               (ws only, optional)
+ *    "serialNumber": "...",     (mqtt only: the Tap's serial; host:port is the broker's)
+ *    "netkey": "...",           (mqtt only, optional; the package's default "testnetkey")
+ *    "brokerUsername", "brokerPassword" (mqtt only, optional)
  *    "sendTimeoutMs": 3000,     (optional; the SDK default is 500)
  *    "connectTimeoutMs": 3000,  (optional; the SDK default is 1000)
  *    "tcpIdleMs": 50,           (tcp only, optional: quiet time that ends an answer lacking 90 00)
@@ -241,8 +244,24 @@ function createProtocol(doc) {
     global.WebSocket = require('ws');
     const { WebSocketProtocol } = require('@iotize/device-com-websocket.js');
     protocol = new WebSocketProtocol({ url: `ws://${host}:${doc.port}${doc.path || '/'}` });
+  } else if (doc.transport === 'mqtt') {
+    // The IoTize relay: @iotize/device-com-mqtt.js over npm mqtt 3.0.0, as an app reaches a Tap in the cloud.
+    const { connect } = require('mqtt');
+    const { createClientMQTTRelayProtocol, DEFAULT_NET_KEY } = require('@iotize/device-com-mqtt.js/tap-cloud');
+    if (typeof doc.serialNumber !== 'string') throw new Error('"serialNumber" is required for mqtt');
+    return createClientMQTTRelayProtocol({
+      connect,
+      serialNumber: doc.serialNumber,
+      netkey: doc.netkey === undefined ? DEFAULT_NET_KEY : doc.netkey,
+      broker: { url: `mqtt://${host}:${doc.port}`, username: doc.brokerUsername, password: doc.brokerPassword },
+      protocolOptions: {
+        connect: { timeout: doc.connectTimeoutMs || 10000 },
+        disconnect: { timeout: 2000 },
+        send: { timeout: doc.sendTimeoutMs || 5000 },
+      },
+    });
   } else {
-    throw new Error(`unknown transport ${JSON.stringify(doc.transport)} (tcp or ws)`);
+    throw new Error(`unknown transport ${JSON.stringify(doc.transport)} (tcp, ws or mqtt)`);
   }
   const options = protocol.options;
   protocol.options = {
