@@ -12,6 +12,7 @@ import enum
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,7 +83,26 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint | None:
         host = "127.0.0.1"
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be a number in 0..65535")
+    if not _is_address(host):
+        raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a host name this machine resolves")
     return Endpoint(host, int(port_text))
+
+
+def _is_address(host: str) -> bool:
+    """An IP literal, a wildcard, or a name that resolves (``--coap notaport`` is a usage error)."""
+    if host in ("", "localhost", "0.0.0.0", "::"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -171,8 +191,9 @@ def open_device(
     """Open (and seed, if fresh) the state of a device and build its tree.
 
     ``offload`` runs key derivations; by default a thread (the server passes its low-priority worker).
+    The state is this process's own until closed (its lock): another owner's file is a StateLockError.
     """
-    state = DeviceState(state_path, clock=time.time)
+    state = DeviceState(state_path, clock=time.time, owner=True)
     try:
         tree = DeviceTree(
             model or default_model(),

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from tap_emulator import __version__
 from tap_emulator.app import (
     COAP_PORT,
     HTTP_PORT,
@@ -111,12 +112,28 @@ DEFAULTS = ServeOptions()
 LIMITS = DEFAULTS.connections
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an option it does not know is its own usage error (exit 2 with its usage),
+    not the top-level parser's (whose usage says nothing of ``serve``'s options)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tap-emulator",
         description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"tap-emulator {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
