@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 
 from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
+from tap_emulator.faults import FaultInjector, load_fault_plan
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
+from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 if TYPE_CHECKING:
@@ -169,7 +171,8 @@ class ServeOptions:
     # The MQTT relay face: a broker URL (it wins over the device's broker settings), "off", or None: on
     # when the profile's [mqtt] says relay = true, on the broker object 1024 holds.
     mqtt: str | None = None
-    trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
+    trace: bool | str = False  # the trace of every face: True to the log, a path for a JSON-lines file
+    faults: str | None = None  # a fault plan (TOML, see tap_emulator.faults) applied from the start
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
     http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
     cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
@@ -221,6 +224,12 @@ class Emulator:
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile
+        self.trace = Trace(
+            options.trace if isinstance(options.trace, str) else None, to_log=options.trace is True
+        )
+        self.faults = FaultInjector(time.monotonic)
+        if options.faults is not None:
+            self.faults.set_plan(load_fault_plan(options.faults))
         self.cloud_config: CloudConfig | None = None
         if options.http is not None:
             from tap_emulator.faces.http import load_cloud_config
@@ -293,7 +302,13 @@ class Emulator:
 
             oscore = load_oscore_credentials(self.options.coap_oscore)
         coap = await start_coap_server(
-            tree, endpoint.host, endpoint.port, caller=access.caller, oscore=oscore
+            tree,
+            endpoint.host,
+            endpoint.port,
+            caller=access.caller,
+            oscore=oscore,
+            trace=self.trace,
+            faults=self.faults,
         )
         self._closers.append(coap.close)
         self.coap = coap
@@ -363,7 +378,8 @@ class Emulator:
             random_bytes=os.urandom,
             lifetime_unit_seconds=security.session_lifetime_unit_seconds,
             handshake_seconds=security.scram_handshake_seconds,
-            trace=self.options.trace,
+            trace=self.trace,
+            faults=self.faults,
         )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:
@@ -503,6 +519,7 @@ class Emulator:
                     await result
             except Exception:
                 log.exception("error while stopping")
+        self.trace.close()
 
 
 class CloudOnly:

@@ -32,12 +32,12 @@ from tap_emulator.app import (
 )
 from tap_emulator.config import ConfigError, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import DEFAULT_MAX_CONNECTIONS, ConnectionLimits
-from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
 from tap_emulator.store import StoreError
 from tap_emulator.sync import DEFAULT_STORE_NAME
 from tap_emulator.sync.commands import CommandError, add_store_commands, run_store_command
+from tap_emulator.trace import TRACE_LOGGER
 
 if TYPE_CHECKING:
     from tap_emulator.faces.coap.registration import ServerUri
@@ -131,8 +131,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames).",
     )
     parser.add_argument("--version", action="version", version=f"tap-emulator {__version__}")
-    commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    commands: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_CommandParser,
     )
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -219,8 +222,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--trace",
-        action="store_true",
-        help="log each decoded Tap request and response (path, method, status, sizes; never secrets)",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="trace every request of every face as JSON lines (time, face, peer, session, path, method, "
+        "status, sizes, latency, fault; never secrets) to PATH, or to the log without one",
+    )
+    serve.add_argument(
+        "--faults",
+        default=None,
+        metavar="PATH.toml",
+        help="seeded fault plan applied from the start (drop, delay, duplicate, corrupt, close, offline, "
+        "forced status; per face and path); changed live through the control API",
     )
     serve.add_argument(
         "--max-connections",
@@ -372,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ws=args.ws,
                 mqtt=args.mqtt,
                 trace=args.trace,
+                faults=args.faults,
                 connections=ConnectionLimits(
                     max_connections=args.max_connections,
                     max_per_peer=args.max_connections_per_peer,
@@ -389,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (options.lwm2m_servers or options.lwm2m_bootstrap) and options.coap is None:
                 print("tap-emulator: error: LwM2M registration needs the CoAP face (--coap)", file=sys.stderr)
                 return 2
-            if args.trace:
+            if args.trace is True:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)
             return asyncio.run(_serve(options))
         if args.command == "cloud":

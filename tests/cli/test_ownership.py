@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_serve import run_cli
 
 from tap_emulator.state import StateError
 from tap_emulator.state.lock import StateLock, StateLockError
-from tests.cli.test_serve import run_cli
 
 
 def test_a_second_serve_on_the_same_state_exits_1_naming_the_running_process(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.interop
 
 def readme_snippet() -> str:
     blocks = re.findall(r"```js\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    snippet = next((block for block in blocks if "first-tap.js" in block), None)
+    snippet: str | None = next((block for block in blocks if "first-tap.js" in block), None)
     assert snippet is not None, "the README has no first-tap.js snippet"
     return snippet
 
