@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
-import json
 import signal
 import socket
 import subprocess
