@@ -431,16 +431,22 @@ class Emulator:
             return
         # The HTTP face gets the default per-face share of the file limit, as each Tap face does.
         limits, _ = fit_to_file_limit(ConnectionLimits(), self._faces_sharing_descriptors())
+        from tap_emulator.control import DeviceControl
+
+        host = self.options.http.host
         cloud = await start_cloud(
             store_url_for(self.options.store, state_path),
-            self.options.http.host,
+            host,
             self.options.http.port,
             self.cloud_config,
             local_devices={tree.serial_number: tree.state},
             max_connections=limits.max_connections or 1,
+            control=DeviceControl(self),
+            token_required=not is_loopback(host),
         )
         self._closers.append(cloud.close)
         self.http_address = cloud.address
+        _say_api_access(host, self.cloud_config)
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
@@ -522,6 +528,26 @@ class Emulator:
         self.trace.close()
 
 
+def _say_api_access(host: str, config: CloudConfig) -> None:
+    """Say at start who may use the control and native APIs (open only on a loopback bind)."""
+    if is_loopback(host):
+        log.info("HTTP on %s: the control and native APIs are open (a loopback bind)", host)
+    elif config.control_token is None:
+        log.warning(
+            "HTTP on %s (not loopback): the control and native APIs refuse every request: "
+            "no [control] token in the cloud configuration %s",
+            host,
+            config.source,
+        )
+    else:
+        log.warning(
+            "HTTP on %s (not loopback): the control and native APIs require 'Authorization: Bearer' "
+            "with the [control] token of %s",
+            host,
+            config.source,
+        )
+
+
 class CloudOnly:
     """``tap-emulator cloud``: the HTTP faces over a shared store, with no device of its own.
 
@@ -557,7 +583,14 @@ class CloudOnly:
             path = sqlite_path(self.store_url)
             if path != MEMORY:  # like serve's state directory, the store's is created when missing
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        cloud = await start_cloud(self.store_url, self.http.host, self.http.port, self.config)
+        cloud = await start_cloud(
+            self.store_url,
+            self.http.host,
+            self.http.port,
+            self.config,
+            token_required=not is_loopback(self.http.host),
+        )
+        _say_api_access(self.http.host, self.config)
         self._close = cloud.close
         self.http_address = cloud.address
         self.announce(f"listening http {format_address(cloud.address)}")

@@ -225,6 +225,22 @@ class TapFace:
     def _forget(self, session: TapSession) -> None:
         self._sessions.pop(session, None)
 
+    @property
+    def sessions(self) -> list[TapSession]:
+        """The open sessions, oldest first (the control API lists them)."""
+        return list(self._sessions)
+
+    def end_session(self, session_id: int) -> bool:
+        """End one session and close its connection (the control API); False if none has that id."""
+        session = next((s for s in self._sessions if s.id == session_id), None)
+        if session is None:
+            return False
+        disconnect = self._sessions.pop(session, None)
+        session.close()
+        if disconnect is not None:
+            disconnect()
+        return True
+
     @contextlib.asynccontextmanager
     async def one_check_per_peer(self, peer: str) -> AsyncIterator[None]:
         """Serialise the password checks of one peer (see the module docstring)."""
@@ -266,6 +282,7 @@ class TapSession:
         self.peer = peer
         self.transport = peer.partition(" ")[0]  # "tcp" or "ws": the trace's and the faults' face
         self.frames_answered = 0
+        self.opened_at = time.time()
         self.limiter_peer = peer if address is None else peer_key(address)
         self.group_id = ANONYMOUS_GROUP
         self._channel: SecureChannel | None = None
