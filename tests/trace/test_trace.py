@@ -36,14 +36,16 @@ def test_the_file_rotates_past_its_bound_and_the_ring_keeps_the_last(tmp_path: P
 
 def test_inactive_until_a_sink_a_subscriber_or_enable() -> None:
     trace = Trace()
-    assert not trace.active
+    states = [trace.active]
     with trace.subscribe() as queue:
-        assert trace.active and queue is not None
+        assert queue is not None
+        states.append(trace.active)
         trace.record("tcp", "p", "/3//0", "GET", 0x45, session=3)
         assert queue.get_nowait()["session"] == 3
-    assert not trace.active
+    states.append(trace.active)
     trace.enable()
-    assert trace.active
+    states.append(trace.active)
+    assert states == [False, True, False, True]
 
 
 def test_subscribers_are_capped() -> None:
