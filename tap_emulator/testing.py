@@ -33,6 +33,7 @@ from typing import Any, Self, TypeVar
 from tap_emulator.app import Emulator, Endpoint, ServeOptions, format_address
 from tap_emulator.config import SecurityMode
 from tap_emulator.control import DeviceControl
+from tap_emulator.trace import Trace
 
 __all__ = ["ALL_FACES", "EmulatedTap", "ThreadedTap"]
 
@@ -85,6 +86,7 @@ class EmulatedTap:
         self._initial_faults = faults
         self.emulator: Emulator | None = None
         self.control: DeviceControl | None = None
+        self._trace: Trace | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -105,6 +107,7 @@ class EmulatedTap:
             raise
         self.emulator = emulator
         self.control = DeviceControl(emulator)
+        self._trace = emulator.trace
         if self._initial_faults is not None:
             self.control.set_faults(self._initial_faults)
 
@@ -199,8 +202,10 @@ class EmulatedTap:
 
     @property
     def trace(self) -> list[dict[str, Any]]:
-        """The last trace events, oldest first."""
-        return list(self._running()[0].trace.recent)
+        """The last trace events, oldest first (still readable once the device stopped)."""
+        if self._trace is None:
+            raise RuntimeError("the emulated Tap never started")
+        return list(self._trace.recent)
 
 
 class ThreadedTap:

@@ -9,7 +9,6 @@ import contextlib
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from aiocoap.numbers.constants import TransportTuning
 from rawcoap import GET
 from rawcoap import request as raw_request
 
-from tap_emulator.app import Emulator, Endpoint, ServeOptions
 from tap_emulator.faults import FaultInjector, parse_fault_plan
 from tap_emulator.state import DeviceState
+from tap_emulator.testing import EmulatedTap
 
 
 class QuickRetries(TransportTuning):  # type: ignore[misc]
@@ -31,46 +30,24 @@ class QuickRetries(TransportTuning):  # type: ignore[misc]
     MAX_RETRANSMIT = 8
 
 
-@contextlib.asynccontextmanager
-async def device(
-    tmp_path: Path, plan: dict[str, Any] | None = None, name: str = "d"
-) -> AsyncIterator[Emulator]:
-    emulator = Emulator(
-        ServeOptions(
-            state=str(tmp_path / f"{name}.sqlite3"),
-            coap=Endpoint("127.0.0.1", 0),
-            tcp=None,
-            ws=None,
-            http=None,
-            store="off",
-        ),
-        announce=lambda _line: None,
-    )
-    emulator.trace.enable()
-    await emulator.start()
-    if plan is not None:
-        emulator.faults.set_plan(parse_fault_plan(plan))
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
+def device(tmp_path: Path, plan: dict[str, Any] | None = None, name: str = "d") -> EmulatedTap:
+    return EmulatedTap(faces=("coap",), state=tmp_path / f"{name}.sqlite3", faults=plan)
 
 
 async def request(
-    context: Any, emulator: Emulator, method: str, path: str, payload: bytes = b"", timeout: float = 10
+    context: Any, tap: EmulatedTap, method: str, path: str, payload: bytes = b"", timeout: float = 10
 ) -> Any:
-    assert emulator.coap_address is not None
     message = aiocoap.Message(
         code=getattr(aiocoap, method),
-        uri=f"coap://127.0.0.1:{emulator.coap_address[1]}{path}",
+        uri=tap.coap_uri + path,
         payload=payload,
         transport_tuning=QuickRetries(),
     )
     return await asyncio.wait_for(context.request(message).response, timeout)
 
 
-def faults_seen(emulator: Emulator) -> list[tuple[str, str | None, str | None]]:
-    return [(e["path"], e["status"], e["fault"]) for e in emulator.trace.recent]
+def faults_seen(tap: EmulatedTap) -> list[tuple[str, str | None, str | None]]:
+    return [(e["path"], e["status"], e["fault"]) for e in tap.trace]
 
 
 DROPS = {"seed": 11, "rules": [{"face": "coap", "drop": 0.4}]}
@@ -79,13 +56,13 @@ DROPS = {"seed": 11, "rules": [{"face": "coap", "drop": 0.4}]}
 async def run_writes(tmp_path: Path, name: str) -> tuple[list[str], list[Any]]:
     context = await aiocoap.Context.create_client_context()
     try:
-        async with device(tmp_path, DROPS, name) as emulator:
+        async with device(tmp_path, DROPS, name) as tap:
             codes = []
             for i in range(12):
-                response = await request(context, emulator, "PUT", "/1025/0/0", f"name-{i}".encode())
+                response = await request(context, tap, "PUT", "/1025/0/0", f"name-{i}".encode())
                 codes.append(str(response.code))
-            final = await request(context, emulator, "GET", "/1025/0/0")
-            seen = faults_seen(emulator)
+            final = await request(context, tap, "GET", "/1025/0/0")
+            seen = faults_seen(tap)
     finally:
         await context.shutdown()
     return [*codes, final.payload.decode()], seen
@@ -110,12 +87,10 @@ async def test_no_fault_loses_an_acknowledged_write(tmp_path: Path) -> None:
     context = await aiocoap.Context.create_client_context()
     acknowledged: list[str] = []
     try:
-        async with device(tmp_path, plan) as emulator:
+        async with device(tmp_path, plan) as tap:
             for i in range(10):
                 with contextlib.suppress(TimeoutError, aiocoap.error.Error):
-                    response = await request(
-                        context, emulator, "PUT", "/1025/0/0", f"w{i}".encode(), timeout=3
-                    )
+                    response = await request(context, tap, "PUT", "/1025/0/0", f"w{i}".encode(), timeout=3)
                     if response.code.is_successful():
                         acknowledged.append(f"w{i}")
     finally:
@@ -134,17 +109,17 @@ async def test_forced_status_on_one_path_only(tmp_path: Path) -> None:
     plan = {"rules": [{"face": "coap", "path": "/1025/*/0", "status": "5.03"}]}
     context = await aiocoap.Context.create_client_context()
     try:
-        async with device(tmp_path, plan) as emulator:
-            refused = await request(context, emulator, "PUT", "/1025/0/0", b"never")
-            other = await request(context, emulator, "GET", "/3//0")
-            emulator.faults.clear()
-            name = await request(context, emulator, "GET", "/1025/0/0")
+        async with device(tmp_path, plan) as tap:
+            refused = await request(context, tap, "PUT", "/1025/0/0", b"never")
+            other = await request(context, tap, "GET", "/3//0")
+            tap.clear_faults()
+            name = await request(context, tap, "GET", "/1025/0/0")
     finally:
         await context.shutdown()
     assert str(refused.code) == "5.03 Service Unavailable"
     assert other.code.is_successful()
     assert name.payload != b"never"  # the refused write was never served
-    assert ("/1025/0/0", "5.03", "status 5.03") in faults_seen(emulator)
+    assert ("/1025/0/0", "5.03", "status 5.03") in faults_seen(tap)
 
 
 def udp_exchange(port: int, datagram: bytes, expect: int, timeout: float = 3.0) -> list[bytes]:
@@ -157,15 +132,14 @@ def udp_exchange(port: int, datagram: bytes, expect: int, timeout: float = 3.0) 
 async def test_duplicate_and_corrupt_answers_on_the_wire(tmp_path: Path) -> None:
 
     datagram = raw_request(GET, "/3//0", 0x1234, b"\x01\x02")
-    async with device(tmp_path, {"rules": [{"face": "coap", "duplicate": 1.0}]}) as emulator:
-        assert emulator.coap_address is not None
-        port = emulator.coap_address[1]
+    async with device(tmp_path, {"rules": [{"face": "coap", "duplicate": 1.0}]}) as tap:
+        port = int(tap.coap_uri.rsplit(":", 1)[1])
         one, two = await asyncio.to_thread(udp_exchange, port, datagram, 2)
         assert one == two and one[1] == 0x45  # the same 2.05 answer, twice
-        emulator.faults.set_plan(parse_fault_plan({"seed": 2, "rules": [{"face": "coap", "corrupt": 1.0}]}))
+        tap.set_faults({"seed": 2, "rules": [{"face": "coap", "corrupt": 1.0}]})
         other = raw_request(GET, "/3//0", 0x2345, b"\x01\x02")
         [bad] = await asyncio.to_thread(udp_exchange, port, other, 1)
-        emulator.faults.clear()
+        tap.clear_faults()
         # The client's retransmission gets the true answer from the duplicate cache.
         [good] = await asyncio.to_thread(udp_exchange, port, other, 1)
     assert len(bad) == len(good) and sum(a != b for a, b in zip(bad, good, strict=True)) == 1
@@ -174,16 +148,15 @@ async def test_duplicate_and_corrupt_answers_on_the_wire(tmp_path: Path) -> None
 
 async def test_offline_nothing_answers_then_it_answers_again(tmp_path: Path) -> None:
 
-    async with device(tmp_path) as emulator:
-        assert emulator.coap_address is not None
-        port = emulator.coap_address[1]
-        emulator.faults.go_offline(30.0)
+    async with device(tmp_path) as tap:
+        port = int(tap.coap_uri.rsplit(":", 1)[1])
+        tap.offline(30.0)
         with pytest.raises(TimeoutError):
             await asyncio.to_thread(udp_exchange, port, raw_request(GET, "/3//0", 1, b"\x09"), 1, 0.3)
-        emulator.faults.clear()
+        tap.clear_faults()
         [answer] = await asyncio.to_thread(udp_exchange, port, raw_request(GET, "/3//0", 2, b"\x09"), 1)
     assert answer[1] == 0x45
-    assert any(fault == "offline" for _, _, fault in faults_seen(emulator))
+    assert any(fault == "offline" for _, _, fault in faults_seen(tap))
 
 
 def first_dropped_seed() -> int:
@@ -215,12 +188,11 @@ async def test_libcoap_retransmits_a_dropped_request_and_sees_a_forced_status(tm
         )
         return done.stdout + done.stderr
 
-    async with device(tmp_path, plan) as emulator:
-        assert emulator.coap_address is not None
-        port = emulator.coap_address[1]
+    async with device(tmp_path, plan) as tap:
+        port = int(tap.coap_uri.rsplit(":", 1)[1])
         firmware = await asyncio.to_thread(coap_client, port, "/3//0")
         refused = await asyncio.to_thread(coap_client, port, "/1025/0/0")
     assert "c:2.05" in firmware and "IOTIZE" in firmware
     assert "c:5.03" in refused
-    seen = faults_seen(emulator)
+    seen = faults_seen(tap)
     assert seen[0] == ("/3//0", None, "drop") and seen[1][:2] == ("/3//0", "2.05")
