@@ -30,6 +30,7 @@ from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 if TYPE_CHECKING:
+    from tap_emulator.control import DeviceControl
     from tap_emulator.faces.coap.registration import Registration, ServerUri
     from tap_emulator.faces.coap.server import CoapServer
     from tap_emulator.faces.http.cloud_config import CloudConfig
@@ -243,6 +244,7 @@ class Emulator:
         self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self.tap_face: TapFace | None = None
+        self.control: DeviceControl | None = None  # the control API's view, when HTTP is on
         self.coap: CoapServer | None = None
         # Called after every reboot and factory reset, once the tree holds its new state (the value
         # sources' runner restarts here); each may return an awaitable.
@@ -434,6 +436,7 @@ class Emulator:
         from tap_emulator.control import DeviceControl
 
         host = self.options.http.host
+        self.control = DeviceControl(self)
         cloud = await start_cloud(
             store_url_for(self.options.store, state_path),
             host,
@@ -441,7 +444,7 @@ class Emulator:
             self.cloud_config,
             local_devices={tree.serial_number: tree.state},
             max_connections=limits.max_connections or 1,
-            control=DeviceControl(self),
+            control=self.control,
             token_required=not is_loopback(host),
         )
         self._closers.append(cloud.close)
@@ -515,6 +518,8 @@ class Emulator:
                 log.exception("a restart hook failed")
 
     async def stop(self) -> None:
+        if self.control is not None:
+            self.control.close()  # the live page's event streams end before the HTTP server stops
         for task in list(self._lifecycle_tasks):
             task.cancel()
         while self._closers:

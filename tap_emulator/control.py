@@ -48,6 +48,10 @@ class DeviceControl:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.started_at = time.time()
+        self.closed = False  # the device is stopping: event streams end
+
+    def close(self) -> None:
+        self.closed = True
 
     def _tree(self) -> Any:
         tree = self.emulator.tree

@@ -106,7 +106,7 @@ class EmulatedTap:
             self._cleanup()
             raise
         self.emulator = emulator
-        self.control = DeviceControl(emulator)
+        self.control = emulator.control or DeviceControl(emulator)
         self._trace = emulator.trace
         if self._initial_faults is not None:
             self.control.set_faults(self._initial_faults)

@@ -110,6 +110,10 @@ def build_app(context: CloudContext) -> FastAPI:
     documents: dict[str, dict[str, Any]] = {}
     for face_router in routers.values():
         app.include_router(face_router)
+    if context.control is not None:
+        from . import control
+
+        app.include_router(control.page_router())
 
     def document_route(face: str) -> Callable[[], JSONResponse]:
         """The route serving one face's document (built once, on first use); it takes no parameter."""

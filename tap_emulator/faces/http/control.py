@@ -25,11 +25,13 @@ from tap_emulator.control import DeviceControl, NoSuchSession
 from .cloud_config import same_secret
 from .routing import FaceError, Failure, FailureKind, face_route_class
 
-__all__ = ["PATH_PREFIXES", "PREFIX", "api_guard", "render", "router"]
+__all__ = ["PATH_PREFIXES", "PREFIX", "api_guard", "page_router", "render", "router"]
 
 PREFIX = "/emulator/v1"
 PATH_PREFIXES = (PREFIX,)
-_KEEPALIVE_SECONDS = 15.0
+_STATUS_EVERY = 3.0  # seconds between the stream's status events
+_POLL = 0.5  # seconds: how soon a stream notices the device stopping
+_PAGE_FILES = {"page.js": "text/javascript", "page.css": "text/css"}
 
 
 class ErrorOut(BaseModel):
@@ -175,18 +177,49 @@ def router(control: DeviceControl, guard: Callable[[Request], None]) -> APIRoute
 
 
 async def _event_stream(control: DeviceControl, request: Request) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
     with control.emulator.trace.subscribe() as queue:
         if queue is None:
             yield "event: error\ndata: too many listeners\n\n"
             return
         yield f"event: status\ndata: {json.dumps(await _status(control))}\n\n"
-        while not await request.is_disconnected():
+        next_status = loop.time() + _STATUS_EVERY
+        while not control.closed and not await request.is_disconnected():
             try:
-                event = await asyncio.wait_for(queue.get(), _KEEPALIVE_SECONDS / 5)
+                event = await asyncio.wait_for(queue.get(), _POLL)
             except TimeoutError:
-                yield f"event: status\ndata: {json.dumps(await _status(control))}\n\n"
+                if loop.time() >= next_status:
+                    next_status = loop.time() + _STATUS_EVERY
+                    yield f"event: status\ndata: {json.dumps(await _status(control))}\n\n"
                 continue
             yield f"event: trace\ndata: {json.dumps(event)}\n\n"
+
+
+def page_router() -> APIRouter:
+    """The live page at ``/`` and its two files, from the package (no CDN: it works offline)."""
+    from importlib.resources import files
+
+    folder = files("tap_emulator.faces.http") / "page"
+    index = (folder / "index.html").read_text(encoding="utf-8")
+    assets = {name: (folder / name).read_text(encoding="utf-8") for name in _PAGE_FILES}
+    page = APIRouter(include_in_schema=False)
+    security = {
+        "Content-Security-Policy": "default-src 'self'; connect-src 'self'; object-src 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
+
+    @page.get("/")
+    async def live_page() -> Response:
+        return Response(index, media_type="text/html; charset=utf-8", headers=security)
+
+    @page.get("/page/{name}")
+    async def page_file(name: str) -> Response:
+        if name not in assets:
+            return JSONResponse({"code": "not_found", "message": "no such file"}, status_code=404)
+        return Response(assets[name], media_type=f"{_PAGE_FILES[name]}; charset=utf-8", headers=security)
+
+    return page
 
 
 async def _status(control: DeviceControl) -> dict[str, Any]:
