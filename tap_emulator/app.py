@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile, parse_broker_url
+from tap_emulator.config import (
+    ANONYMOUS_GROUP,
+    ConfigError,
+    Profile,
+    SecurityMode,
+    load_profile,
+    parse_broker_url,
+)
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
 from tap_emulator.faults import FaultInjector, load_fault_plan
 from tap_emulator.model import DeviceModel, default_model
@@ -225,9 +232,11 @@ class Emulator:
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile
-        self.trace = Trace(
-            options.trace if isinstance(options.trace, str) else None, to_log=options.trace is True
-        )
+        trace_path = options.trace if isinstance(options.trace, str) else None
+        try:
+            self.trace = Trace(trace_path, to_log=options.trace is True)
+        except OSError as exc:
+            raise ConfigError(f"--trace {trace_path}: {exc.strerror or exc}") from None
         self.faults = FaultInjector(time.monotonic)
         if options.faults is not None:
             self.faults.set_plan(load_fault_plan(options.faults))

@@ -108,3 +108,27 @@ def test_an_unusable_state_names_its_cause(
     assert result.returncode == 1
     assert cause in result.stderr and str(state) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "message"),
+    [
+        ("--faults", None, "not found"),
+        ("--faults", "[[rules]]\ndrop = 3\n", "'drop'"),
+        ("--trace", None, "--trace"),
+    ],
+)
+def test_a_bad_faults_or_trace_file_is_exit_2_naming_it(
+    tmp_path: Path, option: str, content: str | None, message: str
+) -> None:
+    target = tmp_path / "missing-dir" / "x" if content is None else tmp_path / "plan.toml"
+    if content is not None:
+        target.write_text(content)
+    if option == "--trace":
+        (tmp_path / "missing-dir").write_text("a file, so no directory can be made here")
+    result = run_cli(
+        "serve", "--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off",
+        "--state", ":memory:", option, str(target), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
