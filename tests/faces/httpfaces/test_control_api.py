@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -190,7 +191,10 @@ async def test_faults_live_through_the_api_and_visible_in_the_trace(
     assert offline.json()["offline_remaining"] > 0
 
 
-async def test_off_loopback_the_control_and_native_apis_need_the_bearer_token(tmp_path: Path) -> None:
+async def test_off_loopback_the_control_and_native_apis_need_the_bearer_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tap_emulator.app")
     config = tmp_path / "cloud.toml"
     defaults = (REPO / "resources" / "cloud" / "default.toml").read_text()
     config.write_text(defaults + '\n[control]\ntoken = "s3cret-token"\n')
@@ -198,6 +202,8 @@ async def test_off_loopback_the_control_and_native_apis_need_the_bearer_token(tm
         tmp_path, f"sqlite:///{tmp_path}/store.sqlite3", http=Endpoint("0.0.0.0", 0), cloud_config=str(config)
     )
     try:
+        said = [r.getMessage() for r in caplog.records if "control and native APIs" in r.getMessage()]
+        assert said and "require 'Authorization: Bearer'" in said[0] and "s3cret-token" not in said[0]
         assert emulator.http_address is not None
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{emulator.http_address[1]}", timeout=10
