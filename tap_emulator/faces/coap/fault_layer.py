@@ -45,6 +45,23 @@ class CoapFaults:
         self._answers: BoundedExpiringMap[bytes, FaultDecision] = BoundedExpiringMap(
             _PENDING_SECONDS, _PENDING_MAX, clock
         )
+        self._held: set[asyncio.TimerHandle] = set()  # delayed datagrams, cancelled when the face closes
+
+    def hold(self, delay: float, deliver: Callable[..., None], *args: Any) -> None:
+        """Deliver a datagram ``delay`` seconds from now (a delay fault)."""
+        loop = asyncio.get_running_loop()
+
+        def release() -> None:
+            self._held.discard(handle)
+            deliver(*args)
+
+        handle = loop.call_later(delay, release)
+        self._held.add(handle)
+
+    def close(self) -> None:
+        for handle in self._held:
+            handle.cancel()
+        self._held.clear()
 
     @property
     def active(self) -> bool:
@@ -105,7 +122,6 @@ def _peer_text(address: Any) -> str:
 
 def install_fault_layer(context: aiocoap.Context, faults: CoapFaults) -> int:
     """Hook every UDP transport of the context (after the datagram screens); returns how many."""
-    loop = asyncio.get_running_loop()
     hooked = 0
     for interface in context.request_interfaces:
         manager: Any = getattr(interface, "token_interface", None)
@@ -120,10 +136,10 @@ def install_fault_layer(context: aiocoap.Context, faults: CoapFaults) -> int:
                     received(address, data)
                     return
                 decision = faults.on_datagram(data, _peer_text(address.address))
-                if decision is None:
+                if decision is None or not (decision.drop or decision.delay):
                     received(address, data)
                 elif not decision.drop:
-                    loop.call_later(decision.delay, received, address, data)
+                    faults.hold(decision.delay, received, address, data)
 
             message_interface._received_datagram = received_datagram
 
@@ -140,10 +156,10 @@ def install_fault_layer(context: aiocoap.Context, faults: CoapFaults) -> int:
                     msg_received(data, ancdata, flags, address)
                     return
                 decision = faults.on_datagram(data, _peer_text(address))
-                if decision is None:
+                if decision is None or not (decision.drop or decision.delay):
                     msg_received(data, ancdata, flags, address)
                 elif not decision.drop:
-                    loop.call_later(decision.delay, msg_received, data, ancdata, flags, address)
+                    faults.hold(decision.delay, msg_received, data, ancdata, flags, address)
 
             message_interface.datagram_msg_received = datagram_msg_received
 

@@ -242,6 +242,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     def close(self) -> None:
         self._unsubscribe()
+        self.faults.close()
         for task in self._tasks:
             task.cancel()
 

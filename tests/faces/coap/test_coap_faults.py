@@ -196,3 +196,34 @@ async def test_libcoap_retransmits_a_dropped_request_and_sees_a_forced_status(tm
     assert "c:5.03" in refused
     seen = faults_seen(tap)
     assert seen[0] == ("/3//0", None, "drop") and seen[1][:2] == ("/3//0", "2.05")
+
+
+async def test_faults_on_a_wildcard_bind_the_udp6_transport(tmp_path: Path) -> None:
+    """A wildcard bind uses aiocoap's udp6 transport, hooked by the same fault layer."""
+    from tap_emulator.app import Emulator, Endpoint, ServeOptions
+
+    emulator = Emulator(
+        ServeOptions(
+            state=str(tmp_path / "w.sqlite3"), coap=Endpoint("0.0.0.0", 0), tcp=None, ws=None, http=None,
+            store="off",
+        ),
+        announce=lambda _line: None,
+    )  # fmt: skip
+    await emulator.start()
+    try:
+        emulator.trace.enable()
+        emulator.faults.set_plan(
+            parse_fault_plan({"seed": 3, "rules": [{"face": "coap", "duplicate": 1.0, "status": "5.03"}]})
+        )
+        assert emulator.coap_address is not None
+        datagram = raw_request(GET, "/3//0", 0x3456, b"\x07")
+        one, two = await asyncio.to_thread(udp_exchange, emulator.coap_address[1], datagram, 2)
+        emulator.faults.set_plan(parse_fault_plan({"seed": 3, "rules": [{"face": "coap", "corrupt": 1.0}]}))
+        other = raw_request(GET, "/3//0", 0x4567, b"\x07")
+        [bad] = await asyncio.to_thread(udp_exchange, emulator.coap_address[1], other, 1)
+        emulator.faults.clear()
+        [good] = await asyncio.to_thread(udp_exchange, emulator.coap_address[1], other, 1)
+    finally:
+        await emulator.stop()
+    assert one == two and one[1] == 0xA3  # 5.03, twice
+    assert sum(a != b for a, b in zip(bad, good, strict=True)) == 1 and good[1] == 0x45
