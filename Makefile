@@ -33,13 +33,20 @@ $(LWM2M_STAMP): $(LWM2M_DIR)/package.json $(LWM2M_DIR)/package-lock.json
 
 node: $(NODE_STAMP) $(LWM2M_STAMP)
 
-# libcoap's command-line client for the CoAP interop tests (Debian package libcoap3-bin).
+# libcoap's command-line client for the CoAP interop tests (Debian package libcoap3-bin), and Debian's
+# Chromium for the live page's browser test (Playwright drives /usr/bin/chromium).
 system-deps:
 	@command -v coap-client-notls >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcoap3-bin; \
 	  else \
 	    echo "note: coap-client-notls not found; install libcoap3-bin to run the libcoap interop tests"; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "note: chromium not found; install it to run the live page's browser test"; \
 	  fi; }
 
 run: install

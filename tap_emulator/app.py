@@ -12,21 +12,32 @@ import enum
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tap_emulator.config import ANONYMOUS_GROUP, Profile, SecurityMode, load_profile, parse_broker_url
+from tap_emulator.config import (
+    ANONYMOUS_GROUP,
+    ConfigError,
+    Profile,
+    SecurityMode,
+    load_profile,
+    parse_broker_url,
+)
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
+from tap_emulator.faults import FaultInjector, load_fault_plan
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
+from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
 
 if TYPE_CHECKING:
+    from tap_emulator.control import DeviceControl
     from tap_emulator.faces.coap.registration import Registration, ServerUri
     from tap_emulator.faces.coap.server import CoapServer
     from tap_emulator.faces.http.cloud_config import CloudConfig
@@ -82,7 +93,26 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint | None:
         host = "127.0.0.1"
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port must be a number in 0..65535")
+    if not _is_address(host):
+        raise ValueError(f"{text!r}: {host!r} is neither an IP address nor a host name this machine resolves")
     return Endpoint(host, int(port_text))
+
+
+def _is_address(host: str) -> bool:
+    """An IP literal, a wildcard, or a name that resolves (``--coap notaport`` is a usage error)."""
+    if host in ("", "localhost", "0.0.0.0", "::"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -149,7 +179,8 @@ class ServeOptions:
     # The MQTT relay face: a broker URL (it wins over the device's broker settings), "off", or None: on
     # when the profile's [mqtt] says relay = true, on the broker object 1024 holds.
     mqtt: str | None = None
-    trace: bool = False  # log each decoded Tap request and response (sizes, never secrets)
+    trace: bool | str = False  # the trace of every face: True to the log, a path for a JSON-lines file
+    faults: str | None = None  # a fault plan (TOML, see tap_emulator.faults) applied from the start
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per Tap face (TCP, WebSocket)
     http: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", HTTP_PORT))  # the cloud
     cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
@@ -171,8 +202,9 @@ def open_device(
     """Open (and seed, if fresh) the state of a device and build its tree.
 
     ``offload`` runs key derivations; by default a thread (the server passes its low-priority worker).
+    The state is this process's own until closed (its lock): another owner's file is a StateLockError.
     """
-    state = DeviceState(state_path, clock=time.time)
+    state = DeviceState(state_path, clock=time.time, owner=True)
     try:
         tree = DeviceTree(
             model or default_model(),
@@ -200,6 +232,14 @@ class Emulator:
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile
+        trace_path = options.trace if isinstance(options.trace, str) else None
+        try:
+            self.trace = Trace(trace_path, to_log=options.trace is True)
+        except OSError as exc:
+            raise ConfigError(f"--trace {trace_path}: {exc.strerror or exc}") from None
+        self.faults = FaultInjector(time.monotonic)
+        if options.faults is not None:
+            self.faults.set_plan(load_fault_plan(options.faults))
         self.cloud_config: CloudConfig | None = None
         if options.http is not None:
             from tap_emulator.faces.http import load_cloud_config
@@ -213,6 +253,7 @@ class Emulator:
         self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
         self.tap_face: TapFace | None = None
+        self.control: DeviceControl | None = None  # the control API's view, when HTTP is on
         self.coap: CoapServer | None = None
         # Called after every reboot and factory reset, once the tree holds its new state (the value
         # sources' runner restarts here); each may return an awaitable.
@@ -272,7 +313,13 @@ class Emulator:
 
             oscore = load_oscore_credentials(self.options.coap_oscore)
         coap = await start_coap_server(
-            tree, endpoint.host, endpoint.port, caller=access.caller, oscore=oscore
+            tree,
+            endpoint.host,
+            endpoint.port,
+            caller=access.caller,
+            oscore=oscore,
+            trace=self.trace,
+            faults=self.faults,
         )
         self._closers.append(coap.close)
         self.coap = coap
@@ -342,7 +389,8 @@ class Emulator:
             random_bytes=os.urandom,
             lifetime_unit_seconds=security.session_lifetime_unit_seconds,
             handshake_seconds=security.scram_handshake_seconds,
-            trace=self.options.trace,
+            trace=self.trace,
+            faults=self.faults,
         )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:
@@ -394,16 +442,23 @@ class Emulator:
             return
         # The HTTP face gets the default per-face share of the file limit, as each Tap face does.
         limits, _ = fit_to_file_limit(ConnectionLimits(), self._faces_sharing_descriptors())
+        from tap_emulator.control import DeviceControl
+
+        host = self.options.http.host
+        self.control = DeviceControl(self)
         cloud = await start_cloud(
             store_url_for(self.options.store, state_path),
-            self.options.http.host,
+            host,
             self.options.http.port,
             self.cloud_config,
             local_devices={tree.serial_number: tree.state},
             max_connections=limits.max_connections or 1,
+            control=self.control,
+            token_required=not is_loopback(host),
         )
         self._closers.append(cloud.close)
         self.http_address = cloud.address
+        _say_api_access(host, self.cloud_config)
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
@@ -472,6 +527,8 @@ class Emulator:
                 log.exception("a restart hook failed")
 
     async def stop(self) -> None:
+        if self.control is not None:
+            self.control.close()  # the live page's event streams end before the HTTP server stops
         for task in list(self._lifecycle_tasks):
             task.cancel()
         while self._closers:
@@ -482,6 +539,27 @@ class Emulator:
                     await result
             except Exception:
                 log.exception("error while stopping")
+        self.trace.close()
+
+
+def _say_api_access(host: str, config: CloudConfig) -> None:
+    """Say at start who may use the control and native APIs (open only on a loopback bind)."""
+    if is_loopback(host):
+        log.info("HTTP on %s: the control and native APIs are open (a loopback bind)", host)
+    elif config.control_token is None:
+        log.warning(
+            "HTTP on %s (not loopback): the control and native APIs refuse every request: "
+            "no [control] token in the cloud configuration %s",
+            host,
+            config.source,
+        )
+    else:
+        log.warning(
+            "HTTP on %s (not loopback): the control and native APIs require 'Authorization: Bearer' "
+            "with the [control] token of %s",
+            host,
+            config.source,
+        )
 
 
 class CloudOnly:
@@ -519,7 +597,14 @@ class CloudOnly:
             path = sqlite_path(self.store_url)
             if path != MEMORY:  # like serve's state directory, the store's is created when missing
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        cloud = await start_cloud(self.store_url, self.http.host, self.http.port, self.config)
+        cloud = await start_cloud(
+            self.store_url,
+            self.http.host,
+            self.http.port,
+            self.config,
+            token_required=not is_loopback(self.http.host),
+        )
+        _say_api_access(self.http.host, self.config)
         self._close = cloud.close
         self.http_address = cloud.address
         self.announce(f"listening http {format_address(cloud.address)}")

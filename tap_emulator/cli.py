@@ -1,4 +1,4 @@
-"""Command line: ``tap-emulator serve | cloud | reset | store show | store status``.
+"""Command line: ``tap-emulator serve | cloud | reset | store show | store status | ctl | trace replay``.
 
 ``main(argv) -> int`` so tests call it in-process; every user error is one line on stderr and a
 non-zero exit (2 for bad usage or configuration, 1 for a runtime failure such as a busy port).
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from tap_emulator import __version__
 from tap_emulator.app import (
     COAP_PORT,
     HTTP_PORT,
@@ -31,12 +32,12 @@ from tap_emulator.app import (
 )
 from tap_emulator.config import ConfigError, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import DEFAULT_MAX_CONNECTIONS, ConnectionLimits
-from tap_emulator.faces.tap.session import TRACE_LOGGER
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
 from tap_emulator.store import StoreError
 from tap_emulator.sync import DEFAULT_STORE_NAME
 from tap_emulator.sync.commands import CommandError, add_store_commands, run_store_command
+from tap_emulator.trace import TRACE_LOGGER
 
 if TYPE_CHECKING:
     from tap_emulator.faces.coap.registration import ServerUri
@@ -111,12 +112,31 @@ DEFAULTS = ServeOptions()
 LIMITS = DEFAULTS.connections
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an option it does not know is its own usage error (exit 2 with its usage),
+    not the top-level parser's (whose usage says nothing of ``serve``'s options)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tap-emulator",
         description="Emulator of an IoTize Tap (LwM2M object 1025 over CoAP and Tap frames).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"tap-emulator {__version__}")
+    commands: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_CommandParser,
+    )
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -202,8 +222,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--trace",
-        action="store_true",
-        help="log each decoded Tap request and response (path, method, status, sizes; never secrets)",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="trace every request of every face as JSON lines (time, face, peer, session, path, method, "
+        "status, sizes, latency, fault; never secrets) to PATH, or to the log without one",
+    )
+    serve.add_argument(
+        "--faults",
+        default=None,
+        metavar="PATH.toml",
+        help="seeded fault plan applied from the start (drop, delay, duplicate, corrupt, close, offline, "
+        "forced status; per face and path); changed live through the control API",
     )
     serve.add_argument(
         "--max-connections",
@@ -280,7 +311,60 @@ def _build_parser() -> argparse.ArgumentParser:
     reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
     common(reset)
     add_store_commands(commands, common)
+    _add_ctl(commands)
+    _add_trace(commands)
     return parser
+
+
+def _add_ctl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ctl = commands.add_parser("ctl", help="steer a running device through its control API")
+    ctl.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{HTTP_PORT}",
+        help="the device's HTTP endpoint (default %(default)s)",
+    )
+    ctl.add_argument(
+        "--token", default=None, help="bearer token (non-loopback binds; default: $TAP_EMULATOR_TOKEN)"
+    )
+    ctl.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    ctl.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
+    actions = ctl.add_subparsers(dest="ctl_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("info", "identity, endpoints, sessions, faults, trace and sync backlog"),
+        ("state", "every object's readable values (never a secret)"),
+        ("reboot", "reboot: sessions end, observers end, the state reloads"),
+        ("reset", "factory reset to the profile, live: sessions end, observers and the store are told"),
+        ("sessions", "the open Tap sessions"),
+        ("lockouts", "peers and accounts with failed logins"),
+        ("clear-lockouts", "forget every failed login"),
+        ("faults", "the fault plan and what it applied"),
+        ("clear-faults", "no faults"),
+    ):
+        actions.add_parser(name, help=text)
+    close = actions.add_parser("close-session", help="close one Tap session's connection")
+    close.add_argument("session_id", type=int, metavar="ID")
+    set_faults = actions.add_parser("set-faults", help="replace the fault plan with a --faults TOML file")
+    set_faults.add_argument("plan", metavar="PATH.toml")
+    offline = actions.add_parser("offline", help="nothing answers for SECONDS")
+    offline.add_argument("seconds", type=_positive(float), metavar="SECONDS")
+    trace = actions.add_parser("trace", help="the last trace events, one JSON line each")
+    trace.add_argument("--limit", type=int, default=100, metavar="N")
+
+
+def _add_trace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trace = commands.add_parser("trace", help="work with --trace files")
+    trace.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    trace.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
+    actions = trace.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    replay = actions.add_parser("replay", help="send a trace's CoAP requests again, in order, to a device")
+    replay.add_argument("file", metavar="FILE")
+    replay.add_argument(
+        "--to",
+        required=True,
+        type=_endpoint(COAP_PORT),
+        metavar="HOST:PORT",
+        help="the device's CoAP endpoint",
+    )
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -334,6 +418,51 @@ def _reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ctl(args: argparse.Namespace) -> int:
+    """``tap-emulator ctl ACTION``: one control API call, its answer as JSON on stdout."""
+    import json
+    import os
+
+    from tap_emulator.client import ControlClient, ControlError, Unreachable
+
+    client = ControlClient(args.url, token=args.token or os.environ.get("TAP_EMULATOR_TOKEN"))
+    action = args.ctl_command
+    calls: dict[str, Callable[[], object]] = {
+        "info": client.device,
+        "state": client.state,
+        "reboot": client.reboot,
+        "reset": client.reset,
+        "sessions": client.sessions,
+        "lockouts": client.lockouts,
+        "clear-lockouts": client.clear_lockouts,
+        "faults": client.faults,
+        "clear-faults": client.clear_faults,
+        "close-session": lambda: client.close_session(args.session_id),
+        "set-faults": lambda: client.set_faults(args.plan),
+        "offline": lambda: client.offline(args.seconds),
+        "trace": lambda: client.trace(args.limit),
+    }
+    try:
+        result = calls[action]()
+    except ControlError as exc:
+        print(f"tap-emulator: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.status == 400 else EXIT_RUNTIME
+    except Unreachable as exc:
+        print(f"tap-emulator: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (OSError, ValueError) as exc:  # set-faults: the file
+        print(f"tap-emulator: {getattr(exc, 'filename', None) or ''} {exc}".strip(), file=sys.stderr)
+        return EXIT_USAGE
+    if action == "trace":
+        for event in result:  # type: ignore[attr-defined]
+            print(json.dumps(event))
+    elif result is None:
+        print(f"{action}: done")
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     try:
@@ -355,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ws=args.ws,
                 mqtt=args.mqtt,
                 trace=args.trace,
+                faults=args.faults,
                 connections=ConnectionLimits(
                     max_connections=args.max_connections,
                     max_per_peer=args.max_connections_per_peer,
@@ -372,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (options.lwm2m_servers or options.lwm2m_bootstrap) and options.coap is None:
                 print("tap-emulator: error: LwM2M registration needs the CoAP face (--coap)", file=sys.stderr)
                 return 2
-            if args.trace:
+            if args.trace is True:
                 logging.getLogger(TRACE_LOGGER).setLevel(logging.INFO)
             return asyncio.run(_serve(options))
         if args.command == "cloud":
@@ -387,6 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reset(args)
         if args.command == "store":
             return run_store_command(args, lambda profile: str(default_state_path(load_profile(profile))))
+        if args.command == "ctl":
+            return _ctl(args)
+        if args.command == "trace":
+            from tap_emulator.replay import replay_trace
+
+            if args.to is None:
+                print("tap-emulator: trace replay needs a --to address", file=sys.stderr)
+                return EXIT_USAGE
+            return asyncio.run(replay_trace(args.file, args.to))
     except (ConfigError, ModelError) as exc:
         print(f"tap-emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -220,6 +220,30 @@ class LoginLimiter:
                 waits.append(self._device.wait(now, interval, policy.device_max_failed_logins))
         return max(waits)
 
+    def lockouts(self, now: float) -> list[dict[str, object]]:
+        """The peers (and peer-account pairs) with failed logins now: failures and the wait earned."""
+        out: list[dict[str, object]] = []
+        for (peer, account), bucket in list(self._pairs.items()):
+            if self._live(self._pairs, (peer, account), now) is not None:
+                out.append(
+                    {"peer": peer, "account": account, "failures": bucket.failures, "wait": bucket.wait(now)}
+                )
+        for peer, bucket in list(self._peers.items()):
+            if self._live(self._peers, peer, now) is not None:
+                out.append(
+                    {"peer": peer, "account": None, "failures": bucket.failures, "wait": bucket.wait(now)}
+                )
+        return out
+
+    def clear(self) -> int:
+        """Forget every failed login (the control API's "clear lockouts"); returns the entries dropped."""
+        dropped = len(self._pairs) + len(self._peers) + len(self._accounts)
+        self._pairs.clear()
+        self._peers.clear()
+        self._accounts.clear()
+        self._device = _Leaky()
+        return dropped
+
     # ------------------------------------------------------------------ attempts
 
     def reserve(self, peer: str, account: str, now: float) -> Reservation | None:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -206,9 +207,22 @@ class DeviceState:
     """
 
     def __init__(
-        self, path: str | Path, *, clock: Callable[[], float], busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float],
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        owner: bool = False,
     ) -> None:
+        """``owner``: this process is the file's one writer (``serve``, ``reset``); it holds the file's
+        lock (``tap_emulator.state.lock``) until ``close``, and a file another owner holds is refused."""
         self.path = str(path)
+        self._lock: Any = None
+        if owner and self.path != MEMORY:
+            from tap_emulator.state.lock import StateLock
+
+            self._check_usable_path()
+            self._lock = StateLock.acquire(self.path)
         self._clock = clock
         self._busy_timeout = busy_timeout
         self._write_failures = EpisodeLog(log)  # used on the writer thread only
@@ -217,7 +231,29 @@ class DeviceState:
         self._thread = threading.Thread(target=self._run, name=f"state:{Path(self.path).name}", daemon=True)
         self._closed = False
         self._thread.start()
-        self._opened.result()
+        try:
+            self._opened.result()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _check_usable_path(self) -> None:
+        """A state path that cannot be a file is refused with its cause, before anything is created."""
+        path = Path(self.path)
+        if path.is_dir():
+            raise StateError(f"the state {self.path} is a directory, not a file")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StateError(f"the state {self.path} cannot be created: {parent} is not a directory")
+                if not os.access(parent, os.W_OK | os.X_OK) and not path.exists():
+                    raise StateError(f"the state {self.path} cannot be created: {parent} is not writable")
+                break
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     # ------------------------------------------------------------------ thread side
 
@@ -472,6 +508,7 @@ class DeviceState:
         self._closed = True
         self._jobs.put(_STOP)
         self._thread.join(timeout=30)
+        self._release_lock()
 
 
 def _damage(problems: list[str]) -> str:

@@ -97,6 +97,15 @@ class BoundedExpiringMap(Generic[K, V]):
         ):
             self._drop(next(iter(self._items)))
 
+    def pop(self, key: K) -> V | None:
+        """Remove and return the value of ``key`` (None if absent or expired)."""
+        self._expire(self._clock())
+        entry = self._items.pop(key, None)
+        if entry is None:
+            return None
+        self.bytes -= entry[1]
+        return entry[2]
+
     def _drop(self, key: K) -> None:
         entry = self._items.pop(key, None)
         if entry is not None:

@@ -69,6 +69,7 @@ from tap_emulator.faces.coap.attributes import (
     parse_write_attributes,
 )
 from tap_emulator.faces.coap.discovery import discover, filter_links, render_links, well_known_links
+from tap_emulator.faces.coap.fault_layer import CoapFaults, install_fault_layer
 from tap_emulator.faces.coap.limits import (
     NOTIFICATION_TUNING,
     CoapLimits,
@@ -80,8 +81,10 @@ from tap_emulator.faces.coap.message_layer import (
     install_duplicate_cache,
     install_notification_resets,
 )
+from tap_emulator.faults import FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueType
+from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Response, Status
 
 __all__ = ["CoapFace", "CoapLimits", "start_coap_server"]
@@ -206,9 +209,13 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         limits: CoapLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         call_later: CallLater | None = None,
+        trace: Trace | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
+        self.trace = trace or Trace()
+        self.faults = CoapFaults(faults or FaultInjector(time.monotonic), self.trace, time.monotonic)
         self.model = tree.model
         self.caller = caller
         # The caller of a request whose remote carries authenticated claims (an OSCORE context); None
@@ -235,6 +242,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     def close(self) -> None:
         self._unsubscribe()
+        self.faults.close()
         for task in self._tasks:
             task.cancel()
 
@@ -296,6 +304,8 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
             # without reassembling the rest.
             refusal = await self.render(pipe.request)
+        else:
+            self._traced(pipe.request, refusal, time.perf_counter(), None)
         pipe.add_response(refusal, is_last=True)
 
     def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
@@ -377,6 +387,53 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     # ------------------------------------------------------------------ rendering
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        """A request's answer, with the fault plan's forced status and the trace (notifications are
+        rendered by ``_render`` alone: they are not requests)."""
+        if not self.trace.active and not self.faults.active:
+            return await self._render(request)
+        started = time.perf_counter()
+        decision = self.faults.for_request(request)
+        if decision is not None and decision.status is not None:
+            response = _error(Code(decision.status), "fault injected")
+        else:
+            response = await self._render(request)
+        self._traced(request, response, started, None if decision is None else decision.label)
+        return response
+
+    def _traced(
+        self, request: aiocoap.Message, response: aiocoap.Message, started: float, fault: str | None
+    ) -> None:
+        if not self.trace.active:
+            return
+        extra: dict[str, Any] = {}
+        if request.payload and request.code in (Code.PUT, Code.POST) and not self._is_secret(request):
+            extra["body"] = request.payload.hex()  # for ``trace replay``; never a credential's
+            if request.opt.content_format is not None:
+                extra["content_format"] = int(request.opt.content_format)
+        self.trace.record(
+            "coap",
+            request.remote.hostinfo,
+            "/" + "/".join(request.opt.uri_path),
+            str(request.code),
+            int(response.code),
+            request_bytes=len(request.payload),
+            response_bytes=len(response.payload),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            fault=fault,
+            **extra,
+        )
+
+    def _is_secret(self, request: aiocoap.Message) -> bool:
+        """True unless the request's target is a resource that is not a credential (a path that does not
+        parse counts as secret: its body is not recorded)."""
+        try:
+            target = self._parse(tuple(request.opt.uri_path))
+        except _PathError:
+            return True
+        resource = target.resource
+        return resource is None or resource.secret
+
+    async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
         path = tuple(request.opt.uri_path)
         if path == (".well-known", "core"):
             return self._render_link_format(request)
@@ -822,7 +879,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         for index, observation in enumerate(observations, 1):
             response = rendered.get(observation.shape)
             if response is None:
-                response = rendered[observation.shape] = await self.render(observation.request)
+                response = rendered[observation.shape] = await self._render(observation.request)
             observation.send(_clone(response))
             if index % NOTIFY_BATCH == 0:
                 await asyncio.sleep(0)
@@ -1000,7 +1057,7 @@ class _Observation:
         gate = self.gate
         if gate is None:
             return
-        response = await self.face.render(self.request)
+        response = await self.face._render(self.request)
         value = await self.face._observed_number(self)
         if not self._live(gate):  # cancelled or retuned meanwhile
             return
@@ -1085,6 +1142,8 @@ async def start_coap_server(
     limits: CoapLimits | None = None,
     clock: Callable[[], float] = time.monotonic,
     call_later: CallLater | None = None,
+    trace: Trace | None = None,
+    faults: FaultInjector | None = None,
 ) -> CoapServer:
     """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
     in the message.
@@ -1102,6 +1161,8 @@ async def start_coap_server(
         limits=limits,
         clock=clock,
         call_later=call_later,
+        trace=trace,
+        faults=faults,
     )
     site: Any = face
     if oscore is not None:
@@ -1122,4 +1183,5 @@ async def start_coap_server(
     if not install_datagram_screens(context, face.limited_log):
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
+    install_fault_layer(context, face.faults)
     return server

@@ -10,6 +10,7 @@ credentials. ``start_cloud`` opens the store, builds the core and serves it: ``s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from tap_emulator.cloud import CloudService
 from tap_emulator.state import DeviceState
@@ -19,6 +20,9 @@ from tap_emulator.store.cloud import CloudStore
 from .app import CloudContext, build_app
 from .cloud_config import CloudConfig, load_cloud_config
 from .server import DEFAULT_MAX_CONNECTIONS, HttpServer, start_http_server
+
+if TYPE_CHECKING:
+    from tap_emulator.control import DeviceControl
 
 __all__ = [
     "PRIVATE_STORE",
@@ -70,6 +74,8 @@ async def start_cloud(
     *,
     local_devices: Mapping[str, DeviceState] | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    control: DeviceControl | None = None,
+    token_required: bool = False,
 ) -> CloudServer:
     """Open the store at ``store_url`` (a private in-memory one for None) and serve every HTTP face.
 
@@ -78,7 +84,11 @@ async def start_cloud(
     store = await open_store(store_url or PRIVATE_STORE)
     try:
         service = await open_cloud_service(store, config)
-        app = build_app(CloudContext(service, config, dict(local_devices or {})))
+        app = build_app(
+            CloudContext(
+                service, config, dict(local_devices or {}), control=control, token_required=token_required
+            )
+        )
         server = await start_http_server(app, host, port, max_connections=max_connections)
     except BaseException:
         await store.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -22,6 +22,9 @@ from tap_emulator.state import DeviceState
 
 from .cloud_config import CloudConfig
 from .routing import Failure, FailureKind, Render
+
+if TYPE_CHECKING:
+    from tap_emulator.control import DeviceControl
 
 __all__ = ["CloudContext", "build_app", "face_openapi"]
 
@@ -37,25 +40,34 @@ class CloudContext:
     service: CloudService
     config: CloudConfig
     local_devices: Mapping[str, DeviceState] = field(default_factory=dict)
+    # The device this process runs, for the control API (None for ``tap-emulator cloud``).
+    control: DeviceControl | None = None
+    # A non-loopback bind: the control and native APIs need ``config.control_token`` as a bearer token.
+    token_required: bool = False
 
 
 def _routers(context: CloudContext) -> dict[str, APIRouter]:
-    from . import appservice, iotize, native, oceanconnect, roma
+    from . import appservice, control, iotize, native, oceanconnect, roma
 
-    return {
-        "native": native.router(context),
+    guard = control.api_guard(context.config.control_token, context.token_required)
+    routers = {
+        "native": native.router(context, guard),
         "iotize": iotize.router(context),
         "oceanconnect": oceanconnect.router(context),
         "appservice": appservice.router(context),
         "roma": roma.router(context),
     }
+    if context.control is not None:
+        routers["control"] = control.router(context.control, guard)
+    return routers
 
 
 def _renderers() -> list[tuple[tuple[str, ...], Render]]:
     """Each face's path prefixes and error renderer, for requests no route of the face matched."""
-    from . import appservice, iotize, native, oceanconnect, roma
+    from . import appservice, control, iotize, native, oceanconnect, roma
 
     return [
+        (control.PATH_PREFIXES, control.render),
         (native.PATH_PREFIXES, native.render),
         (iotize.PATH_PREFIXES, iotize.render),
         (oceanconnect.PATH_PREFIXES, oceanconnect.render),
@@ -98,6 +110,10 @@ def build_app(context: CloudContext) -> FastAPI:
     documents: dict[str, dict[str, Any]] = {}
     for face_router in routers.values():
         app.include_router(face_router)
+    if context.control is not None:
+        from . import control
+
+        app.include_router(control.page_router())
 
     def document_route(face: str) -> Callable[[], JSONResponse]:
         """The route serving one face's document (built once, on first use); it takes no parameter."""

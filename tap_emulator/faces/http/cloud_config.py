@@ -86,6 +86,8 @@ class CloudConfig:
     roma_tokens: tuple[RomaToken, ...] = ()
     roma_projects: tuple[RomaProject, ...] = ()
     source: str = "<defaults>"
+    # ``[control] token``: the bearer token the control and native APIs require on a non-loopback bind.
+    control_token: str | None = field(default=None, repr=False)
 
     def iotize_user(self, token: str | None) -> IotizeUser | None:
         return next((u for u in self.iotize_users if same_secret(token, u.token)), None)
@@ -200,7 +202,9 @@ def parse_cloud_config(data: Mapping[str, Any], where: str) -> CloudConfig:
         for i, p in enumerate(_entries(roma, "projects", where), 1)
     )
     _unique([p.project_id for p in projects], "ROMA project_id", where)
-    return CloudConfig(users, apps, throttle, service_apps, tokens, projects, where)
+    control = _table(data, "control", where)
+    token = None if "token" not in control else _text(control, "token", f"{where} [control]")
+    return CloudConfig(users, apps, throttle, service_apps, tokens, projects, where, token)
 
 
 def load_cloud_config(path: str | Path | None = None) -> CloudConfig:

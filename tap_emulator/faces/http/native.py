@@ -8,9 +8,10 @@ with a plain HTTP status; rules live in the core.
 """
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
@@ -34,7 +35,7 @@ from tap_emulator.store import StoreError
 
 from .app import CloudContext
 from .common import CURSOR_MAX, ID_MAX, is_cloud_error, iso_timestamp, json_response
-from .routing import Failure, FailureKind, face_route_class
+from .routing import FaceError, Failure, FailureKind, face_route_class
 
 __all__ = ["PATH_PREFIXES", "PREFIX", "render", "router"]
 
@@ -204,6 +205,8 @@ def render(request: Request, failure: Failure) -> Response:
     if isinstance(failure.error, HTTPException) and failure.error.status_code in (404, 405):
         status = failure.error.status_code
         code = "not_found" if status == 404 else "method_not_allowed"
+    elif failure.kind is FailureKind.FACE and isinstance(failure.error, FaceError):
+        status, code = failure.error.status, failure.error.code
     elif failure.kind is FailureKind.INVALID:
         status, code = 400, "invalid_input"
     elif failure.kind is FailureKind.DOMAIN and isinstance(failure.error, CloudError):
@@ -215,7 +218,8 @@ def render(request: Request, failure: Failure) -> Response:
     message = {503: "the management store failed; retry later", 500: "internal error"}.get(
         status, failure.message
     )
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -231,13 +235,15 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[str | None, Query(max_length=CURSOR_MAX)]
 
 
-def router(context: CloudContext) -> APIRouter:
+def router(context: CloudContext, guard: Callable[[Request], None] | None = None) -> APIRouter:
+    """``guard`` checks each request first (the bearer token on a non-loopback bind)."""
     service = context.service
     api = APIRouter(
         prefix=PREFIX,
         tags=["native"],
         route_class=face_route_class(render, is_cloud_error),
         responses=_ERRORS,
+        dependencies=[] if guard is None else [Depends(guard)],
     )
 
     @api.get("/devices", response_model=DevicePage, summary="Every device that synced")

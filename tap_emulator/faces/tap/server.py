@@ -199,8 +199,12 @@ async def _serve_tcp(
                 frame_started = now
             watchdog.arm()
             for frame in frames:
-                writer.write(await session.handle_frame(frame))
-                await writer.drain()
+                answer = await session.answer(frame)
+                for response in answer.frames:
+                    writer.write(response)
+                    await writer.drain()
+                if answer.close:
+                    return
     except OSError:
         pass  # reset by the peer
     except Exception:
@@ -388,7 +392,12 @@ async def _serve_ws(
                 await connection.close(_WS_UNSUPPORTED_DATA, "Tap frames are binary messages")
                 return
             gate.framed(tracked)
-            await connection.send(await session.handle_frame(bytes(message)))
+            answer = await session.answer(bytes(message))
+            for response in answer.frames:
+                await connection.send(response)
+            if answer.close:
+                await connection.close()
+                return
     except ConnectionClosed:
         pass
     except Exception:

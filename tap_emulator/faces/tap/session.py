@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -72,6 +74,7 @@ from tap_emulator.codec.apdu import (
 from tap_emulator.codec.secure_frame import SecureChannel, SecureFrameError
 from tap_emulator.codec.values import RepresentationError, decode_wire, encode_wire
 from tap_emulator.config import ANONYMOUS_GROUP, SecurityMode
+from tap_emulator.faults import FaultDecision, FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueError_
 from tap_emulator.security import (
@@ -84,13 +87,12 @@ from tap_emulator.security import (
     login_name,
 )
 from tap_emulator.security.lockout import LoginLimiter, Reservation, peer_key
+from tap_emulator.trace import TRACE_LOGGER, Trace
 from tap_emulator.tree import Caller, DeviceTree, Request
 
-__all__ = ["TRACE_LOGGER", "TapFace", "TapSession"]
+__all__ = ["TRACE_LOGGER", "TapAnswer", "TapFace", "TapSession"]
 
 log = logging.getLogger(__name__)
-TRACE_LOGGER: Final = "tap_emulator.trace"
-trace_log = logging.getLogger(TRACE_LOGGER)
 _limited = RateLimitedLog(log)  # lines that a peer's bad frames can repeat
 _LIMIT_LOG_INTERVAL: Final = 10.0
 
@@ -114,6 +116,15 @@ def _tap_status(status: int) -> int:
 
 async def _in_thread(fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
+
+
+@dataclass(frozen=True, slots=True)
+class TapAnswer:
+    """What the transport sends for one request frame: ``frames`` in order (none when the request was
+    lost to a fault, two when duplicated), then closes the connection if ``close``."""
+
+    frames: tuple[bytes, ...]
+    close: bool = False
 
 
 @dataclass(slots=True)
@@ -150,7 +161,8 @@ class TapFace:
         random_bytes: Callable[[int], bytes],
         lifetime_unit_seconds: float = 1.0,
         handshake_seconds: float = 30.0,
-        trace: bool = False,
+        trace: Trace | None = None,
+        faults: FaultInjector | None = None,
         offload: Callable[[Callable[[], Any]], Awaitable[Any]] = _in_thread,
     ) -> None:
         self.tree = tree
@@ -165,7 +177,9 @@ class TapFace:
         # Peers with a password check running or waiting; an entry lives only as long as its users.
         self._check_locks: dict[str, asyncio.Lock] = {}
         self._check_users: Counter[str] = Counter()
-        self.trace = trace
+        self.trace = trace or Trace()
+        self.faults = faults or FaultInjector(clock)
+        self._session_ids = itertools.count(1)
         self.offload = offload
         self.decoy_key = random_bytes(_DECOY_KEY_LENGTH)
         # Open sessions and how to close each one's connection (insertion order: oldest first).
@@ -211,6 +225,22 @@ class TapFace:
     def _forget(self, session: TapSession) -> None:
         self._sessions.pop(session, None)
 
+    @property
+    def sessions(self) -> list[TapSession]:
+        """The open sessions, oldest first (the control API lists them)."""
+        return list(self._sessions)
+
+    def end_session(self, session_id: int) -> bool:
+        """End one session and close its connection (the control API); False if none has that id."""
+        session = next((s for s in self._sessions if s.id == session_id), None)
+        if session is None:
+            return False
+        disconnect = self._sessions.pop(session, None)
+        session.close()
+        if disconnect is not None:
+            disconnect()
+        return True
+
     @contextlib.asynccontextmanager
     async def one_check_per_peer(self, peer: str) -> AsyncIterator[None]:
         """Serialise the password checks of one peer (see the module docstring)."""
@@ -248,7 +278,11 @@ class TapSession:
 
     def __init__(self, face: TapFace, peer: str, address: str | None = None) -> None:
         self.face = face
+        self.id = next(face._session_ids)
         self.peer = peer
+        self.transport = peer.partition(" ")[0]  # "tcp" or "ws": the trace's and the faults' face
+        self.frames_answered = 0
+        self.opened_at = time.time()
         self.limiter_peer = peer if address is None else peer_key(address)
         self.group_id = ANONYMOUS_GROUP
         self._channel: SecureChannel | None = None
@@ -275,10 +309,36 @@ class TapSession:
 
     # ------------------------------------------------------------------ frames
 
-    async def handle_frame(self, frame: bytes) -> bytes:
+    async def answer(self, frame: bytes) -> TapAnswer:
+        """``handle_frame`` with the device's fault plan applied (the transports call this)."""
+        faults = self.face.faults
+        if not faults.active:
+            self.frames_answered += 1
+            return TapAnswer((await self.handle_frame(frame),))
+        path, method = _outer_path(frame)
+        decision = faults.decide(self.transport, path, self.frames_answered)
+        if decision.drop:
+            self._record(path, method, None, len(frame), 0, 0.0, decision.label)
+            return TapAnswer((), close=decision.close)
+        if decision.delay:
+            await asyncio.sleep(decision.delay)
+        if decision.status is not None:
+            response = encode_response(decision.status)
+            self._record(path, method, decision.status, len(frame), len(response), 0.0, decision.label)
+        else:
+            response = await self.handle_frame(frame, fault=decision)
+        if decision.corrupt:
+            response = decision.corrupted(response)
+        self.frames_answered += 1
+        frames = (response, response) if decision.duplicate else (response,)
+        return TapAnswer(frames, close=decision.close)
+
+    async def handle_frame(self, frame: bytes, *, fault: FaultDecision | None = None) -> bytes:
         """Serve one request frame (APDU or NFC SELECT); return the complete response frame."""
+        started = time.perf_counter()
+        label = None if fault is None else fault.label
         if is_nfc_select(frame):
-            self._trace("NFC SELECT", len(frame), 0x90, 0)
+            self._trace("NFC SELECT", "SELECT", len(frame), 0x90, len(NFC_SELECT_ANSWER), started, label)
             return NFC_SELECT_ANSWER
         if self._closed:
             return encode_response(TapStatus.SERVICE_UNAVAILABLE)
@@ -286,7 +346,7 @@ class TapSession:
             request = decode_request(frame)
         except FrameError as exc:
             _limited.debug("malformed frame", "%s: malformed frame: %s", self.peer, exc)
-            self._trace("malformed frame", len(frame), TapStatus.BAD_REQUEST, 0)
+            self._trace("malformed frame", "?", len(frame), TapStatus.BAD_REQUEST, 0, started, label)
             return encode_response(TapStatus.BAD_REQUEST)
         try:
             now = self.face.clock()
@@ -299,24 +359,59 @@ class TapSession:
             reply = _Reply(TapStatus.INTERNAL_SERVER_ERROR)
         finally:
             self._apply_deferred()
-        self._trace(request, len(request.payload), reply.status, len(reply.data))
+        self._trace(request, None, len(request.payload), reply.status, len(reply.data), started, label)
         return encode_response(reply.status, reply.data)
 
     def _trace(
-        self, what: TapRequest | str, request_size: int, status: int, data_size: int, *, inner: bool = False
+        self,
+        what: TapRequest | str,
+        method: str | None,
+        request_size: int,
+        status: int,
+        data_size: int,
+        started: float,
+        fault: str | None = None,
+        *,
+        inner: bool = False,
     ) -> None:
-        if not self.face.trace:
-            return  # the label is only built when traced: this runs for every frame
-        label = what if isinstance(what, str) else f"{what.method.name} {what.path}"
+        if not self.face.trace.active:
+            return  # nothing is built when no one reads it: this runs for every frame
+        if isinstance(what, str):
+            path, verb = what, method or "?"
+        else:
+            path, verb = what.path, what.method.name
         # Sizes only: payloads may hold passwords, keys, proofs or decrypted credentials.
-        trace_log.info(
-            "%s %s%s req %dB -> 0x%02X resp %dB",
-            self.peer,
-            "  [encrypted] " if inner else "",
-            label,
-            request_size,
+        latency = (time.perf_counter() - started) * 1000
+        self._record(path, verb, status, request_size, data_size, latency, fault, encrypted=inner)
+
+    def _record(
+        self,
+        path: str,
+        method: str,
+        status: int | None,
+        request_size: int,
+        data_size: int,
+        latency_ms: float,
+        fault: str | None,
+        *,
+        encrypted: bool = False,
+    ) -> None:
+        trace = self.face.trace
+        if not trace.active:
+            return
+        trace.record(
+            self.transport,
+            self.peer.partition(" ")[2],
+            path,
+            method,
             status,
-            data_size,
+            session=self.id,
+            request_bytes=request_size,
+            response_bytes=data_size,
+            latency_ms=latency_ms,
+            fault=fault,
+            group=self.group_id,
+            encrypted=encrypted,
         )
 
     def _apply_deferred(self) -> None:
@@ -536,6 +631,7 @@ class TapSession:
         return _Reply(TapStatus.CONTENT, tap_iv)
 
     async def _encrypted_frame(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        started = time.perf_counter()
         channel = self._channel
         if encrypted:
             return _Reply(TapStatus.BAD_REQUEST)
@@ -550,11 +646,23 @@ class TapSession:
             inner = decode_inner_request(inner_bytes)
         except FrameError:
             reply = _Reply(TapStatus.BAD_REQUEST)
-            self._trace("malformed inner frame", len(inner_bytes), reply.status, 0, inner=True)
+            self._trace("malformed inner frame", "?", len(inner_bytes), reply.status, 0, started, inner=True)
         else:
             reply = await self._serve(inner, encrypted=True)
-            self._trace(inner, len(inner.payload), reply.status, len(reply.data), inner=True)
+            self._trace(inner, None, len(inner.payload), reply.status, len(reply.data), started, inner=True)
         return _Reply(TapStatus.CONTENT, channel.seal_response(encode_response(reply.status, reply.data)))
+
+
+def _outer_path(frame: bytes) -> tuple[str, str]:
+    """The path and method a fault rule sees for a frame (the outer request: ``/1024//48`` when
+    encrypted), without serving it."""
+    if is_nfc_select(frame):
+        return "NFC SELECT", "SELECT"
+    try:
+        request = decode_request(frame)
+    except FrameError:
+        return "malformed frame", "?"
+    return request.path, request.method.name
 
 
 # Alias slugs of object 1024's session resources and the methods serving them.

@@ -308,14 +308,14 @@ async def test_one_rendering_serves_every_observer_of_a_shape(serve: Serve, raw_
     for serial in range(20):
         assert await register(raw, bytes([serial]))
     renders = 0
-    render = server.face.render
+    render = server.face._render
 
     async def counting(request: aiocoap.Message) -> aiocoap.Message:
         nonlocal renders
         renders += 1
         return await render(request)
 
-    server.face.render = counting  # type: ignore[method-assign]
+    server.face._render = counting  # type: ignore[method-assign]
     assert (
         await tree_of(server).handle(Request(Operation.WRITE, 1025, 0, 0, "x", caller=MAINTENANCE))
     ).status.is_success

@@ -33,7 +33,7 @@ async def test_other_paths_get_plain_json(cloud: Cloud) -> None:
 
 
 async def test_each_face_publishes_its_own_openapi_document(cloud: Cloud) -> None:
-    from tap_emulator.faces.http import appservice, iotize, native, oceanconnect, roma
+    from tap_emulator.faces.http import appservice, control, iotize, native, oceanconnect, roma
 
     whole = (await cloud.http.get("/openapi.json")).json()
     seen: set[str] = set()
@@ -43,6 +43,7 @@ async def test_each_face_publishes_its_own_openapi_document(cloud: Cloud) -> Non
         ("oceanconnect", oceanconnect),
         ("appservice", appservice),
         ("roma", roma),
+        ("control", control),
     ]:
         # The document route takes no parameter: a query string changes nothing.
         document = (await cloud.http.get(f"/openapi/{face}.json", params={"face": "bogus"})).json()

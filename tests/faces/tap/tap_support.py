@@ -23,6 +23,7 @@ from tap_emulator.faces.tap import TapFace, TapSession
 from tap_emulator.model import Operation
 from tap_emulator.security import client_proof, derive_scram_keys, hash_login_password, session_key
 from tap_emulator.security.lockout import LoginLimiter
+from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, DeviceTree, Request
 
 ADMIN = 0xFFFF
@@ -134,7 +135,7 @@ def make_device(profile: Profile | None = None, *, trace: bool = False) -> Devic
         random_bytes=random,
         lifetime_unit_seconds=profile.security.session_lifetime_unit_seconds,
         handshake_seconds=profile.security.scram_handshake_seconds,
-        trace=trace,
+        trace=Trace(to_log=True) if trace else None,
         offload=_inline,
     )
     return Device(tree, face, clock, random)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -88,8 +89,17 @@ def test_serve_announces_tcp_and_ws_and_traces_requests(
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 0
-    assert "GET /3//3 req 0B -> 0x45 resp 7B" in stderr
-    assert "POST /1024//0 req 32B -> 0x85" in stderr
+    events = [
+        json.loads(line.split("tap_emulator.trace: ", 1)[1])
+        for line in stderr.splitlines()
+        if "tap_emulator.trace: " in line
+    ]
+    shapes = [
+        (e["face"], e["method"], e["path"], e["request_bytes"], e["status"], e["response_bytes"])
+        for e in events
+    ]
+    assert ("tcp", "GET", "/3//3", 0, "2.05", 7) in shapes
+    assert ("tcp", "POST", "/1024//0", 32, "4.05", 0) in shapes
     assert "Sup3rS3cret" not in stderr and b"Sup3rS3cret".hex() not in stderr
 
 

@@ -6,6 +6,8 @@ the SDK sends (spec vectors/apdu.txt and vectors/encrypted-frame.txt, copied in 
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -458,19 +460,26 @@ async def test_trace_logs_sizes_never_secrets(caplog: pytest.LogCaptureFixture) 
     dev = make_device(device_profile(SecurityMode.SCRAM), trace=True)
     try:
         caplog.set_level(logging.INFO, logger=TRACE_LOGGER)
-        client = ScramClient(dev.session("peer-x"))
+        client = ScramClient(dev.session("tcp peer-x"))
         await client.login("admin", "admin")
         keys = derive_scram_keys(hash_login_password("T0psecret"), b"\x05\x06\x07\x08", 5000)
         await client.call(post(GROUP, SUPERVISOR, PASSWORD, keys.to_password_key()))
         await client.call(get(GROUP, ADMIN, NAME))
     finally:
         dev.close()
-    text = caplog.text
-    assert "GET /1024//40" in text and "GET /1024//48" in text and "[encrypted] POST /1025/65534/2" in text
-    assert "0x45" in text and "req 36B" in text
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == TRACE_LOGGER]
+    seen = {(e["method"], e["path"], e["encrypted"]) for e in events}
+    assert {("GET", "/1024//40", False), ("GET", "/1024//48", False), ("POST", "/1025/65534/2", True)} <= seen
+    assert all(
+        e["face"] == "tcp" and e["peer"] == "peer-x" and e["session"] == events[0]["session"] for e in events
+    )
+    password = next(e for e in events if e["path"] == "/1025/65534/2")
+    assert password["status"] == "2.04" and password["request_bytes"] == 36
     assert client.key is not None
+    text = caplog.text
     for secret in (keys.stored_key, keys.server_key, client.key, b"T0psecret", b"admin\x00"):
-        assert secret.hex() not in text and secret.hex().upper() not in text
+        for form in (secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode()):
+            assert form not in text
     assert "T0psecret" not in text
 
 
