@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from test_serve import SERVE_WITHOUT_TAP, run_cli
 
+# No default port either: another process may hold CoAP 5683.
+SERVE_MQTT_ONLY = (*SERVE_WITHOUT_TAP, "--coap", "off")
+
 from tap_emulator.cli import main
 from tap_emulator.config import PROFILES_DIR
 
@@ -45,7 +48,7 @@ def test_an_unreachable_broker_is_a_clear_runtime_error(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         done = run_cli(
-            *SERVE_WITHOUT_TAP, "--state", ":memory:", "--mqtt", f"mqtt://127.0.0.1:{port}", cwd=tmp_path
+            *SERVE_MQTT_ONLY, "--state", ":memory:", "--mqtt", f"mqtt://127.0.0.1:{port}", cwd=tmp_path
         )
     assert done.returncode == 1
     assert f"127.0.0.1:{port}" in done.stderr and "not reachable" in done.stderr
@@ -55,7 +58,7 @@ def test_an_unreachable_broker_is_a_clear_runtime_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["ws://127.0.0.1:9001", "mqtt://", "mqtt://host:0", "mqtt://host:x"])
 def test_a_bad_mqtt_url_exits_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*SERVE_WITHOUT_TAP, "--state", ":memory:", "--mqtt", value]) == 2
+    assert main([*SERVE_MQTT_ONLY, "--state", ":memory:", "--mqtt", value]) == 2
     assert "--mqtt" in capsys.readouterr().err
 
 
@@ -72,7 +75,7 @@ def test_a_bad_mqtt_url_exits_2(value: str, capsys: pytest.CaptureFixture[str]) 
 )
 def test_a_bad_mqtt_table_exits_2_naming_the_key(tmp_path: Path, table: str, key: str) -> None:
     _, profile = serial_profile(tmp_path, "\n[mqtt]\n" + table)
-    done = run_cli(*SERVE_WITHOUT_TAP, "--state", ":memory:", "--profile", profile, cwd=tmp_path)
+    done = run_cli(*SERVE_MQTT_ONLY, "--state", ":memory:", "--profile", profile, cwd=tmp_path)
     assert done.returncode == 2
     assert "[mqtt]" in done.stderr and key in done.stderr
     assert "Traceback" not in done.stderr
