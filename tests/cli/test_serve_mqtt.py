@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from test_serve import SERVE_WITHOUT_TAP, run_cli
 
-# No default port either: another process may hold CoAP 5683.
-SERVE_MQTT_ONLY = (*SERVE_WITHOUT_TAP, "--coap", "off")
-
 from tap_emulator.cli import main
 from tap_emulator.config import PROFILES_DIR
+
+# No default port either: another process may hold CoAP 5683.
+SERVE_MQTT_ONLY = (*SERVE_WITHOUT_TAP, "--coap", "off")
 
 
 def serial_profile(tmp_path: Path, extra: str = "") -> tuple[str, str]:
