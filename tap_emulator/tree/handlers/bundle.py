@@ -35,7 +35,7 @@ _LONG_HEADER = 0x61  # 2-byte group id (or, 3 bytes in all, the low byte of one 
 def encode_acl_entry(group_id: int, rights: int) -> bytes:
     if group_id <= 0xFF:
         return bytes([_SHORT_HEADER, group_id, rights & 0x03])
-    return bytes([_LONG_HEADER, group_id >> 8, group_id & 0xFF, rights & 0x03])
+    return bytes([_LONG_HEADER]) + group_id.to_bytes(2, "big") + bytes([rights & 0x03])
 
 
 def decode_acl(data: bytes) -> dict[int, int]:
@@ -44,7 +44,7 @@ def decode_acl(data: bytes) -> dict[int, int]:
     position = 0
     while position + 3 <= len(data):
         if data[position] == _LONG_HEADER and position + 4 <= len(data):
-            acl[data[position + 1] << 8 | data[position + 2]] = data[position + 3] & 0x03
+            acl[int.from_bytes(data[position + 1 : position + 3], "big")] = data[position + 3] & 0x03
             position += 4
         else:
             acl[data[position + 1]] = data[position + 2] & 0x03
@@ -144,7 +144,7 @@ class BundleHandler(ObjectHandler):
     def _entry(self, body: bytes) -> tuple[int, int] | None:
         """(group id, rights) of one access-list entry as a client sends it; None if malformed."""
         if len(body) == 4 and body[0] == _LONG_HEADER:
-            return body[1] << 8 | body[2], body[3] & 0x03
+            return int.from_bytes(body[1:3], "big"), body[3] & 0x03
         if len(body) == 3 and body[0] == _SHORT_HEADER:
             return body[1], body[2] & 0x03
         if len(body) == 3 and body[0] == _LONG_HEADER:
