@@ -7,6 +7,7 @@ shares the address of variable 20. Group 20 (alice) is a user of profile 3 (tech
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Iterator
@@ -348,9 +349,29 @@ def test_encode_number_follows_the_types() -> None:
     assert encode_number(DATA_TYPES["FLOAT32"], 1e300) == struct.pack(">f", math.inf)
 
 
-def test_the_outbox_gets_no_rows_for_variables_or_bundles(tree: DeviceTree) -> None:
-    def objects(conn: Any) -> set[int]:
-        return {row[0] for row in conn.execute("SELECT DISTINCT object_id FROM outbox")}
+async def test_the_outbox_carries_only_public_group_values_and_no_key_material(tree: DeviceTree) -> None:
+    """Variables and bundles are device data, not the management store's (emu:Sync none): their changes
+    queue nothing, and the rows that are queued hold no credential byte."""
+    await call(tree, Operation.EXECUTE, VARIABLE, 70, CREATE, b"")
+    await call(tree, Operation.WRITE, VARIABLE, 70, META, b"secret-looking:x")
+    await call(tree, Operation.WRITE, BUNDLE, 1, ACL, bytes([0x41, 9, 3]))
+    await call(tree, Operation.WRITE, VARIABLE, 10, VALUE, bytes(4))
+
+    def rows(conn: Any) -> list[tuple[int, str]]:
+        return list(conn.execute("SELECT object_id, payload FROM outbox"))
 
     state: DeviceState = tree.state
-    assert BUNDLE not in state.call_sync(objects) and VARIABLE not in state.call_sync(objects)
+    queued = state.call_sync(rows)
+    assert queued and {obj for obj, _ in queued} == {tree.group_object.id}
+    group = tree.group_object
+    public = {form.alias for r in group.resources.values() if r.readable and not r.secret for form in r.forms}
+    secrets = [
+        part.hex()
+        for gid in tree.instance_ids(group.id)
+        if (account := tree.account(gid)) is not None and account.credential is not None
+        for part in (account.credential.to_bytes(),)
+    ]
+    for _, text in queued:
+        payload = json.loads(text)
+        assert set(payload["values"]) <= public
+        assert not any(secret in text or secret[:32] in text for secret in secrets)
