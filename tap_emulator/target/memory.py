@@ -52,6 +52,8 @@ class TargetMemory:
     def __init__(self, region: MemoryRegion) -> None:
         self.region = region
         self._pages: dict[int, bytearray] = {}
+        # Grows with every change, so readers may cache what they derived from the bytes.
+        self.generation = 0
 
     def load(self, pages: Mapping[int, bytes]) -> None:
         """Replace the contents by stored pages (page number -> its bytes)."""
@@ -67,6 +69,10 @@ class TargetMemory:
 
     def read(self, address: int, length: int) -> bytes:
         self._check(address, length)
+        page, start = divmod(address, PAGE_SIZE)
+        if start + length <= PAGE_SIZE:  # the usual variable: within one page
+            data = self._pages.get(page)
+            return bytes(length) if data is None else bytes(data[start : start + length])
         out = bytearray(length)
         offset = 0
         while offset < length:
@@ -80,6 +86,7 @@ class TargetMemory:
 
     def write(self, address: int, data: bytes) -> None:
         self._check(address, len(data))
+        self.generation += 1
         offset = 0
         while offset < len(data):
             page, start = divmod(address + offset, PAGE_SIZE)

@@ -58,22 +58,31 @@ def _encode_acl(acl: dict[int, int]) -> bytes:
 
 @handles("bundle")
 class BundleHandler(ObjectHandler):
+    _acls: dict[int, dict[int, int]]  # access list of each live bundle, rebuilt by `loaded`
+    # Encoded values of a bundle, with the (memory, layout) generations they were read at.
+    _values: dict[int, tuple[tuple[int, int], bytes]]
+
+    def loaded(self) -> None:
+        acl_id = self._acl_resource().id
+        self._acls = {
+            bid: decode_acl(stored) if isinstance(stored := inst.values.get(acl_id), bytes) else {}
+            for bid, inst in self.tree.live_instances(self.obj.id).items()
+        }
+        self._values = {}
+
     def _acl_resource(self) -> ResourceDef:
         return self.resource("acl")
 
     def acl(self, bundle_id: int) -> dict[int, int] | None:
-        """The bundle's access list, or None when there is no such bundle."""
-        inst = self.tree.live(self.obj.id, bundle_id)
-        if inst is None:
-            return None
-        stored = inst.values.get(self._acl_resource().id)
-        return decode_acl(stored) if isinstance(stored, bytes) else {}
+        """The bundle's access list (a copy), or None when there is no such bundle."""
+        acl = self._acls.get(bundle_id)
+        return None if acl is None else dict(acl)
 
     def rights_of(self, bundle_id: int, caller: int | None) -> int:
         """READ | WRITE bits a caller holds on a bundle's variables (maintenance: both)."""
         if caller is None:
             return READ | WRITE
-        acl = self.acl(bundle_id)
+        acl = self._acls.get(bundle_id)
         if acl is None:
             return 0
         rights = acl.get(caller, 0)
@@ -101,12 +110,22 @@ class BundleHandler(ObjectHandler):
         return ChangeEvent(self.obj.id, bundle_id, frozenset({self.resource("values").id}))
 
     def values_tlv(self, bundle_id: int) -> bytes:
-        """The bundle's values as the SDK decodes them: one node, one child per variable."""
+        """The bundle's values as the SDK decodes them: one node, one child per variable (encoded once
+        per change of the memory or of a variable, since apps poll bundles)."""
+        variables = self.tree.variables
+        generations = (self.tree.memory.generation, variables.layout_generation)
+        cached = self._values.get(bundle_id)
+        if cached is not None and cached[0] == generations:
+            return cached[1]
         children = tuple(
             tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, vid, value)
-            for vid, value in self.tree.variables.values_of_bundle(bundle_id)
+            for vid, value in variables.values_of_bundle(bundle_id)
         )
-        return tlv.encode([tlv.TlvNode(tlv.TlvType.MULTIPLE_RESOURCE, bundle_id, children)])
+        encoded = tlv.encode([tlv.TlvNode(tlv.TlvType.MULTIPLE_RESOURCE, bundle_id, children)])
+        if len(self._values) >= len(self._acls):  # bounded by the live bundles
+            self._values.clear()
+        self._values[bundle_id] = (generations, encoded)
+        return encoded
 
     def read(self, target: Target) -> Response:
         resource, bid = target.resource, target.instance_id

@@ -57,13 +57,22 @@ class VariableLayout:
 @handles("variable")
 class VariableHandler(ObjectHandler):
     _layouts: dict[int, VariableLayout]  # rebuilt by `loaded`
+    _by_bundle: dict[int, list[tuple[int, VariableLayout]]]  # placed variables of each bundle, by id
+
+    layout_generation = 0  # grows whenever a variable's layout may have changed
 
     def loaded(self) -> None:
+        self.layout_generation += 1
         self._layouts = {
             vid: layout
-            for vid, inst in self.tree.live_instances(self.obj.id).items()
+            for vid, inst in sorted(self.tree.live_instances(self.obj.id).items())
             if (layout := self._layout(vid, inst.values)) is not None
         }
+        region = self.tree.memory.region
+        self._by_bundle = {}
+        for vid, layout in self._layouts.items():
+            if region.contains(*layout.span):
+                self._by_bundle.setdefault(layout.bundle_id, []).append((vid, layout))
 
     def _stored(self, vid: int, values: dict[int, Any], slug: str) -> Any:
         resource = self.resource(slug)
@@ -98,12 +107,10 @@ class VariableHandler(ObjectHandler):
 
     def values_of_bundle(self, bundle_id: int) -> list[tuple[int, bytes]]:
         """(variable id, bytes) of each variable of a bundle inside the target memory, in id order."""
-        values = []
-        for vid, layout in sorted(self._layouts.items()):
-            data = self.value_bytes(layout) if layout.bundle_id == bundle_id else None
-            if data is not None:
-                values.append((vid, data))
-        return values
+        read = self.tree.memory.read
+        return [
+            (vid, read(layout.address, layout.size)) for vid, layout in self._by_bundle.get(bundle_id, ())
+        ]
 
     # ------------------------------------------------------------------ rights
 

@@ -73,9 +73,7 @@ def test_any_data_request_is_answered_and_the_data_stays_well_formed(
     tree = device.tree
     group = session.group_id
     for method, obj, inst, res, body in batch:
-        before = (
-            bytes(tree.memory.read(*tree.variables.layout(inst).span)) if _placed(device, obj, inst) else None
-        )
+        before = _bytes(device, obj, inst)
         status, _ = decode_response(
             loop.run_until_complete(session.handle_frame(frame(method, obj, inst, res, body)))
         )
@@ -93,6 +91,9 @@ def test_any_data_request_is_answered_and_the_data_stays_well_formed(
         assert node.id == bid and all(isinstance(child, tlv.TlvNode) for child in node.value)
 
 
-def _placed(device: Device, obj: int, inst: int) -> bool:
+def _bytes(device: Device, obj: int, inst: int) -> bytes | None:
+    """A variable's bytes before a request, when it is one placed inside the target memory."""
     layout = device.tree.variables.layout(inst) if obj == VARIABLE else None
-    return layout is not None and device.tree.memory.region.contains(*layout.span)
+    if layout is None or not device.tree.memory.region.contains(*layout.span):
+        return None
+    return device.tree.memory.read(*layout.span)
