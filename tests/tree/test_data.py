@@ -23,6 +23,7 @@ from tap_emulator.config import ConfigError, load_profile
 from tap_emulator.model import Operation
 from tap_emulator.state import DeviceState
 from tap_emulator.tree import MAINTENANCE, Caller, ChangeEvent, DeviceTree, Request, Status
+from tap_emulator.tree.handlers.bundle import BundleHandler
 
 BUNDLE, VARIABLE = 1028, 1029
 ADMIN, SUPERVISOR, ANONYMOUS, TECH, ALICE = 65535, 65534, 0, 3, 20
@@ -375,3 +376,14 @@ async def test_the_outbox_carries_only_public_group_values_and_no_key_material(t
         payload = json.loads(text)
         assert set(payload["values"]) <= public
         assert not any(secret in text or secret[:32] in text for secret in secrets)
+
+
+async def test_a_bundle_too_large_for_one_tlv_node_is_a_clear_error(tree: DeviceTree) -> None:
+    """Values past OMA-TLV's 24-bit length are refused with a diagnostic, not a traceback."""
+    bundles = tree.handler_of(BundleHandler)
+    big = [(vid, bytes(1020)) for vid in range(17000)]
+    tree.variables.values_of_bundle = lambda bundle_id: big  # type: ignore[method-assign]
+    tree.memory.write(0x20000000, b"\1")  # a new memory generation: the cached encoding is stale
+    response = await call(tree, Operation.READ, BUNDLE, 1, VALUES)
+    assert response.status is Status.INTERNAL_SERVER_ERROR and "24 bits" in response.diagnostic
+    assert bundles.values_response(1).status is Status.INTERNAL_SERVER_ERROR

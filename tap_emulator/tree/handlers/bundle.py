@@ -127,11 +127,18 @@ class BundleHandler(ObjectHandler):
         self._values[bundle_id] = (generations, encoded)
         return encoded
 
+    def values_response(self, bundle_id: int) -> Response:
+        """A read of the bundle's values; 5.00 for a bundle whose values outgrow one TLV node (16 MiB)."""
+        try:
+            return Response(Status.CONTENT, self.values_tlv(bundle_id))
+        except tlv.TlvError as exc:
+            return Response(Status.INTERNAL_SERVER_ERROR, diagnostic=f"bundle {bundle_id}: {exc}")
+
     def read(self, target: Target) -> Response:
         resource, bid = target.resource, target.instance_id
         assert resource is not None and bid is not None
         if resource.id == self.resource("values").id:
-            return Response(Status.CONTENT, self.values_tlv(bid))
+            return self.values_response(bid)
         if resource.id == self._acl_resource().id:
             return Response(Status.CONTENT, _encode_acl(self.acl(bid) or {}))
         return super().read(target)
@@ -156,7 +163,11 @@ class BundleHandler(ObjectHandler):
         )
 
     def _computed(self, bid: int, values: dict[int, Any], values_id: int, acl_id: int) -> dict[int, Any]:
-        return {**values, acl_id: _encode_acl(self.acl(bid) or {}), values_id: self.values_tlv(bid)}
+        computed = {**values, acl_id: _encode_acl(self.acl(bid) or {})}
+        response = self.values_response(bid)
+        if response.status is Status.CONTENT:
+            computed[values_id] = response.value
+        return computed
 
     # ------------------------------------------------------------------ writes
 

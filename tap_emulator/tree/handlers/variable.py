@@ -162,9 +162,7 @@ class VariableHandler(ObjectHandler):
                 )
             return Response(Status.CONTENT, data)
         if slug == "bundle-values":
-            return Response(
-                Status.CONTENT, self._bundles.values_tlv(self._stored(vid, inst.values, "bundle-id"))
-            )
+            return self._bundles.values_response(self._stored(vid, inst.values, "bundle-id"))
         if slug == "unit":
             return Response(Status.CONTENT, self._meta(vid, inst).partition(":")[2])
         if slug == "meta":
