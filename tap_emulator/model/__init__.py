@@ -160,6 +160,8 @@ class ResourceDef:
     default: str | None = None
     units: str = ""
     description: str = ""
+    # Readable on the object itself (no instance): the handler answers for every instance at once.
+    object_read: bool = False
 
     @property
     def form(self) -> Form:
@@ -351,6 +353,7 @@ def _parse_resource(item: ET.Element, source: str) -> ResourceDef:
         default=default,
         units=_text(item, "Units", where, required=False),
         description=_text(item, "Description", where, required=False),
+        object_read=_text(item, f"{{{EMU_NS}}}ObjectRead", where, required=False) == "true",
     )
     if default is not None and default != "@instance" and resource.form.value_type is ValueType.INTEGER:
         # An integer default may sit below the writable range: it marks "not set yet" (iteration 0).

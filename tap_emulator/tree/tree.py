@@ -407,7 +407,8 @@ class DeviceTree:
         res = None if req.resource_id is None else obj.resources.get(req.resource_id)
         if req.resource_id is not None and res is None:
             return Response(Status.NOT_FOUND, diagnostic=f"object {obj.id} has no resource {req.resource_id}")
-        if res is not None and obj.multiple and req.instance_id is None:
+        on_object = res is not None and res.object_read and req.operation is Operation.READ
+        if res is not None and obj.multiple and req.instance_id is None and not on_object:
             return Response(Status.NOT_FOUND, diagnostic="an instance id is required")
         creates = res is not None and res.behaviour is Behaviour.CREATE
         inst = None if req.instance_id is None else self.live(obj.id, req.instance_id)

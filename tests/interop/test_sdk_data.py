@@ -116,6 +116,7 @@ async def test_each_group_reads_and_writes_what_its_access_lists_allow(
                 call("variable.getType", 10),
                 call("variable.getMeta", 10),
                 call("bundle.getName", 2),
+                call("variable.readProfile"),
                 LOGOUT,
             ],
         )
@@ -140,6 +141,8 @@ async def test_each_group_reads_and_writes_what_its_access_lists_allow(
         assert ok(tech[15]) == {"domain": 0, "data": 19}
         assert ok(tech[16]) == {"name": "temperature", "unit": "C"}
         assert ok(tech[17]) == "control"
+        (profile,) = tlv.decode(bytes.fromhex(ok(tech[18])["hex"]))  # GET /1029//4
+        assert [c.id for c in profile.value if isinstance(c, tlv.TlvNode)] == [10, 11, 12, 20, 21, 22]
 
         supervisor = await sdk(
             emulator,

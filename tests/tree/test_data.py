@@ -387,3 +387,19 @@ async def test_a_bundle_too_large_for_one_tlv_node_is_a_clear_error(tree: Device
     response = await call(tree, Operation.READ, BUNDLE, 1, VALUES)
     assert response.status is Status.INTERNAL_SERVER_ERROR and "24 bits" in response.diagnostic
     assert bundles.values_response(1).status is Status.INTERNAL_SERVER_ERROR
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [(ANONYMOUS, [10, 11, 12]), (TECH, [10, 11, 12, 20, 21, 22]), (None, [10, 11, 12, 20, 21, 22, 30, 31])],
+)
+async def test_the_read_profile_lists_the_variables_the_caller_may_read(
+    tree: DeviceTree, group: int | None, expected: list[int]
+) -> None:
+    response = await call(tree, Operation.READ, VARIABLE, None, VALUE, group=group)
+    assert response.status is Status.CONTENT
+    (node,) = tlv.decode(response.value)
+    assert [c.id for c in node.value if isinstance(c, tlv.TlvNode)] == expected
+    # Only the value is read on the object; every other resource still needs an instance.
+    assert (await call(tree, Operation.READ, VARIABLE, None, ADDRESS)).status is Status.NOT_FOUND
+    assert (await call(tree, Operation.WRITE, VARIABLE, None, VALUE, b"")).status is Status.NOT_FOUND

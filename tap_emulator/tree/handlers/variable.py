@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tap_emulator.codec import tlv
 from tap_emulator.codec.variables import DATA_TYPES, DOMAINS, DataType, data_type_of, encode_number, type_byte
 from tap_emulator.config import Profile
 from tap_emulator.model import Operation
@@ -149,7 +150,10 @@ class VariableHandler(ObjectHandler):
 
     def read(self, target: Target) -> Response:
         resource, vid, inst = target.resource, target.instance_id, target.instance
-        assert resource is not None and vid is not None and inst is not None
+        assert resource is not None
+        if vid is None:  # the read profile: every variable the caller may read
+            return Response(Status.CONTENT, self._read_profile(resource.id, target.request.caller.group_id))
+        assert inst is not None
         slug = resource.form.alias
         layout = self._layouts.get(vid)
         if slug == "current-access":
@@ -168,6 +172,20 @@ class VariableHandler(ObjectHandler):
         if slug == "meta":
             return Response(Status.CONTENT, self._meta(vid, inst).encode("utf-8", "replace"))
         return super().read(target)
+
+    def _read_profile(self, node_id: int, caller: int | None) -> bytes:
+        """One OMA-TLV node with a child (id, bytes) per placed variable the caller may read, as the
+        SDK's readProfile decodes it (it reads the ids)."""
+        bundles = self._bundles
+        children = tuple(
+            tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, vid, self.tree.memory.read(*layout.span))
+            for bundle_id, variables in sorted(self._by_bundle.items())
+            if bundles.rights_of(bundle_id, caller) & READ
+            for vid, layout in variables
+        )
+        return tlv.encode(
+            [tlv.TlvNode(tlv.TlvType.MULTIPLE_RESOURCE, node_id, tuple(sorted(children, key=lambda c: c.id)))]
+        )
 
     def _meta(self, vid: int, inst: StoredInstance) -> str:
         meta = inst.values.get(self.resource("meta").id)
