@@ -213,7 +213,7 @@ async def test_a_variable_written_by_the_sdk_is_read_and_observed_over_coap(tmp_
             assert await _next(alias_updates, lambda p: p == wanted.hex().encode())
             bundle = await _next(bundle_updates, lambda p: wanted.hex().encode() in p)
             (node,) = tlv.decode(bytes.fromhex(bundle.decode()))
-            assert node.id == 2 and node.value[0] == tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, 20, wanted)
+            assert node.id == 2 and node.value[0] == tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, 20, wanted)
             response = await asyncio.wait_for(
                 context.request(aiocoap.Message(code=aiocoap.GET, uri=f"{base}/1029/20/4")).response, 5
             )

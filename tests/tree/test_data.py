@@ -88,9 +88,9 @@ async def test_bundle_values_are_one_tlv_node_with_a_child_per_variable(tree: De
     (node,) = tlv.decode(await read(tree, BUNDLE, 1, VALUES))
     assert node.type is tlv.TlvType.MULTIPLE_RESOURCE and node.id == 1
     assert node.value == (
-        tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, 10, struct.pack(">f", 21.5)),
-        tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, 11, b"\x00\x28"),
-        tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, 12, b"\xff\x00\x01\x02"),
+        tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, 10, struct.pack(">f", 21.5)),
+        tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, 11, b"\x00\x28"),
+        tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, 12, b"\xff\x00\x01\x02"),
     )
     assert await read(tree, VARIABLE, 11, BUNDLE_VALUES) == await read(tree, BUNDLE, 1, VALUES)
 
@@ -385,7 +385,7 @@ async def test_a_bundle_too_large_for_one_tlv_node_is_a_clear_error(tree: Device
     tree.variables.values_of_bundle = lambda bundle_id: big  # type: ignore[method-assign]
     tree.memory.write(0x20000000, b"\1")  # a new memory generation: the cached encoding is stale
     response = await call(tree, Operation.READ, BUNDLE, 1, VALUES)
-    assert response.status is Status.INTERNAL_SERVER_ERROR and "24 bits" in response.diagnostic
+    assert response.status is Status.INTERNAL_SERVER_ERROR and "24-bit" in response.diagnostic
     assert bundles.values_response(1).status is Status.INTERNAL_SERVER_ERROR
 
 

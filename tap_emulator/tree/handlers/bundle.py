@@ -8,7 +8,9 @@ What a bundle does beyond stored values (name, data-log period), all of it here:
 - Rights (`rights_of`): a group holds what the list gives it, or a user what the list gives its profile
   (``alias``); anonymous holds only group 0's entry. Reading the values needs read; every other write
   is the generic writers' rule.
-- Values (resource ``values``): one OMA-TLV multiple-resource node, one child per variable.
+- Values (resource ``values``): one OMA-TLV multiple-resource node (id = bundle id) with one resource
+  instance per variable (id = variable id). The SDK's own encoder writes resource-value children; its
+  parser reads both kinds as leaves, and resource instances keep the frame valid LwM2M TLV.
 - Factory state: the profile's ``[data]`` bundles, access lists resolved from usernames.
 """
 
@@ -118,7 +120,7 @@ class BundleHandler(ObjectHandler):
         if cached is not None and cached[0] == generations:
             return cached[1]
         children = tuple(
-            tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, vid, value)
+            tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, vid, value)
             for vid, value in variables.values_of_bundle(bundle_id)
         )
         encoded = tlv.encode([tlv.TlvNode(tlv.TlvType.MULTIPLE_RESOURCE, bundle_id, children)])

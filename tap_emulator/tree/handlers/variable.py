@@ -178,7 +178,7 @@ class VariableHandler(ObjectHandler):
         SDK's readProfile decodes it (it reads the ids)."""
         bundles = self._bundles
         children = tuple(
-            tlv.TlvNode(tlv.TlvType.RESOURCE_VALUE, vid, self.tree.memory.read(*layout.span))
+            tlv.TlvNode(tlv.TlvType.RESOURCE_INSTANCE, vid, self.tree.memory.read(*layout.span))
             for bundle_id, variables in sorted(self._by_bundle.items())
             if bundles.rights_of(bundle_id, caller) & READ
             for vid, layout in variables
