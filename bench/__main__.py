@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Benchmark]] = {
     "coap_get": (("coap_get_ratio", "coap_get_p99_ratio"), coap_bench.coap_get),
     "tap_tcp": (("tap_tcp_ratio",), _one(tap_bench.tap_tcp)),
     "tap_encrypted": (("tap_encrypted_ratio",), _one(tap_bench.tap_encrypted)),
+    "tap_bundle_values": (("tap_bundle_values_ratio",), _one(tap_bench.tap_bundle_values)),
     "durable_put": (("durable_put_ratio",), _one(coap_bench.durable_put)),
     "loop_isolation": (("loop_isolation_ratio",), _one(coap_bench.loop_isolation)),
     "coap_rss": (("coap_rss_mb",), _one(coap_bench.coap_rss)),

@@ -1,9 +1,11 @@
-"""Tap-face benchmarks: getName over 16 TCP connections, in clear and through the encrypted channel.
+"""Tap-face benchmarks: getName over 16 TCP connections, in clear and through the encrypted channel, and
+a bundle-values read (``GET /1028/1/1``: target memory, access list, OMA-TLV) against getName.
 
 The generator plays the SDK's role with the project's own sans-IO codecs (APDU frames, SCRAM proof,
 encrypted frames), on plain blocking sockets with one request outstanding per connection, as the SDK
 does. Baselines: a plain asyncio TCP server answering the same bytes (``python -m bench.servers
-echo``) for ``tap_tcp_ratio``; the same emulator in clear for ``tap_encrypted_ratio``.
+echo``) for ``tap_tcp_ratio``; the same emulator in clear for ``tap_encrypted_ratio``; getName on the
+same emulator (demo profile) for ``tap_bundle_values_ratio``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tap_emulator.codec.secure_frame import FrameCipher, wrap
 from tap_emulator.security import client_proof, derive_scram_keys, hash_login_password, session_key
 
 CONNECTIONS = 16
-GROUP_OBJECT, INTERFACE_OBJECT = 1025, 1024
+GROUP_OBJECT, INTERFACE_OBJECT, BUNDLE_OBJECT = 1025, 1024, 1028
+BUNDLE_VALUES = 1  # resource of the bundle object
 ANONYMOUS = 0
 LOGIN_NAME, LOGIN_PASSWORD = "admin", "admin"  # the default profile's admin group
 ZERO_IV = bytes(16)
@@ -33,7 +36,11 @@ CONTENT = 0x45
 STATUS_WORD = b"\x90\x00"
 
 GET_NAME = encode_request(TapRequest(Method.GET, GROUP_OBJECT, ANONYMOUS, 0))  # group.getName(0)
-GET_NAME_INNER = GET_NAME[5:]  # what the encrypted channel carries: the request without its APDU header
+GET_NAME_INNER = GET_NAME[5:]
+# bundle.getValues(1) of the demo profile: three variables anonymous may read.
+GET_BUNDLE_VALUES = encode_request(
+    TapRequest(Method.GET, BUNDLE_OBJECT, 1, BUNDLE_VALUES)
+)  # what the encrypted channel carries: the request without its APDU header
 
 
 def _interface_get(resource: int, payload: bytes = b"") -> bytes:
@@ -77,10 +84,11 @@ class _Connection:
     cipher: FrameCipher | None = field(default=None, repr=False)
     counter: int = 0
     buffer: bytes = b""
+    plain_request: bytes = GET_NAME  # what a connection in clear sends
 
     def request(self) -> bytes:
         if self.cipher is None:
-            return GET_NAME
+            return self.plain_request
         ciphertext = self.cipher.encrypt_frame(ZERO_IV, self.counter, GET_NAME_INNER)
         self.counter += 1
         return ENCRYPTED_GET_NAME_PREFIX + ciphertext
@@ -119,12 +127,12 @@ class _Connection:
         self.cipher = FrameCipher(session_key(keys, client_nonce, server_nonce))
 
 
-def _connect(address: tuple[str, int], *, encrypted: bool) -> list[_Connection]:
+def _connect(address: tuple[str, int], *, encrypted: bool, request: bytes = GET_NAME) -> list[_Connection]:
     connections = []
     for _ in range(CONNECTIONS):
         sock = socket.create_connection(address, timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = _Connection(sock)
+        connection = _Connection(sock, plain_request=request)
         if encrypted:
             connection.login()
         connections.append(connection)
@@ -204,10 +212,10 @@ def _close(connections: list[_Connection]) -> None:
         connection.sock.close()
 
 
-def _start_tap_emulator(settings: Settings, name: str) -> Server:
+def _start_tap_emulator(settings: Settings, name: str, *extra: str) -> Server:
     return start_server(
         name,
-        emulator_server("--state", ":memory:", coap=False, tap=True),
+        emulator_server("--state", ":memory:", *extra, coap=False, tap=True),
         expect={"tcp"},
         cwd=settings.work,
     )
@@ -279,4 +287,36 @@ def tap_encrypted(settings: Settings) -> MetricResult:
         median([r.result.rate for r in runs["encrypted"]]), median([r.result.rate for r in runs["plain"]])
     )
     metric.details = {"encrypted": summary(runs["encrypted"]), "baseline": summary(runs["plain"])}
+    return metric
+
+
+def tap_bundle_values(settings: Settings) -> MetricResult:
+    metric = MetricResult(
+        "tap_bundle_values_ratio",
+        f"bundle.getValues (3 variables, OMA-TLV) req/s over {CONNECTIONS} TCP connections vs getName on "
+        "the same emulator",
+        "req/s",
+        Target(">=", 0.7),
+    )
+    emulator = _start_tap_emulator(settings, "emulator-tap-bundle", "--profile", "demo")
+    names: list[_Connection] = []
+    bundles: list[_Connection] = []
+    try:
+        names = _connect(emulator.endpoints["tcp"], encrypted=False)
+        bundles = _connect(emulator.endpoints["tcp"], encrypted=False, request=GET_BUNDLE_VALUES)
+        status, body = _exchange(bundles[0].sock, GET_BUNDLE_VALUES)
+        if status != CONTENT or not body:
+            raise RuntimeError(f"bundle.getValues(1) answered 0x{status:02X}: is the demo profile loaded?")
+        runs = interleave(
+            settings.rounds,
+            {"getName": _driver(settings, emulator, names), "bundle": _driver(settings, emulator, bundles)},
+        )
+    finally:
+        _close(names)
+        _close(bundles)
+        emulator.stop()
+    metric.settle(
+        median([r.result.rate for r in runs["bundle"]]), median([r.result.rate for r in runs["getName"]])
+    )
+    metric.details = {"bundle": summary(runs["bundle"]), "baseline": summary(runs["getName"])}
     return metric

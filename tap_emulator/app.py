@@ -213,6 +213,7 @@ def open_device(
             random_bytes=random_bytes,
             clock_ms=clock_ms,
             offload=offload,
+            memory=profile.memory,
         )
         if tree.is_fresh:
             tree.seed(profile)

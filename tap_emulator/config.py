@@ -17,30 +17,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tap_emulator.codec.variables import DATA_TYPES, DOMAINS
 from tap_emulator.model import RESOURCES_DIR, ValueError_, default_model
 from tap_emulator.security.lockout import LockoutPolicy
+from tap_emulator.target.memory import ADDRESS_SPACE, MemoryRegion, TargetMemoryError
 
 __all__ = [
     "AccessPolicy",
+    "AclEntry",
+    "BundleConfig",
     "ConfigError",
+    "DataConfig",
     "DeviceIdentity",
     "GroupSeed",
     "MqttSettings",
     "Profile",
+    "ProfileError",
     "SecurityMode",
     "SecurityPolicy",
+    "VariableConfig",
     "load_profile",
     "parse_broker_url",
+    "parse_data_config",
 ]
 
 PROFILES_DIR = RESOURCES_DIR / "profiles"
 ADMIN_GROUP = 0xFFFF
 SUPERVISOR_GROUP = 0xFFFE
 ANONYMOUS_GROUP = 0
+# Profiles tap-config.json names by username without declaring them (@iotize/tap's SPECIAL_USERS).
+SPECIAL_USERNAMES = {"anonymous": ANONYMOUS_GROUP, "admin": ADMIN_GROUP, "supervisor": SUPERVISOR_GROUP}
 
 
 class ConfigError(Exception):
     """A profile or an option is invalid; the message says where."""
+
+
+ProfileError = ConfigError  # the name the data section's contract (C1) uses
 
 
 class SecurityMode(enum.Enum):
@@ -158,6 +171,48 @@ class GroupSeed:
 
 
 @dataclass(frozen=True, slots=True)
+class AclEntry:
+    """Rights of one profile (by its username, as tap-config.json names it) on a bundle."""
+
+    username: str
+    read: bool
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VariableConfig:
+    id: int
+    address: int
+    data_type: str  # a key of codec.variables.DATA_TYPES
+    domain: str = "TARGET"  # a key of codec.variables.DOMAINS
+    length: int = 1
+    name: str = ""
+    unit: str = ""
+    value: tuple[float, ...] | None = None  # initial elements (tap-config's "value"), else zeros
+
+
+@dataclass(frozen=True, slots=True)
+class BundleConfig:
+    id: int
+    name: str = ""
+    data_log_period: int = 0
+    variables: tuple[VariableConfig, ...] = ()
+    acls: tuple[AclEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """A profile's ``[data]``, shaped as tap-config.json's ``config.data`` (its ``profiles`` are the
+    groups, parsed elsewhere)."""
+
+    bundles: tuple[BundleConfig, ...] = ()
+
+    @property
+    def variables(self) -> tuple[VariableConfig, ...]:
+        return tuple(v for b in self.bundles for v in b.variables)
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     device: DeviceIdentity
@@ -167,6 +222,9 @@ class Profile:
     # Ids of the management store's device groups the device joins when it first syncs ([cloud]).
     device_groups: tuple[str, ...] = ()
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    # The emulated target's memory ([target] memory_base, memory_size).
+    memory: MemoryRegion = field(default_factory=MemoryRegion)
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
@@ -264,9 +322,176 @@ def load_profile(name_or_path: str = "default") -> Profile:
             )
         )
     _check_groups_against_model(groups, where)
+    memory = _memory_region(data, where)
+    data_config = parse_data_config(_get(data, "data", dict, where, {}), where=f"{where} [data]")
+    usernames = {*SPECIAL_USERNAMES, *(g.name for g in groups)}
+    for bundle in data_config.bundles:
+        for entry in bundle.acls:
+            if entry.username not in usernames:
+                raise ConfigError(f"{where} [data] bundle {bundle.id} acls: no profile {entry.username!r}")
+    for variable in data_config.variables:
+        size = variable.length * DATA_TYPES[variable.data_type].size
+        if not memory.contains(variable.address, size):
+            raise ConfigError(
+                f"{where} [data] variable {variable.id}: {size} bytes at 0x{variable.address:08X} are "
+                f"outside the target memory {memory.describe()}"
+            )
     return Profile(
-        path.stem, device, security, access, tuple(groups), _device_groups(data, where), _mqtt(data, where)
+        path.stem,
+        device,
+        security,
+        access,
+        tuple(groups),
+        _device_groups(data, where),
+        mqtt=_mqtt(data, where),
+        data=data_config,
+        memory=memory,
     )
+
+
+def _memory_region(data: Mapping[str, Any], where: str) -> MemoryRegion:
+    tw = f"{where} [target]"
+    target = _get(data, "target", dict, where, {})
+    base = _get(target, "memory_base", int, tw, 0)
+    size = _get(target, "memory_size", int, tw, ADDRESS_SPACE - base if 0 <= base < ADDRESS_SPACE else 1)
+    try:
+        return MemoryRegion(base, size)
+    except TargetMemoryError as exc:
+        raise ConfigError(f"{tw}: {exc}") from None
+
+
+# Limits of the data section: the model's, read once (instance ranges, element count, text sizes).
+def _data_limits() -> dict[str, tuple[int, int]]:
+    model = default_model()
+    limits = {
+        "bundle": (0, 0xFFFF),
+        "variable": (0, 0xFFFF),
+        "length": (1, 0xFF),
+        "name": (0, 32),
+        "meta": (0, 128),
+    }
+    bundle, variable = model.object_by_alias("bundle"), model.object_by_alias("variable")
+    if bundle is not None and bundle.instance_range is not None:
+        limits["bundle"] = bundle.instance_range
+        name = bundle.forms_by_alias.get("name")
+        if name is not None and isinstance(name[1].lengths, tuple):
+            limits["name"] = name[1].lengths
+    if variable is not None and variable.instance_range is not None:
+        limits["variable"] = variable.instance_range
+        count = variable.forms_by_alias.get("number-of-elements")
+        if count is not None and count[1].int_range is not None:
+            limits["length"] = count[1].int_range
+        meta = variable.forms_by_alias.get("meta")
+        if meta is not None and isinstance(meta[1].lengths, tuple):
+            limits["meta"] = meta[1].lengths
+    return limits
+
+
+_BUNDLE_KEYS = frozenset({"id", "name", "dataLog", "variables", "acls", "features"})
+_VARIABLE_KEYS = frozenset({"id", "address", "dataType", "domain", "length", "meta", "value"})
+
+
+def _in(value: int, bounds: tuple[int, int], what: str) -> int:
+    if not bounds[0] <= value <= bounds[1]:
+        raise ConfigError(f"{what} must be in {bounds[0]}..{bounds[1]}")
+    return value
+
+
+def _address(raw: object, what: str) -> int:
+    """An address as tap-config.json gives it: an integer, or a string "0x..." (at most 10 characters)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and len(raw) <= 10 and raw[:2].lower() == "0x":
+        try:
+            value = int(raw[2:], 16)
+        except ValueError:
+            raise ConfigError(f"{what} must be an integer or a hex string 0x...") from None
+    else:
+        raise ConfigError(f"{what} must be an integer or a hex string 0x...")
+    return _in(value, (0, ADDRESS_SPACE - 1), what)
+
+
+def _variable_config(raw: object, where: str, limits: Mapping[str, tuple[int, int]]) -> VariableConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(raw) - _VARIABLE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    vid = _in(_get(raw, "id", int, where), limits["variable"], f"{where} id")
+    data_type = _get(raw, "dataType", str, where, "UINT8")
+    if data_type not in DATA_TYPES:
+        raise ConfigError(f"{where} dataType: must be one of {', '.join(DATA_TYPES)}")
+    domain = _get(raw, "domain", str, where, "TARGET")
+    if domain not in DOMAINS:
+        raise ConfigError(f"{where} domain: must be one of {', '.join(DOMAINS)}")
+    length = _in(_get(raw, "length", int, where, 1), limits["length"], f"{where} length")
+    meta = _get(raw, "meta", dict, where, {})
+    name, unit = _get(meta, "name", str, f"{where} meta", ""), _get(meta, "unit", str, f"{where} meta", "")
+    if ":" in name:
+        raise ConfigError(f"{where} meta name: must not contain ':'")
+    if len(f"{name}:{unit}".encode()) > limits["meta"][1]:
+        raise ConfigError(f"{where} meta: name and unit take at most {limits['meta'][1] - 1} bytes")
+    value: tuple[float, ...] | None = None
+    if "value" in raw:
+        items = raw["value"] if isinstance(raw["value"], list) else [raw["value"]]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items) or not items:
+            raise ConfigError(f"{where} value: must be a number or a list of numbers")
+        if len(items) > length:
+            raise ConfigError(f"{where} value: {len(items)} elements for a length of {length}")
+        value = tuple(float(x) for x in items)
+    address = _address(raw.get("address", 0), f"{where} address")
+    return VariableConfig(vid, address, data_type, domain, length, name, unit, value)
+
+
+def parse_data_config(raw: Mapping[str, Any], *, where: str = "[data]") -> DataConfig:
+    """The data section of a profile (or of a tap-config.json ``config.data``): bundles, their
+    variables and access lists, checked against the model's limits. ConfigError names the entry."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(raw) - {"bundles", "profiles"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    limits = _data_limits()
+    bundles: list[BundleConfig] = []
+    variable_ids: set[int] = set()
+    raw_bundles = _get(raw, "bundles", list, where, [])
+    for index, b in enumerate(raw_bundles):
+        bw = f"{where} bundles #{index + 1}"
+        if not isinstance(b, Mapping):
+            raise ConfigError(f"{bw}: must be a table")
+        unknown = sorted(set(b) - _BUNDLE_KEYS)
+        if unknown:
+            raise ConfigError(f"{bw}: unknown key {unknown[0]!r}")
+        bid = _in(_get(b, "id", int, bw), limits["bundle"], f"{bw} id")
+        if any(x.id == bid for x in bundles):
+            raise ConfigError(f"{bw}: bundle id {bid} is declared twice")
+        name = _get(b, "name", str, bw, "")
+        if not name.isascii() or not name.isprintable():
+            raise ConfigError(f"{bw} name: only printable ASCII characters are allowed")
+        _in(len(name), limits["name"], f"{bw} name length")
+        data_log = _get(b, "dataLog", dict, bw, {"period": 0})
+        period = _in(_get(data_log, "period", int, f"{bw} dataLog"), (0, 0xFFFFFFFF), f"{bw} dataLog period")
+        variables = []
+        for v_index, v in enumerate(_get(b, "variables", list, bw, [])):
+            variable = _variable_config(v, f"{bw} variables #{v_index + 1}", limits)
+            if variable.id in variable_ids:
+                raise ConfigError(
+                    f"{bw} variables #{v_index + 1}: variable id {variable.id} is declared twice"
+                )
+            variable_ids.add(variable.id)
+            variables.append(variable)
+        acls = []
+        for username, rights in _get(b, "acls", dict, bw, {}).items():
+            aw = f"{bw} acls.{username}"
+            if not isinstance(rights, Mapping) or set(rights) - {"read", "write"}:
+                raise ConfigError(f"{aw}: must be a table of read and write")
+            acls.append(
+                AclEntry(
+                    username, _get(rights, "read", bool, aw, False), _get(rights, "write", bool, aw, False)
+                )
+            )
+        bundles.append(BundleConfig(bid, name, period, tuple(variables), tuple(acls)))
+    return DataConfig(tuple(bundles))
 
 
 def _mqtt(data: Mapping[str, Any], where: str) -> MqttSettings:

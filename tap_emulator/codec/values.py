@@ -58,12 +58,16 @@ class UnsupportedFormat(ValueError):
 
 # ------------------------------------------------------------------------------------- Tap wire
 
+_WIRE_WIDTH = {Encoding.UINT8: 1, Encoding.UINT16: 2, Encoding.UINT32: 4}
+
 
 def encode_wire(form: Form, value: Any) -> bytes:
     """The bytes a Tap sends for ``value`` (tap-protocol.md section D)."""
     encoding = form.encoding
     if encoding is Encoding.ASCII:
         return str(value).encode("ascii", "replace")
+    if encoding is Encoding.UINT8:
+        return (int(value) & 0xFF).to_bytes(1, "big")
     if encoding is Encoding.UINT16:
         return (int(value) & 0xFFFF).to_bytes(2, "big")
     if encoding is Encoding.UINT32:
@@ -84,8 +88,8 @@ def decode_wire(form: Form, data: bytes) -> Any:
         if any(b >= 0x80 for b in data):
             raise RepresentationError("only ASCII characters are allowed")
         return data.decode("ascii")
-    if encoding in (Encoding.UINT16, Encoding.UINT32):
-        width = 2 if encoding is Encoding.UINT16 else 4
+    if encoding in _WIRE_WIDTH:
+        width = _WIRE_WIDTH[encoding]
         if not 1 <= len(data) <= width:
             raise RepresentationError(f"an integer of 1..{width} bytes is required, not {len(data)}")
         return int.from_bytes(data, "big")
@@ -117,7 +121,6 @@ def encode_representation(form: Form, value: Any, content_format: int) -> bytes:
 # 9 bytes (RFC 8949 section 3).
 TEXT_WHITESPACE_ALLOWANCE = 4
 CBOR_HEAD_MAX = 9
-_WIRE_WIDTH = {Encoding.UINT16: 2, Encoding.UINT32: 4}
 
 
 def _max_length(form: Form) -> int:

@@ -79,6 +79,7 @@ class Encoding(enum.Enum):
     """How a value travels in a Tap frame (tap-protocol.md section D)."""
 
     ASCII = "ascii"
+    UINT8 = "uint8"
     UINT16 = "uint16"
     UINT32 = "uint32"
     BYTES = "bytes"
@@ -92,6 +93,7 @@ class Behaviour(enum.Enum):
     REFERENCE = "reference"  # an instance id of the same object that must exist
     SESSION = "session"  # served by a connection's session, not stored
     ACTION = "action"  # executing it makes the object's handler act (reboot ...); nothing stored
+    COMPUTED = "computed"  # served by the object's handler from other state (target memory, a list)
 
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*\Z")
@@ -158,6 +160,8 @@ class ResourceDef:
     default: str | None = None
     units: str = ""
     description: str = ""
+    # Readable on the object itself (no instance): the handler answers for every instance at once.
+    object_read: bool = False
 
     @property
     def form(self) -> Form:
@@ -199,6 +203,8 @@ class ObjectDef:
     resources: Mapping[int, ResourceDef]
     description: str = ""
     forms_by_alias: Mapping[str, tuple[ResourceDef, Form]] = field(default_factory=dict)
+    # Whether changes of its instances go to the outbox (the management store hears of them).
+    synced: bool = True
 
     def valid_instance(self, instance_id: int | None) -> bool:
         if not self.multiple:
@@ -286,12 +292,14 @@ def _make_form(
             lengths = _parse_lengths(range_text, source)
     compatible = {
         ValueType.STRING: {Encoding.ASCII},
-        ValueType.INTEGER: {Encoding.UINT16, Encoding.UINT32},
+        ValueType.INTEGER: {Encoding.UINT8, Encoding.UINT16, Encoding.UINT32},
         ValueType.OPAQUE: {Encoding.BYTES},
         ValueType.NONE: {Encoding.NONE},
     }
     if encoding not in compatible[value_type]:
         raise ModelError(f"{source}: encoding {encoding.value!r} does not fit type {value_type.value!r}")
+    if encoding is Encoding.UINT8 and int_range and not (int_range[0] >= 0 and int_range[1] <= 0xFF):
+        raise ModelError(f"{source}: range {range_text!r} does not fit uint8")
     if encoding is Encoding.UINT16 and int_range and not (int_range[0] >= 0 and int_range[1] <= 0xFFFF):
         raise ModelError(f"{source}: range {range_text!r} does not fit uint16")
     if encoding is Encoding.UINT32 and int_range and not (int_range[0] >= 0 and int_range[1] <= 0xFFFFFFFF):
@@ -345,6 +353,7 @@ def _parse_resource(item: ET.Element, source: str) -> ResourceDef:
         default=default,
         units=_text(item, "Units", where, required=False),
         description=_text(item, "Description", where, required=False),
+        object_read=_text(item, f"{{{EMU_NS}}}ObjectRead", where, required=False) == "true",
     )
     if default is not None and default != "@instance" and resource.form.value_type is ValueType.INTEGER:
         # An integer default may sit below the writable range: it marks "not set yet" (iteration 0).
@@ -387,6 +396,9 @@ def _parse_object(root: ET.Element, source: str) -> ObjectDef:
                 raise ModelError(f"{where}: alias {form.alias!r} is used twice")
             by_alias[form.alias] = (resource, form)
     alias = _text(obj_el, f"{{{EMU_NS}}}Alias", where, required=False) or None
+    sync_text = _text(obj_el, f"{{{EMU_NS}}}Sync", where, required=False) or "outbox"
+    if sync_text not in ("outbox", "none"):
+        raise ModelError(f"{where}: emu:Sync {sync_text!r} is not 'outbox' or 'none'")
     return ObjectDef(
         id=oid,
         name=_text(obj_el, "Name", where),
@@ -396,6 +408,7 @@ def _parse_object(root: ET.Element, source: str) -> ObjectDef:
         resources=resources,
         description=_text(obj_el, "Description1", where, required=False),
         forms_by_alias=by_alias,
+        synced=sync_text == "outbox",
     )
 
 

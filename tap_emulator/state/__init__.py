@@ -37,6 +37,7 @@ __all__ = [
     "DeviceValueWrite",
     "InstanceRow",
     "InstanceWrite",
+    "MemoryPageWrite",
     "OutboxRow",
     "Snapshot",
     "StateError",
@@ -75,6 +76,10 @@ _SCHEMA = (
     CREATE TABLE outbox_pruned (
         id INTEGER PRIMARY KEY CHECK (id = 1), delivered INTEGER NOT NULL DEFAULT 0);
     INSERT INTO outbox_pruned (id, delivered) VALUES (1, 0);
+    """,
+    # version 3: the emulated target's memory, in fixed-size pages (tap_emulator.target.memory)
+    """
+    CREATE TABLE target_page (page INTEGER PRIMARY KEY, data BLOB NOT NULL);
     """,
 )
 
@@ -117,7 +122,15 @@ class DeviceValueWrite:
     value: Any
 
 
-Change = InstanceWrite | DeviceValueWrite
+@dataclass(frozen=True, slots=True)
+class MemoryPageWrite:
+    """Replace one page of the target memory (its full contents)."""
+
+    page: int
+    data: bytes = field(repr=False)
+
+
+Change = InstanceWrite | DeviceValueWrite | MemoryPageWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +140,7 @@ class Snapshot:
     meta: Mapping[str, str]
     device_values: Mapping[tuple[int, int], Any]
     instances: Mapping[tuple[int, int], InstanceRow]
+    memory_pages: Mapping[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +412,13 @@ class DeviceState:
                     (change.object_id, change.resource_id, _encode_value(change.value)),
                 )
                 continue
+            if isinstance(change, MemoryPageWrite):
+                conn.execute(
+                    "INSERT INTO target_page (page, data) VALUES (?, ?) "
+                    "ON CONFLICT (page) DO UPDATE SET data = excluded.data",
+                    (change.page, change.data),
+                )
+                continue
             row = change.row
             conn.execute(
                 "INSERT INTO instance (object_id, instance_id, version, deleted, resource_values, "
@@ -457,7 +478,8 @@ class DeviceState:
                     "FROM instance"
                 )
             }
-            return Snapshot(meta, device_values, instances)
+            pages = {p: bytes(d) for p, d in conn.execute("SELECT page, data FROM target_page")}
+            return Snapshot(meta, device_values, instances, pages)
 
         result: Snapshot = self.call_sync(read)
         return result
@@ -474,12 +496,14 @@ class DeviceState:
         self.call_sync(write)
 
     def reset_sync(self, changes: Iterable[Change], meta: Mapping[str, str]) -> None:
-        """Factory reset: drop device values, rewrite instances, in one transaction (outbox kept)."""
+        """Factory reset: drop device values and the target memory, rewrite instances, in one transaction
+        (outbox kept)."""
         changes = tuple(changes)
 
         def write(conn: sqlite3.Connection) -> None:
             with _immediate(conn):
                 conn.execute("DELETE FROM device_value")
+                conn.execute("DELETE FROM target_page")
                 conn.execute("DELETE FROM meta")
                 conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
                 self._apply(conn, changes)

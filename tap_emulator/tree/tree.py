@@ -30,8 +30,16 @@ from tap_emulator.model import (
     ValueType,
 )
 from tap_emulator.security import Credential
-from tap_emulator.state import DeviceState, DeviceValueWrite, InstanceRow, InstanceWrite, StateError
+from tap_emulator.state import (
+    DeviceState,
+    DeviceValueWrite,
+    InstanceRow,
+    InstanceWrite,
+    MemoryPageWrite,
+    StateError,
+)
 from tap_emulator.state.outbox import ReconcileWrites, apply_reconcile_sync
+from tap_emulator.target.memory import MemoryRegion, TargetMemory, TargetMemoryError
 from tap_emulator.tree.api import (
     MAINTENANCE,
     READ_ONLY_MAINTENANCE,
@@ -47,6 +55,7 @@ from tap_emulator.tree.handlers import ObjectHandler, StoredInstance, Target, ha
 from tap_emulator.tree.handlers.device import DeviceHandler
 from tap_emulator.tree.handlers.group import Account, GroupHandler
 from tap_emulator.tree.handlers.interface import InterfaceHandler
+from tap_emulator.tree.handlers.variable import VariableHandler
 from tap_emulator.tree.status import Status
 
 __all__ = [
@@ -96,6 +105,11 @@ def public_payload(obj: ObjectDef, instance_id: int, inst: StoredInstance) -> di
     }
 
 
+def _outbox_payload(obj: ObjectDef, instance_id: int, inst: StoredInstance) -> dict[str, Any] | None:
+    """What the outbox queues for a change: the public payload of a synced object, else nothing."""
+    return public_payload(obj, instance_id, inst) if obj.synced else None
+
+
 def _value_type(value: object) -> ValueType:
     if isinstance(value, int) and not isinstance(value, bool):
         return ValueType.INTEGER
@@ -117,8 +131,11 @@ class DeviceTree:
         random_bytes: Callable[[int], bytes],
         clock_ms: Callable[[], int],
         offload: Offload = run_in_thread,
+        memory: MemoryRegion | None = None,
     ) -> None:
         self.model = model
+        # The emulated target's memory that variables address (the profile's region).
+        self.memory = TargetMemory(memory or MemoryRegion())
         self.access = access
         self.random_bytes = random_bytes
         self.offload = offload
@@ -137,6 +154,7 @@ class DeviceTree:
         self.groups = self.handler_of(GroupHandler)
         self.interface = self.handler_of(InterfaceHandler)
         self.device = self.handler_of(DeviceHandler)
+        self.variables = self.handler_of(VariableHandler)
         self.group_object = self.groups.obj
         self.interface_object = self.interface.obj
         self.device_object = self.device.obj
@@ -155,6 +173,7 @@ class DeviceTree:
         """(Re)read everything from the state store."""
         snapshot = self._state.load()
         self._device_values = dict(snapshot.device_values)
+        self.memory.load(snapshot.memory_pages)
         for instances in self._instances.values():
             instances.clear()
         for (object_id, instance_id), row in snapshot.instances.items():
@@ -179,11 +198,12 @@ class DeviceTree:
         """
         before = dict(self._device_values)
         device_values, writes = self._factory_writes(profile, self._state.load().instances)
+        pages = self._factory_memory(profile)
         meta = {"profile": profile.name, "serial_number": profile.device.serial_number}
         if reset:
-            self._state.reset_sync([*device_values, *writes], meta)
+            self._state.reset_sync([*device_values, *writes, *pages], meta)
         else:
-            self._state.commit_sync([*device_values, *writes])
+            self._state.commit_sync([*device_values, *writes, *pages])
             self._state.set_meta_sync(meta)
         self.reload()
         if reset:
@@ -238,9 +258,22 @@ class DeviceTree:
                     else StoredInstance({}, None, version, deleted=True)
                 )
                 writes.append(
-                    InstanceWrite(_row(obj_id, instance_id, inst), public_payload(obj, instance_id, inst))
+                    InstanceWrite(_row(obj_id, instance_id, inst), _outbox_payload(obj, instance_id, inst))
                 )
         return device_values, writes
+
+    def _factory_memory(self, profile: Profile) -> list[MemoryPageWrite]:
+        """The target memory pages a factory-fresh device holds: the handlers' initial contents."""
+        fresh = TargetMemory(self.memory.region)
+        spans: list[tuple[int, int]] = []
+        for handler in self._handlers.values():
+            for address, data in handler.factory_memory(profile).items():
+                fresh.write(address, data)
+                spans.append((address, len(data)))
+        pages: dict[int, bytes] = {}
+        for address, length in spans:
+            pages.update(fresh.pages_of(address, length))
+        return [MemoryPageWrite(page, data) for page, data in sorted(pages.items())]
 
     # ------------------------------------------------------------------ queries for sessions and sync
 
@@ -374,7 +407,8 @@ class DeviceTree:
         res = None if req.resource_id is None else obj.resources.get(req.resource_id)
         if req.resource_id is not None and res is None:
             return Response(Status.NOT_FOUND, diagnostic=f"object {obj.id} has no resource {req.resource_id}")
-        if res is not None and obj.multiple and req.instance_id is None:
+        on_object = res is not None and res.object_read and req.operation is Operation.READ
+        if res is not None and obj.multiple and req.instance_id is None and not on_object:
             return Response(Status.NOT_FOUND, diagnostic="an instance id is required")
         creates = res is not None and res.behaviour is Behaviour.CREATE
         inst = None if req.instance_id is None else self.live(obj.id, req.instance_id)
@@ -413,8 +447,6 @@ class DeviceTree:
         caller = req.caller.group_id
         if caller is None:
             return target
-        if req.operation is not Operation.READ and not self.groups.may_write(caller):
-            return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not write")
         return self._handlers[obj.id].authorize(caller, target) or target
 
     def _checked_form(self, req: Request, obj: ObjectDef, res: ResourceDef) -> Form | Response:
@@ -466,7 +498,7 @@ class DeviceTree:
             await self._state.commit(
                 [
                     InstanceWrite(
-                        _row(obj.id, instance_id, tombstone), public_payload(obj, instance_id, tombstone)
+                        _row(obj.id, instance_id, tombstone), _outbox_payload(obj, instance_id, tombstone)
                     )
                 ]
             )
@@ -477,6 +509,32 @@ class DeviceTree:
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._emit(ChangeEvent(obj.id, instance_id, frozenset(), version, deleted=True))
         return Response(Status.DELETED)
+
+    async def commit_memory(
+        self, address: int, data: bytes, events: list[ChangeEvent], *, durable: bool = True
+    ) -> Response:
+        """Write target memory: at once in memory, then (``durable``) the pages it touched to the state
+        (the bytes are restored if that fails), then ``events`` are announced."""
+        try:
+            previous = self.memory.read(address, len(data))
+            self.memory.write(address, data)
+        except TargetMemoryError as exc:
+            return Response(Status.BAD_REQUEST, diagnostic=str(exc))
+        if durable:
+            pages = self.memory.pages_of(address, len(data))
+            try:
+                await self._state.commit([MemoryPageWrite(p, d) for p, d in pages.items()])
+            except StateError:  # logged by the state, once per episode
+                if self.memory.read(address, len(data)) == data:  # unless a later write replaced them
+                    self.memory.write(address, previous)
+                return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
+        for event in events:
+            self._emit(event)
+        return Response(Status.CHANGED)
+
+    def emit(self, event: ChangeEvent) -> None:
+        """Announce a change a handler made without a commit (a value source's memory write)."""
+        self._emit(event)
 
     async def commit_instance(
         self,
@@ -499,7 +557,11 @@ class DeviceTree:
         handler.loaded()
         try:
             await self._state.commit(
-                [InstanceWrite(_row(obj.id, instance_id, current), public_payload(obj, instance_id, current))]
+                [
+                    InstanceWrite(
+                        _row(obj.id, instance_id, current), _outbox_payload(obj, instance_id, current)
+                    )
+                ]
             )
         except StateError:  # logged by the state, once per episode (a full disk fails every write)
             if instances.get(instance_id) is current:

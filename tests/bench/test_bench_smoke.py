@@ -21,6 +21,7 @@ METRICS = [
     "coap_get_p99_ratio",
     "tap_tcp_ratio",
     "tap_encrypted_ratio",
+    "tap_bundle_values_ratio",
     "durable_put_ratio",
     "loop_isolation_ratio",
     "coap_rss_mb",

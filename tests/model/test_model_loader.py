@@ -26,7 +26,7 @@ GROUP_XML = (DEFAULT_OBJECTS_DIR / "1025-group.xml").read_text(encoding="utf-8")
 
 def test_the_shipped_model_loads_as_the_issue_describes() -> None:
     model = load_model()
-    assert set(model.objects) == {0, 1, 3, 1024, 1025}
+    assert {0, 1, 3, 1024, 1025, 1028, 1029} <= set(model.objects)
     group = model.objects[1025]
     assert group.alias == "group" and group.multiple and group.instance_range == (0, 65535)
     expected = {
@@ -177,7 +177,7 @@ def test_a_missing_resources_element_is_named(tmp_path: Path) -> None:
 def test_a_directory_with_a_bad_file_fails(tmp_path: Path) -> None:
     for source in DEFAULT_OBJECTS_DIR.glob("*.xml"):
         (tmp_path / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    assert set(load_model(tmp_path).objects) == {0, 1, 3, 1024, 1025}
+    assert set(load_model(tmp_path).objects) == set(load_model().objects)
     (tmp_path / "9999-copy.xml").write_text(GROUP_XML, encoding="utf-8")
     with pytest.raises(ModelError, match=r"9999-copy\.xml.*object 1025 is declared twice"):
         load_model(tmp_path)

@@ -43,8 +43,9 @@ Choices where the spec (tap-protocol.md, section F) is silent:
 - Password resource (``POST /1025/{g}/2``, the credential form pair): which form a body is in is the
   tree's answer (``DeviceTree.wire_form``, the rule beside the credential table in
   ``tap_emulator.security``).
-- Wire instance 0xFFFF of a multi-instance object is instance 65535 (admin); instance 0 of a single-
-  instance object is accepted like the empty instance.
+- Wire instance 0xFFFF of a multi-instance object is instance 65535 (admin) when the object has that
+  instance, else no instance (``GET /1029//4``, read profile); instance 0 of a single-instance object is
+  accepted like the empty instance.
 """
 
 from __future__ import annotations
@@ -458,7 +459,7 @@ class TapSession:
         if resource is None:
             return _Reply(TapStatus.NOT_FOUND)
         instance = request.instance_id
-        if obj.multiple and instance is None:
+        if obj.multiple and instance is None and obj.valid_instance(NO_INSTANCE):
             instance = NO_INSTANCE  # 0xFFFF on the wire is also the admin group's id
         elif not obj.multiple and instance == 0:
             instance = None

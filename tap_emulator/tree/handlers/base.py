@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tap_emulator.config import Profile
-from tap_emulator.model import Behaviour, Form, ObjectDef, ResourceDef
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
 from tap_emulator.security import Credential
 from tap_emulator.tree.api import Request, Response
 from tap_emulator.tree.status import Status
@@ -102,6 +102,10 @@ class ObjectHandler:
         """Instances a factory-fresh device holds; every other instance becomes a tombstone."""
         return {}
 
+    def factory_memory(self, profile: Profile) -> dict[int, bytes]:
+        """Target memory contents a factory-fresh device holds (address -> bytes); zeros elsewhere."""
+        return {}
+
     # ------------------------------------------------------------------ requests
 
     def wire_form(self, resource: ResourceDef, body: bytes) -> Form:
@@ -109,7 +113,11 @@ class ObjectHandler:
         return resource.form
 
     def authorize(self, caller: int, target: Target) -> Response | None:
-        """Rights of this object beyond the generic ones; a refusal, or None to go on."""
+        """The rights of a logged-in group on this object: a refusal, or None to go on. Unless the
+        object says otherwise, every group reads, and only the profile's writers (by id or through
+        their alias) write, execute or delete."""
+        if target.request.operation is not Operation.READ and not self.tree.groups.may_write(caller):
+            return Response(Status.UNAUTHORIZED, diagnostic=f"group {caller} may not write")
         return None
 
     def read(self, target: Target) -> Response:

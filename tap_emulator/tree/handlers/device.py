@@ -51,8 +51,9 @@ class DeviceHandler(ObjectHandler):
         )
 
     def authorize(self, caller: int, target: Target) -> Response | None:
-        if not self._is_lifecycle(target):
-            return None
+        refused = super().authorize(caller, target)
+        if refused is not None or not self._is_lifecycle(target):
+            return refused
         account = self.tree.account(caller)
         admin = self.tree.access.admin_group
         if caller == admin or (account is not None and account.alias == admin):

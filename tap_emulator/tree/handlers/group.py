@@ -126,6 +126,9 @@ class GroupHandler(ObjectHandler):
             if caller == ANONYMOUS_GROUP and not access.anonymous_read:
                 return Response(Status.UNAUTHORIZED, diagnostic="log in to read groups")
             return None
+        refused = super().authorize(caller, target)
+        if refused is not None:
+            return refused
         group = target.instance_id
         deletes = target.request.operation is Operation.DELETE
         if group == caller and deletes:

@@ -50,6 +50,17 @@ BLOCK2, BLOCK1, SIZE2, PROXY_URI, PROXY_SCHEME, SIZE1, NO_RESPONSE, REQUEST_TAG 
 )
 # Paths the fuzzing may write to: never the probe's /1025/65535/4.
 FUZZ_PATHS = ["/1025/0/0", "/group/0/name", "/group/0/password-key", "/1025/0/4", "/1025", "/1025/0", "/x/y"]
+# Variables and bundles (issue 11): create, configure, write values and access lists, read bundle values.
+FUZZ_PATHS += [
+    "/1029/0/65535",
+    "/1029/0/4",
+    "/variable/0/set-value",
+    "/1029/0/1",
+    "/1029/0",
+    "/1028/0/65535",
+    "/1028/0/0",
+    "/bundle/0/values",
+]
 
 
 class Probe:

@@ -20,6 +20,8 @@
  *   {"call": "group.getName", "args": [56]}     tap.service.group.getName(56) (any loaded service)
  *   {"call": "auth.login", "args": [{...}]}     tap.auth / tap.encryption / any other tap.<name> path
  *   {"call": "tap.isConnected"}                 explicit root ("service.<svc>.<fn>" is accepted too)
+ *   {"call": "data.bundle", "args": ["sensors"], "then": {"call": "read", "args": []}}
+ *                                               calls a method of what the call returned (tap.data)
  *   {"call": "repeat", "times": N, "step": {...}}
  *   {"call": "sleep", "ms": N}
  *   {"call": "connect"} / {"call": "disconnect"}
@@ -37,6 +39,7 @@
 const { Tap } = require('@iotize/tap');
 require('@iotize/tap/service/all'); // group, interface, device, scram...: the scram service is NOT
 require('@iotize/tap/auth'); //         loaded by @iotize/tap/auth, and SCRAM login needs it.
+require('@iotize/tap/ext/data'); //     tap.data: variables and bundles decoded by the SDK's converters
 const { TcpProtocol } = require('./tcp-protocol');
 
 const EXIT_BAD_INPUT = 2;
@@ -181,6 +184,16 @@ async function runCall(tap, step) {
     const args = decodeArg(step.args || []);
     if (!Array.isArray(args)) throw new Error(`${call}: args must be a list`);
     value = await target[fn](...args);
+    if (step.then) {
+      const next = step.then;
+      const method = typeof next.call === 'string' ? next.call : '';
+      if (!method || method === 'constructor' || method === '__proto__' || typeof value[method] !== 'function') {
+        throw new Error(`${call}: then.${method} is not a function of its result`);
+      }
+      const nextArgs = decodeArg(next.args || []);
+      if (!Array.isArray(nextArgs)) throw new Error(`${call}: then.args must be a list`);
+      value = await value[method](...nextArgs);
+    }
   } catch (err) {
     return failure(call, err);
   }
