@@ -12,7 +12,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aiocoap.blockwise import Block1Spool, Block2Cache
+from aiocoap import Message
+from aiocoap.blockwise import Block1Spool, Block2Cache, IncompleteException
 from aiocoap.numbers.constants import TransportTuning
 
 __all__ = ["NOTIFICATION_TUNING", "BoundedExpiringMap", "CoapLimits", "bounded_block_stores"]
@@ -120,13 +121,27 @@ class BoundedExpiringMap(Generic[K, V]):
             self._drop(key)
 
 
+class SequencedBlock1Spool(Block1Spool):  # type: ignore[misc]  # aiocoap ships no types
+    """aiocoap's spool, answering a block that leaves a gap or overlaps (not the next in sequence)
+    with 4.08 Request Entity Incomplete, as RFC 7959 section 2.3 asks; aiocoap 0.4.17 lets that case
+    escape as a bare ``ValueError`` (a traceback in the log and a 5.00)."""
+
+    def feed_and_take(self, req: Message) -> Message:
+        try:
+            return super().feed_and_take(req)
+        except ValueError as exc:
+            if type(exc) is not ValueError:  # a message-format error of aiocoap's own
+                raise
+            raise IncompleteException from None
+
+
 def bounded_block_stores(limits: CoapLimits, clock: Callable[[], float]) -> tuple[Block1Spool, Block2Cache]:
     """aiocoap's block1 spool and block2 cache with their TimeoutDicts replaced by bounded maps.
 
     Both classes only get and set items of ``_assemblies`` / ``_completes``, which the map provides.
     A block1 assembly is itself bounded by the face's body cap, checked before each block is fed.
     """
-    spool = Block1Spool()
+    spool = SequencedBlock1Spool()
     assemblies: BoundedExpiringMap[Any, Any] = BoundedExpiringMap(
         limits.block_lifetime, limits.block1_assemblies, clock
     )

@@ -107,6 +107,21 @@ async def test_a_block1_body_larger_than_the_field_is_refused_at_the_block_that_
     ).value == "anonymous"
 
 
+async def test_a_block1_block_out_of_sequence_is_4_08_not_a_traceback(
+    serve: Serve, raw_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Block 0, then block 2 (a gap) of a 40-byte key (within its 84-byte cap): RFC 7959 2.3's 4.08
+    (aiocoap alone raises a bare ValueError there, logged as a traceback)."""
+    server = await serve()
+    raw = await raw_for(server)
+    token, key = b"\x03", path("/group/0/password-key")
+    raw.send(encode(CON, POST, next(_mids), token, [*key, block1(0, True)], b"k" * 16))
+    assert (await raw.receive()).dotted_code == "2.31"
+    raw.send(encode(CON, POST, next(_mids), token, [*key, block1(2, False)], b"k" * 8))
+    assert (await raw.receive()).dotted_code == "4.08"
+    assert "Traceback" not in caplog.text and "ValueError" not in caplog.text
+
+
 async def test_a_declared_size1_over_the_cap_is_refused_before_any_block_is_kept(
     serve: Serve, raw_for: Any
 ) -> None:
