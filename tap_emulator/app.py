@@ -505,6 +505,13 @@ class Emulator:
         await self._restarted()
         log.info("device %s reset to its profile %s", tree.serial_number, self.profile.name)
 
+    async def reload_config(self) -> None:
+        tree = self._running_tree()
+        await tree.settle()
+        tree.reload()
+        await self._restarted()
+        log.info("device %s reloaded its configuration", tree.serial_number)
+
     def reboot_soon(self) -> None:
         """A reboot request: reboot once the answer is written. The answer leaves in the same turn of
         the event loop as the handler returns (both transports write before they await), and this task

@@ -25,6 +25,7 @@ from tap_emulator.target.memory import ADDRESS_SPACE, MemoryRegion, TargetMemory
 __all__ = [
     "AccessPolicy",
     "AclEntry",
+    "ApplicationSeed",
     "BundleConfig",
     "ConfigError",
     "DataConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "load_profile",
     "parse_broker_url",
     "parse_data_config",
+    "parse_version",
 ]
 
 PROFILES_DIR = RESOURCES_DIR / "profiles"
@@ -171,6 +173,38 @@ class GroupSeed:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplicationSeed:
+    """What the configuration says of itself (object 1024): the app's name and the config version."""
+
+    name: str = ""
+    config_version: int = 0  # major(8) | minor(8) | patch(16), as `parse_version` packs "x.y.z"
+
+
+MAX_APP_NAME = 32  # the SDK's tap-config schema: application.name maxLength
+
+
+def parse_version(text: str, where: str) -> int:
+    """``"x.y.z"`` packed as the SDK's string-version converter sends it: x(1) | y(1) | z(2) bytes."""
+    parts = text.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"{where}: {text!r} is not a version x.y.z")
+    major, minor, patch = (int(p) for p in parts)
+    if major > 0xFF or minor > 0xFF or patch > 0xFFFF:
+        raise ConfigError(f"{where}: {text!r} does not fit x.y.z in 0..255.0..255.0..65535")
+    return major << 24 | minor << 16 | patch
+
+
+def _application(data: Mapping[str, Any], where: str) -> ApplicationSeed:
+    aw = f"{where} [application]"
+    table = _get(data, "application", dict, where, {})
+    name = _get(table, "name", str, aw, "")
+    if len(name) > MAX_APP_NAME or not name.isascii() or not name.isprintable():
+        raise ConfigError(f"{aw}: 'name' must be at most {MAX_APP_NAME} printable ASCII characters")
+    version = _get(table, "config_version", str, aw, "0.0.0")
+    return ApplicationSeed(name, parse_version(version, f"{aw} config_version"))
+
+
+@dataclass(frozen=True, slots=True)
 class AclEntry:
     """Rights of one profile (by its username, as tap-config.json names it) on a bundle."""
 
@@ -225,6 +259,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     # The emulated target's memory ([target] memory_base, memory_size).
     memory: MemoryRegion = field(default_factory=MemoryRegion)
+    application: ApplicationSeed = field(default_factory=ApplicationSeed)
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
@@ -344,6 +379,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
         tuple(groups),
         _device_groups(data, where),
         mqtt=_mqtt(data, where),
+        application=_application(data, where),
         data=data_config,
         memory=memory,
     )

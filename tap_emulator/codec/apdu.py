@@ -34,17 +34,24 @@ from enum import IntEnum
 from typing import Final, NoReturn
 
 __all__ = [
+    "EXPECT_ANYTHING",
+    "EXPECT_SUCCESS",
     "NFC_SELECT",
     "NFC_SELECT_ANSWER",
     "ApduStreamDecoder",
     "FrameError",
     "Method",
+    "MultiRequestItem",
     "TapRequest",
     "TapStatus",
     "decode_inner_request",
+    "decode_multi_request",
+    "decode_multi_response",
     "decode_request",
     "decode_response",
     "encode_inner_request",
+    "encode_multi_request",
+    "encode_multi_response_item",
     "encode_request",
     "encode_response",
     "is_nfc_select",
@@ -244,6 +251,77 @@ def decode_response(frame: bytes) -> tuple[int, bytes]:
     if frame[-2:] != STATUS_WORD_OK:
         raise FrameError("response does not end with status word 90 00")
     return frame[0], bytes(frame[1:-2])
+
+
+# ------------------------------------------------------------------ multi-request frames (/1024//89)
+
+EXPECT_SUCCESS: Final = 0x7F  # the SDK's MultiRequestFrame.ExpectedResponseStatus.SUCCESS
+EXPECT_ANYTHING: Final = 0xFF  # ... .ANYTHING (its default)
+_ITEM_LENGTH: Final = struct.Struct(">H")
+
+
+@dataclass(frozen=True, slots=True)
+class MultiRequestItem:
+    """One request of a multi-request frame and the status it expects (`meets`)."""
+
+    request: TapRequest
+    expected_status: int
+
+    def meets(self, status: int) -> bool:
+        """ANYTHING accepts every answer, SUCCESS every success (< 0x80), any other byte only itself."""
+        if self.expected_status == EXPECT_ANYTHING:
+            return True
+        if self.expected_status == EXPECT_SUCCESS:
+            return status < 0x80
+        return status == self.expected_status
+
+
+def decode_multi_request(payload: bytes) -> list[MultiRequestItem]:
+    """Split ``(length u16 | method obj inst res payload | expected status u8)*`` (the SDK's
+    MultiRequestFrame); raise FrameError on anything malformed, before any request is served."""
+    items: list[MultiRequestItem] = []
+    offset, size = 0, len(payload)
+    while offset < size:
+        if size - offset < _ITEM_LENGTH.size:
+            raise FrameError("multi-request item truncated in its length")
+        (length,) = _ITEM_LENGTH.unpack_from(payload, offset)
+        start = offset + _ITEM_LENGTH.size
+        end = start + length
+        if end + 1 > size:
+            raise FrameError(f"multi-request item of {length} bytes overruns the frame")
+        items.append(MultiRequestItem(decode_inner_request(payload[start:end]), payload[end]))
+        offset = end + 1
+    return items
+
+
+def encode_multi_request(items: list[MultiRequestItem]) -> bytes:
+    """The SDK's encoding of a multi-request frame (for tests and benchmarks playing the client)."""
+    out = bytearray()
+    for item in items:
+        inner = encode_inner_request(item.request)
+        out += _ITEM_LENGTH.pack(len(inner)) + inner + bytes((item.expected_status,))
+    return bytes(out)
+
+
+def encode_multi_response_item(status: int, data: bytes) -> bytes:
+    """``length u16 | status | data``, one answer of a multi-response frame (length counts the status)."""
+    return _ITEM_LENGTH.pack(1 + len(data)) + bytes((status,)) + data
+
+
+def decode_multi_response(body: bytes) -> list[tuple[int, bytes]]:
+    """(status, data) of each answer; raise FrameError on a malformed body (the client's side)."""
+    answers: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset < len(body):
+        if len(body) - offset < _ITEM_LENGTH.size + 1:
+            raise FrameError("multi-response item truncated")
+        (length,) = _ITEM_LENGTH.unpack_from(body, offset)
+        start = offset + _ITEM_LENGTH.size
+        if length < 1 or start + length > len(body):
+            raise FrameError(f"multi-response item of {length} bytes overruns the body")
+        answers.append((body[start], bytes(body[start + 1 : start + length])))
+        offset = start + length
+    return answers
 
 
 def is_nfc_select(frame: bytes) -> bool:

@@ -235,7 +235,10 @@ class SecureChannel:
             self._request_iv, self._response_iv = self._staged_ivs
             self._staged_ivs = None
             self._last_counter = None
-        counter, inner = unwrap(self._cipher.decrypt_blocks(self._request_iv, ciphertext))
+        return self._open(self._request_iv, ciphertext)
+
+    def _open(self, iv: bytes, ciphertext: bytes) -> bytes:
+        counter, inner = unwrap(self._cipher.decrypt_blocks(iv, ciphertext))
         last = self._last_counter
         if last is not None and counter <= last:
             raise SecureFrameError(f"frame counter {counter} does not increase past {last}")
@@ -253,6 +256,21 @@ class SecureChannel:
         if counter is None:
             raise RuntimeError("no opened request to answer")
         return self._cipher.encrypt_blocks(self._response_iv, wrap(counter, apdu_response))
+
+    def open_request_at(self, iv: bytes, ciphertext: bytes) -> bytes:
+        """`open_request` with a one-off client IV (``/1024//44``, send with IV): the IVs in use and any
+        staged ones stay as they are; the counter must still increase."""
+        _check_iv(iv)
+        _check_aligned(ciphertext)
+        return self._open(iv, ciphertext)
+
+    def seal_response_at(self, iv: bytes, apdu_response: bytes) -> bytes:
+        """`seal_response` under a one-off Tap IV (the answer to ``/1024//44``)."""
+        _check_iv(iv)
+        counter = self._last_counter
+        if counter is None:
+            raise RuntimeError("no opened request to answer")
+        return self._cipher.encrypt_blocks(iv, wrap(counter, apdu_response))
 
     def set_ivs(self, iv_encode: bytes, iv_decode: bytes) -> None:
         """Stage new IVs, named from the client's side as in the SDK, to take effect at the next request.

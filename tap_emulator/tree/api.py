@@ -89,6 +89,10 @@ class Lifecycle(Protocol):
     async def factory_reset(self, *, keep_session: object | None = None) -> None:
         """Back to the profile now; every session ends except ``keep_session``."""
 
+    async def reload_config(self) -> None:
+        """Apply the configuration written so far: the tree rereads it, value sources restart; sessions
+        stay."""
+
 
 async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     """The default ``Offload``: a worker thread of the event loop's default executor."""

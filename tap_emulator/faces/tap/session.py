@@ -7,8 +7,9 @@ limiter, the clock and the random source (both injected, so tests drive them).
 
 Which requests the session serves itself: the resources of the model whose behaviour is ``session``
 (object 1024: login, logout, current group and profile, keep-alive, SCRAM login and proof, IV refresh,
-encrypted frame), found by their alias slugs. Every other request goes to the tree, with the session's
-group as the caller, so rights, validation and change events are the tree's, exactly as for CoAP.
+encrypted frame, send-with-IV, initialize, multi-request frame), found by their alias slugs. Every
+other request goes to the tree, with the session's group as the caller, so rights, validation and
+change events are the tree's, exactly as for CoAP.
 
 Choices where the spec (tap-protocol.md, section F) is silent:
 
@@ -43,6 +44,13 @@ Choices where the spec (tap-protocol.md, section F) is silent:
 - Password resource (``POST /1025/{g}/2``, the credential form pair): which form a body is in is the
   tree's answer (``DeviceTree.wire_form``, the rule beside the credential table in
   ``tap_emulator.security``).
+- ``/1024//47`` (initialize, sent in clear by the SDK's ``encryption.start()``) answers a fresh key and
+  starts a channel under it with zero IVs, keeping the session's group: the configurator carries on as
+  the group it logged in as. Whoever can write into the connection in clear can do the same (the
+  Swift SDK documents this resource as NFC only); the emulator serves it on every transport because
+  the configurator uses it on every transport.
+- A multi-request frame (``/1024//89``) serves its sub-requests in order on this session, each with the
+  rights the frame itself has; a sub-request missing its expected status ends the frame.
 - Wire instance 0xFFFF of a multi-instance object is instance 65535 (admin) when the object has that
   instance, else no instance (``GET /1029//4``, read profile); instance 0 of a single-instance object is
   accepted like the empty instance.
@@ -68,7 +76,9 @@ from tap_emulator.codec.apdu import (
     TapRequest,
     TapStatus,
     decode_inner_request,
+    decode_multi_request,
     decode_request,
+    encode_multi_response_item,
     encode_response,
     is_nfc_select,
 )
@@ -101,6 +111,7 @@ T = TypeVar("T")
 
 _OPERATIONS: Final = {Method.GET: Operation.READ, Method.PUT: Operation.WRITE, Method.POST: Operation.EXECUTE}
 _IV_LENGTH: Final = 16
+_SESSION_KEY_LENGTH: Final = 16
 _DECOY_KEY_LENGTH: Final = 32
 _NONCE_LENGTH: Final = 4
 _KNOWN_STATUSES: Final = frozenset(int(s) for s in TapStatus)
@@ -193,6 +204,7 @@ class TapFace:
             if entry is None or entry[0].behaviour is not Behaviour.SESSION:
                 raise LookupError(f"the model's object {iface.id} has no session resource {slug!r}")
             self.handlers[entry[0].id] = handler
+        self.frame_carriers = frozenset(iface.forms_by_alias[slug][0].id for slug in _FRAME_CARRIERS)
 
     def open_session(
         self, peer: str, address: str | None = None, *, disconnect: Callable[[], None] | None = None
@@ -632,7 +644,6 @@ class TapSession:
         return _Reply(TapStatus.CONTENT, tap_iv)
 
     async def _encrypted_frame(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
-        started = time.perf_counter()
         channel = self._channel
         if encrypted:
             return _Reply(TapStatus.BAD_REQUEST)
@@ -643,15 +654,86 @@ class TapSession:
         except SecureFrameError as exc:
             _limited.debug("encrypted frame refused", "%s: encrypted frame refused: %s", self.peer, exc)
             return _Reply(TapStatus.BAD_REQUEST)
+        reply = await self._serve_encrypted(inner_bytes)
+        return _Reply(TapStatus.CONTENT, channel.seal_response(encode_response(reply.status, reply.data)))
+
+    async def _send_with_iv(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        """``/1024//44`` in clear: a request encrypted under a one-off client IV, answered under a fresh
+        Tap IV sent ahead of it. Both IVs then stay in use, as the SDK keeps them (tap-protocol.md B.5)."""
+        channel = self._channel
+        if encrypted:
+            return _Reply(TapStatus.BAD_REQUEST)
+        if channel is None:
+            return _Reply(TapStatus.UNAUTHORIZED)
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        client_iv, ciphertext = request.payload[:_IV_LENGTH], request.payload[_IV_LENGTH:]
+        try:
+            inner_bytes = channel.open_request_at(client_iv, ciphertext)
+        except SecureFrameError as exc:
+            _limited.debug("encrypted frame refused", "%s: encrypted frame refused: %s", self.peer, exc)
+            return _Reply(TapStatus.BAD_REQUEST)
+        reply = await self._serve_encrypted(inner_bytes)
+        tap_iv = self.face.random_bytes(_IV_LENGTH)
+        sealed = channel.seal_response_at(tap_iv, encode_response(reply.status, reply.data))
+        channel.set_ivs(client_iv, tap_iv)
+        self._ivs = (client_iv, tap_iv)
+        return _Reply(TapStatus.CONTENT, tap_iv + sealed)
+
+    async def _serve_encrypted(self, inner_bytes: bytes) -> _Reply:
+        started = time.perf_counter()
         try:
             inner = decode_inner_request(inner_bytes)
         except FrameError:
             reply = _Reply(TapStatus.BAD_REQUEST)
             self._trace("malformed inner frame", "?", len(inner_bytes), reply.status, 0, started, inner=True)
-        else:
-            reply = await self._serve(inner, encrypted=True)
-            self._trace(inner, None, len(inner.payload), reply.status, len(reply.data), started, inner=True)
-        return _Reply(TapStatus.CONTENT, channel.seal_response(encode_response(reply.status, reply.data)))
+            return reply
+        reply = await self._serve(inner, encrypted=True)
+        self._trace(inner, None, len(inner.payload), reply.status, len(reply.data), started, inner=True)
+        return reply
+
+    async def _initialize(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        """``/1024//47``: a fresh session key, answered as it is asked (in clear, as the SDK's
+        ``encryption.start()`` asks); the channel starts under it at the next frame, with zero IVs and
+        counter, and keeps the session's group (the configurator carries on as admin)."""
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        key = self.face.random_bytes(_SESSION_KEY_LENGTH)
+        self._handshake = None
+
+        def start() -> None:
+            self._ivs = None
+            self._start_channel(key)
+
+        self._deferred.append(start)
+        return _Reply(TapStatus.CONTENT, key)
+
+    async def _multi_request(self, request: TapRequest, resource: ResourceDef, encrypted: bool) -> _Reply:
+        """``/1024//89``: each sub-request is served in order, as if sent alone on this session (same
+        rights, encrypted or not as the frame was), and answered in one body. A sub-request that misses
+        its expected status ends the frame: the ones after it are neither served nor answered. A frame
+        carrier (``/48``, ``/44``, ``/89``) inside is BAD_REQUEST; the frame size bounds the count."""
+        if not self._valid_body(resource, request.payload):
+            return _Reply(TapStatus.BAD_REQUEST)
+        try:
+            items = decode_multi_request(request.payload)
+        except FrameError as exc:
+            _limited.debug("multi-request refused", "%s: multi-request refused: %s", self.peer, exc)
+            return _Reply(TapStatus.BAD_REQUEST)
+        body = bytearray()
+        carriers = self.face.frame_carriers
+        for item in items:
+            started = time.perf_counter()
+            sub = item.request
+            if sub.object_id == self.face.tree.interface_object.id and sub.resource_id in carriers:
+                reply = _Reply(TapStatus.BAD_REQUEST)
+            else:
+                reply = await self._serve(sub, encrypted=encrypted)
+            self._trace(sub, None, len(sub.payload), reply.status, len(reply.data), started, inner=True)
+            body += encode_multi_response_item(reply.status, reply.data)
+            if not item.meets(reply.status):
+                break
+        return _Reply(TapStatus.CONTENT, bytes(body))
 
 
 def _outer_path(frame: bytes) -> tuple[str, str]:
@@ -677,4 +759,9 @@ _SESSION_HANDLERS: Final[dict[str, _Handler]] = {
     "scram-login-proof": TapSession._scram_proof,
     "scram-iv": TapSession._refresh_ivs,
     "scram-frame": TapSession._encrypted_frame,
+    "scram-send-with-iv": TapSession._send_with_iv,
+    "scram-initialize": TapSession._initialize,
+    "multi-request-frame": TapSession._multi_request,
 }
+# Session resources whose body carries other requests: none may be nested in a multi-request frame.
+_FRAME_CARRIERS: Final = ("scram-frame", "scram-send-with-iv", "multi-request-frame")

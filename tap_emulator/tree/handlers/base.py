@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tap_emulator.config import Profile
-from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef
+from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueType
 from tap_emulator.security import Credential
 from tap_emulator.tree.api import Request, Response
 from tap_emulator.tree.status import Status
@@ -109,7 +109,10 @@ class ObjectHandler:
     # ------------------------------------------------------------------ requests
 
     def wire_form(self, resource: ResourceDef, body: bytes) -> Form:
-        """Which form a write body of the Tap face is in; only a resource with several forms asks."""
+        """Which form a write body of the Tap face is in; only a resource with several forms asks. An
+        empty body addresses the resource's form without a value, when it has one (an execute)."""
+        if not body and len(resource.forms) > 1:
+            return resource.form_for_type(ValueType.NONE) or resource.form
         return resource.form
 
     def authorize(self, caller: int, target: Target) -> Response | None:

@@ -1,13 +1,15 @@
-"""Object 1024 (interface): the device's login settings, security options, SCRAM hash iteration, and the
-MQTT relay settings (broker, client id, credentials, net key, topics).
+"""Object 1024 (interface): the device's login settings, security options, SCRAM hash iteration, the
+configuration's identity (format version, app name, config version) and the MQTT relay settings (broker,
+client id, credentials, net key, topics).
 
-Its session resources (login, logout, current group, SCRAM handshake, encrypted frame) belong to a
-connection, so the Tap session serves them; the dispatcher answers them 5.01 for any other face.
-What this handler adds to stored values: the profile seeds the security mode, hash iteration and relay
-settings, the rest of the device reads them through `security_mode`, `hash_iteration` and
-`relay_settings`, and a broker port must be decimal text naming a port (the model only bounds its
-length). The broker password is write-only (the model gives it no read) and, like every value of this
-object, is never synced.
+Its session resources (login, logout, current group, SCRAM handshake, encrypted frames, multi-request
+frames) belong to a connection, so the Tap session serves them; the dispatcher answers them 5.01 for
+any other face. What this handler adds to stored values: the profile seeds the security mode, hash
+iteration, app name, config version and relay settings; the rest of the device reads them through
+`security_mode`, `hash_iteration` and `relay_settings`; a broker port must be decimal text naming a
+port (the model only bounds its length); executing the config version (``POST``, no body) reloads the
+configuration through the app's lifecycle hook, as the SDK's ``applyConfig`` ends. The broker password
+is write-only (the model gives it no read) and, like every value of this object, is never synced.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tap_emulator.config import MQTT_PORT, Profile, SecurityMode, parse_port
+from tap_emulator.model import Operation, ValueType
 from tap_emulator.tree.api import Response
 from tap_emulator.tree.handlers import handles
 from tap_emulator.tree.handlers.base import ObjectHandler, Target
@@ -87,6 +90,8 @@ class InterfaceHandler(ObjectHandler):
         values: dict[int, Any] = {
             self.resource("security-options").id: profile.security.mode.options,
             self.resource("scram-hash-iteration").id: profile.security.hash_iteration,
+            self.resource("app-name").id: profile.application.name,
+            self.resource("config-version").id: profile.application.config_version,
         }
         for name in ("host", "client_id", "username", "password", "net_key"):
             values[self.resource(RELAY_RESOURCES[name]).id] = getattr(mqtt, name)
@@ -94,11 +99,22 @@ class InterfaceHandler(ObjectHandler):
         return values
 
     async def write(self, target: Target) -> Response:
-        resource = target.resource
-        if (
-            resource is not None
-            and resource is self.resource(RELAY_RESOURCES["port"])
-            and (not isinstance(target.value, str) or _port(target.value) is None)
+        resource, form = target.resource, target.form
+        assert resource is not None and form is not None
+        if resource is self.resource(RELAY_RESOURCES["port"]) and (
+            not isinstance(target.value, str) or _port(target.value) is None
         ):
             return Response(Status.BAD_REQUEST, diagnostic=f"{resource.name}: not a port number")
-        return await super().write(target)
+        reload = resource.id == self.resource("config-version").id and form.value_type is ValueType.NONE
+        executes = target.request.operation is Operation.EXECUTE
+        if reload != executes:
+            what = "a PUT needs a value" if reload else "a POST takes no body"
+            return Response(Status.BAD_REQUEST, diagnostic=f"{resource.name}: {what}")
+        if not reload:
+            return await super().write(target)
+        await self.tree.settle()
+        if self.tree.lifecycle is None:
+            self.tree.reload()
+        else:
+            await self.tree.lifecycle.reload_config()
+        return Response(Status.CHANGED)

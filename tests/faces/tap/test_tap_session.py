@@ -427,7 +427,7 @@ async def test_paths_methods_and_malformed_frames(device: Device) -> None:
     assert await s.handle_frame(NFC_SELECT + b"\x90\x00") == b"\x90\x00"
     assert decode_response(await s.handle_frame(get(INTERFACE, None, 99)))[0] == 0x84
     assert decode_response(await s.handle_frame(get(9999, None, 0)))[0] == 0x84
-    assert decode_response(await s.handle_frame(get(INTERFACE, None, 47)))[0] == 0x84  # CCOM: not emulated
+    assert decode_response(await s.handle_frame(get(INTERFACE, None, 46)))[0] == 0x84  # CCOM stop
     assert decode_response(await s.handle_frame(put(INTERFACE, None, 7, b"\x00\x01")))[0] == 0x85
     assert decode_response(await s.handle_frame(get(INTERFACE, 3, 7)))[0] == 0x84
     assert decode_response(await s.handle_frame(get(DEVICE, 0, 3))) == (0x45, b"1.118.0")
