@@ -25,6 +25,12 @@
  *   {"call": "repeat", "times": N, "step": {...}}
  *   {"call": "sleep", "ms": N}
  *   {"call": "connect"} / {"call": "disconnect"}
+ *   {"call": "configure", "config": {meta, config}, "options": {...}}
+ *       tap.configurator.setup(config, options), then every step operation run to its end (the SDK's
+ *       configurator: factory reset, encryption, one call per setting, logout); the result's body is
+ *       {"calls": [paths executed, in order]}, its error the one that stopped it (with "lastCall").
+ *   {"call": "multi", "calls": [{"service": "group", "fn": "getNameCall", "args": [0]}, ...]}
+ *       tap.service.interface.executeMultipleCalls([...]); body: [{status, body}] per sub-call.
  * Any {"hex": "..."} inside args becomes a Uint8Array.
  *
  * Output, one JSON document on stdout: {"results": [...]}, one result per step:
@@ -226,6 +232,10 @@ async function runStep(tap, step) {
       }
     case 'repeat':
       return runRepeat(tap, step);
+    case 'configure':
+      return runConfigure(tap, step);
+    case 'multi':
+      return runMulti(tap, step);
     default:
       return runCall(tap, step);
   }
@@ -244,6 +254,57 @@ async function runRepeat(tap, step) {
     else if (firstFailure === null) firstFailure = { index, ...result };
   }
   return { call: 'repeat', ok: count === times, times, count, firstFailure, status: null, body: null, error: null };
+}
+
+async function runConfigure(tap, step) {
+  require('@iotize/tap/ext/configurator');
+  const calls = [];
+  let lastCall = null;
+  try {
+    const operations = await tap.configurator.setup(decodeArg(step.config), decodeArg(step.options || {}));
+    await new Promise((resolve, reject) => {
+      operations.asObservable().subscribe({
+        next: (event) => {
+          if (event && event.call && event.call.path) {
+            lastCall = `${event.call.method} ${event.call.path}`;
+            calls.push(lastCall);
+          }
+          if (event && event.error) reject(event.error);
+        },
+        error: reject,
+        complete: resolve,
+      });
+    });
+  } catch (err) {
+    const result = failure('configure', err);
+    result.error.lastCall = lastCall;
+    result.body = { calls };
+    return result;
+  }
+  return { call: 'configure', ok: true, status: null, body: { calls }, error: null };
+}
+
+async function runMulti(tap, step) {
+  let responses;
+  try {
+    const calls = (step.calls || []).map((c) => {
+      const { target, fn } = resolveCall(tap, `${c.service}.${c.fn}`);
+      return target[fn](...decodeArg(c.args || []));
+    });
+    responses = await tap.service.interface.executeMultipleCalls(calls);
+  } catch (err) {
+    return failure('multi', err);
+  }
+  const body = responses.map((response) => {
+    let value = null;
+    try {
+      value = response.isSuccessful() ? toJson(response.body()) : null;
+    } catch (err) {
+      value = null;
+    }
+    return { status: response.status, body: value };
+  });
+  return { call: 'multi', ok: true, status: null, body, error: null };
 }
 
 function createProtocol(doc) {
