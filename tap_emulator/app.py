@@ -167,6 +167,7 @@ def default_state_path(profile: Profile) -> Path:
 @dataclass(slots=True)
 class ServeOptions:
     profile: str = "default"
+    tap_config: str | None = None  # a tap-config.json applied over the profile (serve --tap-config)
     state: str | None = None  # None: default_state_path; ":memory:" keeps nothing
     coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", COAP_PORT))
     coap_access: CoapAccess | None = None  # None: CoapAccess.default_for(the CoAP host)
@@ -230,6 +231,10 @@ class Emulator:
         self.options = options
         self.announce = announce
         profile = load_profile(options.profile)
+        if options.tap_config is not None:
+            from tap_emulator.tapconfig import load_tap_config
+
+            profile = load_tap_config(options.tap_config, profile)
         if options.security is not None:
             profile = profile.with_security_mode(options.security)
         self.profile = profile

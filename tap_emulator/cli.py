@@ -153,6 +153,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the emulated device")
     common(serve)
     serve.add_argument(
+        "--tap-config",
+        default=None,
+        metavar="PATH",
+        help="boot as the SDK configurator leaves a device given this tap-config.json (its groups, "
+        "security, bundles and variables over the profile's identity and limits)",
+    )
+    serve.add_argument(
         "--coap",
         type=_endpoint(COAP_PORT),
         default=DEFAULTS.coap,
@@ -474,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             options = ServeOptions(
                 profile=args.profile,
+                tap_config=args.tap_config,
                 state=args.state,
                 coap=args.coap,
                 coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),

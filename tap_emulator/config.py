@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ __all__ = [
     "SecurityMode",
     "SecurityPolicy",
     "VariableConfig",
+    "check_data_against",
+    "check_groups_against_model",
     "load_profile",
     "parse_broker_url",
     "parse_data_config",
@@ -170,6 +172,8 @@ class GroupSeed:
     password: str | None = field(default=None, repr=False)
     session_lifetime: int | None = None  # None: the model's default
     alias: int | None = None
+    # A password key instead of a password (tap-config.json's "key"): 16, 36 or 40 bytes.
+    key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,21 +360,10 @@ def load_profile(name_or_path: str = "default") -> Profile:
                 alias=None if alias is None else _uint(alias, 0xFFFF, f"{gw} alias"),
             )
         )
-    _check_groups_against_model(groups, where)
+    check_groups_against_model(groups, where)
     memory = _memory_region(data, where)
     data_config = parse_data_config(_get(data, "data", dict, where, {}), where=f"{where} [data]")
-    usernames = {*SPECIAL_USERNAMES, *(g.name for g in groups)}
-    for bundle in data_config.bundles:
-        for entry in bundle.acls:
-            if entry.username not in usernames:
-                raise ConfigError(f"{where} [data] bundle {bundle.id} acls: no profile {entry.username!r}")
-    for variable in data_config.variables:
-        size = variable.length * DATA_TYPES[variable.data_type].size
-        if not memory.contains(variable.address, size):
-            raise ConfigError(
-                f"{where} [data] variable {variable.id}: {size} bytes at 0x{variable.address:08X} are "
-                f"outside the target memory {memory.describe()}"
-            )
+    check_data_against(data_config, groups, memory, f"{where} [data]")
     return Profile(
         path.stem,
         device,
@@ -383,6 +376,24 @@ def load_profile(name_or_path: str = "default") -> Profile:
         data=data_config,
         memory=memory,
     )
+
+
+def check_data_against(
+    data_config: DataConfig, groups: Sequence[GroupSeed], memory: MemoryRegion, where: str
+) -> None:
+    """Access lists name profiles the device has; variables lie in the target memory."""
+    usernames = {*SPECIAL_USERNAMES, *(g.name for g in groups)}
+    for bundle in data_config.bundles:
+        for entry in bundle.acls:
+            if entry.username not in usernames:
+                raise ConfigError(f"{where} bundle {bundle.id} acls: no profile {entry.username!r}")
+    for variable in data_config.variables:
+        size = variable.length * DATA_TYPES[variable.data_type].size
+        if not memory.contains(variable.address, size):
+            raise ConfigError(
+                f"{where} variable {variable.id}: {size} bytes at 0x{variable.address:08X} are "
+                f"outside the target memory {memory.describe()}"
+            )
 
 
 def _memory_region(data: Mapping[str, Any], where: str) -> MemoryRegion:
@@ -606,7 +617,7 @@ def _lockout_policy(sec_t: Mapping[str, Any], where: str) -> LockoutPolicy:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _check_groups_against_model(groups: list[GroupSeed], where: str) -> None:
+def check_groups_against_model(groups: list[GroupSeed], where: str) -> None:
     """A profile may only seed what a client could have written: unique names, the model's limits (name
     and password length and charset, lifetime range) and references (an alias names a group of the
     profile)."""

@@ -231,7 +231,9 @@ class GroupHandler(ObjectHandler):
                 values[self.resource("session-lifetime").id] = seed.session_lifetime
             values[self.resource("alias").id] = seed.id if seed.alias is None else seed.alias
             credential = None
-            if seed.password is not None:
+            if seed.key is not None:  # as the configurator writes it: the /1024//42 of the profile
+                credential = credential_from_key(seed.key, profile.security.hash_iteration)
+            elif seed.password is not None:
                 salt = draw_user_salt(self.tree.random_bytes)
                 credential = credential_from_password(seed.password, salt, profile.security.hash_iteration)
             salt_value, iteration = _scram_fields(credential)
