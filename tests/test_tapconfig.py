@@ -18,6 +18,7 @@ from tap_emulator.tapconfig import MAX_TAP_CONFIG_BYTES, load_tap_config
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = load_profile("default")
+ONLY_COAP = ("--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off")
 SCRAM_KEY = "0x1b0469eeca2aa2e7a310a55369602047d218daa51ecfaef7d5394d4f104251f301020304"
 
 
@@ -174,8 +175,17 @@ def test_a_scram_key_in_hash_mode_is_refused(tmp_path: Path) -> None:
 def test_serve_exits_2_with_the_message_for_a_bad_file(tmp_path: Path) -> None:
     bad = write(tmp_path, _bad(tap_config(), ["version"], "x"))
     done = subprocess.run(
-        [sys.executable, "-m", "tap_emulator", "serve", "--tap-config", bad, "--state", ":memory:"]
-        + ["--coap", "127.0.0.1:0", "--tcp", "off", "--ws", "off", "--http", "off"],
+        [
+            sys.executable,
+            "-m",
+            "tap_emulator",
+            "serve",
+            "--tap-config",
+            bad,
+            "--state",
+            ":memory:",
+            *ONLY_COAP,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
