@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tap_support import (
     ADMIN,
     GROUP,
@@ -271,3 +273,51 @@ async def test_a_multi_request_inside_the_encrypted_channel_keeps_its_rights() -
         assert decode_multi_response(body)[0] == (UNAUTHORIZED, b"")
     finally:
         device.close()
+
+
+# ----------------------------------------------------------------------------------- fuzz
+
+_SUB_REQUESTS = st.builds(
+    item,
+    st.sampled_from(list(Method)),
+    st.sampled_from([INTERFACE, GROUP, 3, 1028, 1029, 9999]),
+    st.one_of(st.none(), st.integers(0, 0xFFFE)),
+    st.sampled_from([0, 2, 4, 5, 6, 7, 9, 10, 40, 44, 45, 47, 48, 89, 0xFFFF]),
+    st.binary(max_size=24),
+    st.sampled_from([EXPECT_ANYTHING, EXPECT_SUCCESS, CONTENT, CHANGED]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frame=st.one_of(
+        st.lists(_SUB_REQUESTS, max_size=12).map(encode_multi_request).filter(lambda b: len(b) <= 248),
+        st.binary(max_size=248),
+    )
+)
+async def test_any_multi_request_frame_gets_a_well_formed_answer(frame: bytes) -> None:
+    device = make_device(device_profile(SecurityMode.NONE))  # one per example: sub-requests change it
+    try:
+        s = await admin(device)
+        status, body = await call(s, get(INTERFACE, None, MULTI, frame))
+        assert status in (CONTENT, BAD_REQUEST)
+        if status == CONTENT:
+            answers = decode_multi_response(body)
+            assert len(answers) <= len(frame) // 10 + 1
+            assert all(sub_status != 0xA0 for sub_status, _ in answers)
+    finally:
+        device.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=248))
+async def test_any_send_with_iv_body_is_refused_cleanly(device: Device, body: bytes) -> None:
+    s = device.session()
+    device.random.queue(KEY)
+    await call(s, get(INTERFACE, None, INITIALIZE))
+    status, _ = await call(s, get(INTERFACE, None, SEND_WITH_IV, body))
+    assert status == BAD_REQUEST
+    # The channel still works afterwards.
+    client = ScramClient(s)
+    client.key, client.counter = KEY, 0
+    assert (await client.call(get(INTERFACE, None, CURRENT_GROUP)))[0] == CONTENT
