@@ -238,3 +238,26 @@ async def test_post_factory_reset_keeps_the_callers_connection_and_rights(device
     assert (await call(admin, post(GROUP, 56, CREATE)))[0] == CREATED
     assert await closed_by_server(bystander)
     await admin.close()
+
+
+async def test_coap_maintenance_resets_and_reboots_too(
+    device: Emulator, coap_context: aiocoap.Context
+) -> None:
+    """Over CoAP (maintenance on loopback) no session is the caller's: a reset drops every Tap connection."""
+    base = f"coap://{HOST}:{port(device.coap_address)}"
+
+    async def coap(method: aiocoap.Code, path: str, payload: bytes = b"") -> aiocoap.Message:
+        message = aiocoap.Message(code=method, uri=f"{base}{path}", payload=payload)
+        return await asyncio.wait_for(coap_context.request(message).response, WAIT)
+
+    assert (await coap(aiocoap.PUT, "/1025/0/0", b"changed")).code == aiocoap.CHANGED
+    admin = await tcp(device)
+    await login(admin, "admin", "admin")
+    assert (await coap(aiocoap.POST, "/device/0/factory-reset")).code == aiocoap.CHANGED
+    assert (await coap(aiocoap.GET, "/1025/0/0")).payload == b"anonymous"
+    assert await closed_by_server(admin)
+    observer = Observer(coap_context, device, "/1025/0/0")
+    await observer.start()
+    assert (await coap(aiocoap.POST, "/3/0/4")).code == aiocoap.CHANGED
+    await observer.wait(lambda o: o.ended is not None)
+    assert (await coap(aiocoap.GET, "/3/0/4")).code == aiocoap.METHOD_NOT_ALLOWED
