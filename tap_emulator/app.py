@@ -31,7 +31,7 @@ from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_lim
 from tap_emulator.faults import FaultInjector, load_fault_plan
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.security.worker import DerivationWorker
-from tap_emulator.state import MEMORY, DeviceState
+from tap_emulator.state import MEMORY, DeviceState, StateError
 from tap_emulator.sync import SyncSettings, SyncTask, store_url_for
 from tap_emulator.trace import Trace
 from tap_emulator.tree import MAINTENANCE, READ_ONLY_MAINTENANCE, Caller, DeviceTree, Offload, run_in_thread
@@ -503,10 +503,10 @@ class Emulator:
         store hears of it. Every session ends except ``keep_session`` (the SDK configurator's own
         connection, which stays usable with its rights, as the configurator expects)."""
         tree = self._running_tree()
+        await tree.settle()
+        tree.seed(self.profile, reset=True)  # a StateError leaves the device as it was, sessions included
         if self.tap_face is not None:
             self.tap_face.end_sessions(keep=keep_session)
-        await tree.settle()
-        tree.seed(self.profile, reset=True)
         await self._restarted()
         log.info("device %s reset to its profile %s", tree.serial_number, self.profile.name)
 
@@ -521,9 +521,15 @@ class Emulator:
         """A reboot request: reboot once the answer is written. The answer leaves in the same turn of
         the event loop as the handler returns (both transports write before they await), and this task
         starts at the loop's next turn."""
-        task = asyncio.get_running_loop().create_task(self.reboot())
+        task = asyncio.get_running_loop().create_task(self._reboot_logged())
         self._lifecycle_tasks.add(task)
         task.add_done_callback(self._lifecycle_tasks.discard)
+
+    async def _reboot_logged(self) -> None:
+        try:
+            await self.reboot()
+        except StateError as exc:  # the answer is gone already: say it in the log, once
+            log.error("reboot failed: %s", exc)
 
     def _running_tree(self) -> DeviceTree:
         if self.tree is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tap_emulator.config import Profile
+from tap_emulator.state import StateError
 from tap_emulator.tree.api import Response
 from tap_emulator.tree.handlers import handles
 from tap_emulator.tree.handlers.base import ObjectHandler, Target
@@ -71,5 +72,8 @@ class DeviceHandler(ObjectHandler):
             lifecycle.reboot_soon()
         else:
             # Before the answer: the caller's next request must find the factory state.
-            await lifecycle.factory_reset(keep_session=target.request.caller.session)
+            try:
+                await lifecycle.factory_reset(keep_session=target.request.caller.session)
+            except StateError:  # logged by the state, once per episode; nothing was reset
+                return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the reset could not be stored")
         return Response(Status.CHANGED)
