@@ -71,8 +71,8 @@ from tap_emulator.faces.coap.attributes import (
     parse_write_attributes,
 )
 from tap_emulator.faces.coap.discovery import discover, filter_links, render_links, well_known_links
-from tap_emulator.faces.coap.fault_layer import CoapFaults, install_fault_layer
 from tap_emulator.faces.coap.fast_path import FastPath, fast_path_default
+from tap_emulator.faces.coap.fault_layer import CoapFaults, install_fault_layer
 from tap_emulator.faces.coap.limits import (
     NOTIFICATION_TUNING,
     CoapLimits,
@@ -84,8 +84,8 @@ from tap_emulator.faces.coap.message_layer import (
     install_duplicate_cache,
     install_notification_resets,
 )
-from tap_emulator.faults import FaultInjector
 from tap_emulator.faces.coap.reply import Reply
+from tap_emulator.faults import FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueType
 from tap_emulator.trace import Trace
