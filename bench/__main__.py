@@ -27,11 +27,14 @@ def _one(fn: Callable[[Settings], MetricResult]) -> Benchmark:
 
 # Name -> (metric names it produces, the function). Order is the table order.
 BENCHMARKS: dict[str, tuple[tuple[str, ...], Benchmark]] = {
-    "coap_get": (("coap_get_ratio", "coap_get_p99_ratio"), coap_bench.coap_get),
+    "coap_get": (
+        ("coap_get_ratio", "coap_get_libcoap_ratio", "coap_get_p99_ratio", "coap_get_fast_path_ratio"),
+        coap_bench.coap_get,
+    ),
     "tap_tcp": (("tap_tcp_ratio",), _one(tap_bench.tap_tcp)),
     "tap_encrypted": (("tap_encrypted_ratio",), _one(tap_bench.tap_encrypted)),
     "tap_bundle_values": (("tap_bundle_values_ratio",), _one(tap_bench.tap_bundle_values)),
-    "durable_put": (("durable_put_ratio",), _one(coap_bench.durable_put)),
+    "durable_put": (("durable_put_ratio", "durable_put_get_ratio"), coap_bench.durable_put),
     "loop_isolation": (("loop_isolation_ratio",), _one(coap_bench.loop_isolation)),
     "coap_rss": (("coap_rss_mb",), _one(coap_bench.coap_rss)),
     "coap_rss_flood": (("coap_rss_flood_ratio",), _one(coap_bench.coap_rss_flood)),
@@ -77,10 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per comparison")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per run")
+    parser.add_argument(
+        "--generators", type=int, default=None, help="CoAP load generator processes per run (default 2)"
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tap-bench-", dir=REPO / "bench"))
     settings = Settings.quick(work) if args.quick else Settings.full(work)
-    if args.rounds is not None or args.seconds is not None:
+    if args.rounds is not None or args.seconds is not None or args.generators is not None:
         settings = Settings(
             rounds=args.rounds or settings.rounds,
             seconds=args.seconds or settings.seconds,
@@ -89,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outstanding=settings.outstanding,
             work=work,
             small=settings.small,
+            generators=args.generators or settings.generators,
         )
     names = args.only or list(BENCHMARKS)
     started = time.monotonic()
@@ -103,10 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": settings.rounds,
         "seconds_per_run": settings.seconds,
         "outstanding": settings.outstanding,
+        "coap_generators": settings.generators,
         "elapsed_seconds": round(elapsed, 1),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "interleaving": "A B A B: each round runs the baseline, then the subject; figures are medians",
+        "interleaving": "A B A B: each round runs the baseline(s), then the subject; figures are medians",
     }
     write_json(args.out, results, meta)
     print(f"\n{len(results)} metrics in {elapsed:.0f} s; written to {args.out}")

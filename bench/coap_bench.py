@@ -1,17 +1,24 @@
-"""CoAP benchmarks: GET throughput and p99 against bare aiocoap, durable PUTs, loop isolation, memory
-under load, after a block1 flood and with thousands of observers."""
+"""CoAP benchmarks: GET throughput and p99 against two peers (bare aiocoap, libcoap's C coap-server),
+durable PUTs against :memory: state and against GETs, loop isolation, memory under load, after a
+block1 flood and with thousands of observers.
+
+Each comparison interleaves its sides round by round (A B C A B C ...) in one run, and the GET and
+PUT comparisons drive each server from ``Settings.generators`` generator processes; ratios within a run
+are the figures to read, as absolute rates move with whatever else the machine is running."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
 from bench.coap_floods import ObserverCrowd, block1_flood
 from bench.coap_wire import GET, POST, PUT, RequestTemplate
-from bench.loadgen import SideLoad, coap_load
-from bench.procs import Server, emulator_server, start_server
+from bench.loadgen import SideLoad, coap_load, coap_load_parallel
+from bench.procs import LIBCOAP_RESOURCE, Server, emulator_server, start_libcoap_server, start_server
 from bench.results import MetricResult, Target
 from bench.runner import Run, Settings, interleave, measured, median, summary
+from bench.servers import BARE_PAYLOAD
 
 GET_PATH = "/1025/0/0"  # name of the anonymous group: readable without login
 NAME_PATH = "/1025/65534/0"  # name of the supervisor group
@@ -36,15 +43,16 @@ def _start_bare(settings: Settings) -> Server:
     )
 
 
-def _get_driver(settings: Settings, server: Server) -> Callable[[], Run]:
-    template = RequestTemplate(GET, GET_PATH)
+def _driver(settings: Settings, server: Server, build: Callable[[int, bytes], bytes]) -> Callable[[], Run]:
+    """One measured run against ``server``, from ``settings.generators`` generator processes."""
 
     def drive() -> Run:
         return measured(
             server,
-            lambda: coap_load(
+            lambda: coap_load_parallel(
                 server.endpoints["coap"],
-                template.build,
+                build,
+                processes=settings.generators,
                 seconds=settings.seconds,
                 outstanding=settings.outstanding,
                 warmup=settings.warmup,
@@ -54,47 +62,107 @@ def _get_driver(settings: Settings, server: Server) -> Callable[[], Run]:
     return drive
 
 
+def _get_driver(settings: Settings, server: Server, path: str = GET_PATH) -> Callable[[], Run]:
+    return _driver(settings, server, RequestTemplate(GET, path).build)
+
+
+def _rate(runs: list[Run]) -> float:
+    return median([r.result.rate for r in runs])
+
+
+def _p99_ms(runs: list[Run]) -> float:
+    return median([r.result.percentile(0.99) * 1000 for r in runs])
+
+
+def _report_generators(name: str, runs: dict[str, list[Run]], processes: int) -> None:
+    """The generators' own CPU share per side (1.0 = one core): near ``processes`` means they, not the
+    server, were the limit."""
+    shares = ", ".join(
+        f"{side} {max(r.result.cpu_share for r in side_runs):.2f}" for side, side_runs in runs.items()
+    )
+    print(
+        f"[bench] {name}: generator CPU share ({processes} processes) {shares}", file=sys.stderr, flush=True
+    )
+
+
 def coap_get(settings: Settings) -> list[MetricResult]:
     throughput = MetricResult(
         "coap_get_ratio",
         f"emulator GET {GET_PATH} req/s at {settings.outstanding} outstanding "
-        "vs bare aiocoap (udp6, one resource)",
+        "vs bare aiocoap (udp6, one resource, same payload size)",
         "req/s",
-        Target(">=", 1.5),
+        Target(">=", 5.0),
+    )
+    versus_libcoap = MetricResult(
+        "coap_get_libcoap_ratio",
+        f"same runs: emulator GET req/s vs libcoap's coap-server (C, {LIBCOAP_RESOURCE}, same payload size)",
+        "req/s",
+        Target(">=", 0.5),
     )
     latency = MetricResult(
         "coap_get_p99_ratio", "same runs: p99 latency, emulator / bare aiocoap", "ms", Target("<=", 1.0)
     )
+    fast_path = MetricResult(
+        "coap_get_fast_path_ratio",
+        "same runs: emulator GET req/s vs the emulator with --coap-fast-path off (aiocoap's pipeline)",
+        "req/s",
+        Target(">=", 1.5),
+    )
     emulator = _start_emulator(settings, "emulator-get", ":memory:")
     try:
-        bare = _start_bare(settings)
+        without = _start_emulator(settings, "emulator-get-aiocoap", ":memory:", "--coap-fast-path", "off")
         try:
-            runs = interleave(
-                settings.rounds,
-                {"bare": _get_driver(settings, bare), "emulator": _get_driver(settings, emulator)},
-            )
+            bare = _start_bare(settings)
+            try:
+                libcoap = start_libcoap_server(settings.work, BARE_PAYLOAD)
+                try:
+                    runs = interleave(
+                        settings.rounds,
+                        {
+                            "bare": _get_driver(settings, bare),
+                            "libcoap": _get_driver(settings, libcoap, LIBCOAP_RESOURCE),
+                            "without_fast_path": _get_driver(settings, without),
+                            "emulator": _get_driver(settings, emulator),
+                        },
+                    )
+                finally:
+                    libcoap.stop()
+            finally:
+                bare.stop()
         finally:
-            bare.stop()
+            without.stop()
     finally:
         emulator.stop()
-    details = {"emulator": summary(runs["emulator"]), "baseline": summary(runs["bare"])}
-    throughput.settle(
-        median([r.result.rate for r in runs["emulator"]]), median([r.result.rate for r in runs["bare"]])
-    )
-    latency.settle(
-        median([r.result.percentile(0.99) * 1000 for r in runs["emulator"]]),
-        median([r.result.percentile(0.99) * 1000 for r in runs["bare"]]),
-    )
-    throughput.details = latency.details = details
-    return [throughput, latency]
+    _report_generators("coap_get", runs, settings.generators)
+    details = {
+        "emulator": summary(runs["emulator"]),
+        "baseline": summary(runs["bare"]),
+        "libcoap": summary(runs["libcoap"]),
+        "without_fast_path": summary(runs["without_fast_path"]),
+        "generators": settings.generators,
+    }
+    throughput.settle(_rate(runs["emulator"]), _rate(runs["bare"]))
+    versus_libcoap.settle(_rate(runs["emulator"]), _rate(runs["libcoap"]))
+    latency.settle(_p99_ms(runs["emulator"]), _p99_ms(runs["bare"]))
+    fast_path.settle(_rate(runs["emulator"]), _rate(runs["without_fast_path"]))
+    throughput.details = versus_libcoap.details = latency.details = fast_path.details = details
+    return [throughput, versus_libcoap, latency, fast_path]
 
 
-def durable_put(settings: Settings) -> MetricResult:
-    metric = MetricResult(
+def durable_put(settings: Settings) -> list[MetricResult]:
+    """PUTs on durable SQLite state (each acknowledged after its commit) vs the same PUTs on ``:memory:``
+    state, and vs GETs from the same durable server."""
+    versus_memory = MetricResult(
         "durable_put_ratio",
         f"PUT {NAME_PATH} req/s at {settings.outstanding} outstanding, durable SQLite state vs :memory:",
         "req/s",
         Target(">=", 0.5),
+    )
+    versus_get = MetricResult(
+        "durable_put_get_ratio",
+        f"same runs: durable PUT {NAME_PATH} req/s vs GET {GET_PATH} req/s from the same server",
+        "req/s",
+        Target(">=", 0.25),
     )
     names = [
         RequestTemplate(PUT, NAME_PATH, f"bench-{i}".encode(), content_format=TEXT_PLAIN) for i in range(16)
@@ -103,33 +171,32 @@ def durable_put(settings: Settings) -> MetricResult:
     def build(mid: int, token: bytes) -> bytes:
         return names[mid % len(names)].build(mid, token)
 
-    def driver(server: Server) -> Callable[[], Run]:
-        return lambda: measured(
-            server,
-            lambda: coap_load(
-                server.endpoints["coap"],
-                build,
-                seconds=settings.seconds,
-                outstanding=settings.outstanding,
-                warmup=settings.warmup,
-            ),
-        )
-
     state_file = settings.work / "durable" / "device.sqlite3"
     durable = _start_emulator(settings, "emulator-durable", str(state_file), "--store", "off")
     try:
         memory = _start_emulator(settings, "emulator-memory", ":memory:")
         try:
-            runs = interleave(settings.rounds, {"memory": driver(memory), "durable": driver(durable)})
+            runs = interleave(
+                settings.rounds,
+                {
+                    "memory": _driver(settings, memory, build),
+                    "durable": _driver(settings, durable, build),
+                    "durable_get": _get_driver(settings, durable),
+                },
+            )
         finally:
             memory.stop()
     finally:
         durable.stop()
-    metric.settle(
-        median([r.result.rate for r in runs["durable"]]), median([r.result.rate for r in runs["memory"]])
-    )
-    metric.details = {"durable": summary(runs["durable"]), "baseline": summary(runs["memory"])}
-    return metric
+    _report_generators("durable_put", runs, settings.generators)
+    versus_memory.settle(_rate(runs["durable"]), _rate(runs["memory"]))
+    versus_get.settle(_rate(runs["durable"]), _rate(runs["durable_get"]))
+    versus_memory.details = versus_get.details = {
+        "durable": summary(runs["durable"]),
+        "baseline": summary(runs["memory"]),
+        "durable_get": summary(runs["durable_get"]),
+    }
+    return [versus_memory, versus_get]
 
 
 def loop_isolation(settings: Settings) -> MetricResult:

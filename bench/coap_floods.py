@@ -14,7 +14,8 @@ import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bench.coap_wire import CON, PUT, encode_options, parse_response, uri_path_options
+from bench.coap_wire import CON, PUT, parse_response, uri_path_options
+from tap_emulator.codec.coap import encode_options
 
 OPTION_OBSERVE = 6
 OPTION_URI_QUERY = 15

@@ -2,13 +2,15 @@
 
 A generator must never be the bottleneck, so a request is a precomputed prefix and suffix around the
 two fields that change per request (message id and token), and a response is parsed only as far as
-its code and token. aiocoap is deliberately not used here: it is what is being measured.
+its code and token. aiocoap is deliberately not used here: it is what is being measured. Options are
+encoded by the project's CoAP codec (``tap_emulator.codec.coap``).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+
+from tap_emulator.codec.coap import encode_options, uint_bytes
 
 VERSION = 1
 CON = 0
@@ -28,33 +30,12 @@ _MID = struct.Struct(">H")
 _TOKEN = struct.Struct(">Q")
 
 
-def _option_nibble(value: int) -> tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes([value - 13])
-    return 14, (value - 269).to_bytes(2, "big")
-
-
-def encode_options(options: Sequence[tuple[int, bytes]]) -> bytes:
-    """Options in ascending number order, delta-encoded; a payload marker is the caller's business."""
-    out = bytearray()
-    previous = 0
-    for number, value in sorted(options, key=lambda item: item[0]):
-        delta, delta_ext = _option_nibble(number - previous)
-        length, length_ext = _option_nibble(len(value))
-        out.append(delta << 4 | length)
-        out += delta_ext + length_ext + value
-        previous = number
-    return bytes(out)
-
-
 def uri_path_options(path: str) -> list[tuple[int, bytes]]:
     return [(OPTION_URI_PATH, segment.encode("utf-8")) for segment in path.strip("/").split("/")]
 
 
 def uint_option(number: int, value: int) -> tuple[int, bytes]:
-    return number, value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return number, uint_bytes(value)
 
 
 class RequestTemplate:

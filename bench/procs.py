@@ -127,3 +127,47 @@ def emulator_server(*extra: str, coap: bool = True, tap: bool = False) -> list[s
         "off",
     ]
     return ["-m", "tap_emulator", "serve", *faces, "-q", *extra]
+
+
+LIBCOAP_SERVER = "coap-server-notls"  # Debian libcoap3-bin (4.3): the C peer of the CoAP benchmark
+LIBCOAP_RESOURCE = "/example_data"  # the resource coap-server lets a PUT set
+
+
+def start_libcoap_server(cwd: Path, payload: bytes, timeout: float = 10.0) -> Server:
+    """libcoap's example ``coap-server`` on 127.0.0.1, its ``/example_data`` set to ``payload`` by a PUT
+    (so it answers GETs with as many bytes as the emulator); the port is picked free just before."""
+    import shutil
+    import socket
+
+    from bench.coap_wire import PUT, RequestTemplate, parse_response
+
+    if shutil.which(LIBCOAP_SERVER) is None:
+        raise ServerError(f"{LIBCOAP_SERVER} not found (Debian package libcoap3-bin)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stderr_path = cwd / "libcoap.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [LIBCOAP_SERVER, "-A", "127.0.0.1", "-p", str(port), "-v", "0"],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    server = Server("libcoap", process, {"coap": ("127.0.0.1", port)}, stderr_path)
+    put = RequestTemplate(PUT, LIBCOAP_RESOURCE, payload, content_format=0)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        mid = 0
+        while time.monotonic() < deadline and process.poll() is None:
+            mid += 1
+            sock.sendto(put.build(mid, mid.to_bytes(8, "big")), ("127.0.0.1", port))
+            try:
+                parsed = parse_response(sock.recv(2048))
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+            if parsed is not None and parsed[1] >> 5 == 2:
+                return server
+    server.stop()
+    raise ServerError(f"libcoap's coap-server did not take {LIBCOAP_RESOURCE}: {_stderr_tail(stderr_path)}")

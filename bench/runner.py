@@ -22,6 +22,7 @@ class Settings:
     outstanding: int = 16
     work: Path = Path(".")
     small: bool = False  # smaller floods and crowds in the memory benchmarks (quick mode)
+    generators: int = 2  # CoAP load generator processes per run (one cannot saturate libcoap)
 
     @classmethod
     def full(cls, work: Path) -> Settings:

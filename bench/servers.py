@@ -1,7 +1,7 @@
 """Baseline servers, each run as ``python -m bench.servers KIND``, announcing like ``tap-emulator serve``.
 
 - ``aiocoap``: a bare aiocoap server, one resource at ``/1025/0/0`` in a ``Site``, on aiocoap's default
-  UDP transport (``udp6``), the way an aiocoap user would write it;
+  UDP transport (``udp6``), the way an aiocoap user would write it, answering the emulator's 9 bytes;
 - ``echo``: a plain asyncio TCP server that answers every Lc-framed Tap request with one fixed Tap
   response, i.e. the same bytes the emulator would send, with no work in between;
 - ``fastapi``: a bare FastAPI app on uvicorn (h11, no access log, like the emulator's HTTP face) with
@@ -19,7 +19,8 @@ import sys
 # The same guard as the emulator: with SO_REUSEPORT two port-0 servers can share a port (coap-notes.md).
 os.environ["AIOCOAP_REUSE_PORT"] = "0"
 
-BARE_PAYLOAD = b"hello"
+# The emulator's answer to GET /1025/0/0 is this name: the peers serve a payload of the same size.
+BARE_PAYLOAD = b"anonymous"
 # getName answered CONTENT (0x45) with a 9-byte name, then 90 00: what the emulator sends.
 ECHO_RESPONSE = b"\x45" + b"anonymous" + b"\x90\x00"
 

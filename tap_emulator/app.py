@@ -172,6 +172,7 @@ class ServeOptions:
     coap: Endpoint | None = field(default_factory=lambda: Endpoint("127.0.0.1", COAP_PORT))
     coap_access: CoapAccess | None = None  # None: CoapAccess.default_for(the CoAP host)
     coap_oscore: str | None = None  # aiocoap credentials file: its OSCORE contexts get maintenance
+    coap_fast_path: bool | None = None  # None: faces.coap.fast_path.fast_path_default()
     security: SecurityMode | None = None  # overrides the profile's mode when given
     store: str | None = None  # management store URL; None: beside the state file; "off": no sync
     sync: SyncSettings = field(default_factory=SyncSettings)
@@ -326,6 +327,7 @@ class Emulator:
             oscore=oscore,
             trace=self.trace,
             faults=self.faults,
+            fast_path=self.options.coap_fast_path,
         )
         self._closers.append(coap.close)
         self.coap = coap

@@ -206,6 +206,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="LwM2M registration lifetime in seconds (default: object 1's, 300)",
     )
     serve.add_argument(
+        "--coap-fast-path",
+        choices=["on", "off"],
+        default=None,
+        help="answer plain CoAP requests before aiocoap's pipeline (default on, or the "
+        "TAP_EMULATOR_COAP_FAST_PATH environment variable); replies are the same bytes either way",
+    )
+    serve.add_argument(
         "--tcp",
         type=_endpoint(TAP_TCP_PORT),
         default=DEFAULTS.tcp,
@@ -486,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 coap=args.coap,
                 coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),
                 coap_oscore=args.coap_oscore,
+                coap_fast_path=None if args.coap_fast_path is None else args.coap_fast_path == "on",
                 security=None if args.security is None else SecurityMode(args.security),
                 store=args.store,
                 tcp=args.tcp,

@@ -201,3 +201,43 @@ def pg_schema(pg_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# ---------------------------------------------------------------- the CoAP fast path, on and off
+
+COAP_TESTS = REPO / "tests" / "faces" / "coap"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every CoAP face test runs twice: with the fast path in front of aiocoap, and with aiocoap alone.
+
+    The ``coap_fast_path`` fixture is added to each test under tests/faces/coap (requested or not) and
+    parametrized at session scope, so pytest groups the tests by its value; module fixtures that start
+    a server request it, so each value gets its own server.
+    """
+    if COAP_TESTS not in metafunc.definition.path.parents:
+        return
+    if "coap_fast_path" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("coap_fast_path")
+    metafunc.parametrize(
+        "coap_fast_path", [True, False], indirect=True, scope="session", ids=["fast-path", "aiocoap-only"]
+    )
+
+
+@pytest.fixture(scope="session")
+def coap_fast_path(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Sets the environment variable the CoAP server reads when it binds (TAP_EMULATOR_COAP_FAST_PATH), so
+    in-process servers (``start_coap_server``, ``Emulator``) and ``tap-emulator serve`` subprocesses
+    alike follow it."""
+    from tap_emulator.faces.coap.fast_path import FAST_PATH_ENV
+
+    enabled = bool(getattr(request, "param", True))
+    previous = os.environ.get(FAST_PATH_ENV)
+    os.environ[FAST_PATH_ENV] = "on" if enabled else "off"
+    try:
+        yield enabled
+    finally:
+        if previous is None:
+            del os.environ[FAST_PATH_ENV]
+        else:
+            os.environ[FAST_PATH_ENV] = previous

@@ -18,11 +18,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 METRICS = [
     "coap_get_ratio",
+    "coap_get_libcoap_ratio",
     "coap_get_p99_ratio",
+    "coap_get_fast_path_ratio",
     "tap_tcp_ratio",
     "tap_encrypted_ratio",
     "tap_bundle_values_ratio",
     "durable_put_ratio",
+    "durable_put_get_ratio",
     "loop_isolation_ratio",
     "coap_rss_mb",
     "coap_rss_flood_ratio",

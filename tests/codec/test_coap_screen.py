@@ -84,7 +84,7 @@ def test_a_response_that_is_not_utf8_is_reset_not_answered() -> None:
 def test_aiocoap_parses_whatever_the_screen_passes(
     token_length: int, code: int, token: bytes, options: list[tuple[int, bytes]], tail: bytes
 ) -> None:
-    from bench.coap_wire import encode_options
+    from tap_emulator.codec.coap import encode_options
 
     datagram = bytes([0x40 | token_length, code, 0, 1]) + token + encode_options(options) + tail
     if screen(datagram, next_mid).action is not Action.PASS:

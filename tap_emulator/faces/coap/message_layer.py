@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol
 
 import aiocoap
 from aiocoap.message import Direction
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import Type
 
+from tap_emulator.codec.coap import CoapMessage
 from tap_emulator.codec.coap_screen import Action, screen
 from tap_emulator.faces.coap.limits import BoundedExpiringMap, CoapLimits
 from tap_emulator.logsafety import RateLimitedLog
@@ -29,6 +30,8 @@ __all__ = [
     "DEDUP_JITTER",
     "DEDUP_WINDOW",
     "DuplicateCache",
+    "DuplicateDetector",
+    "FastReceiver",
     "install_datagram_screens",
     "install_duplicate_cache",
     "install_notification_resets",
@@ -125,26 +128,42 @@ class DuplicateCache:
             self._size -= generations.popleft().size
 
 
-class _DuplicateDetector:
+class DuplicateDetector:
     """Stands in for aiocoap's deduplication in one message manager, keeping its semantics:
     a duplicate CON is answered with the stored reply (or ignored until there is one), any other
-    duplicate is ignored, and a duplicate is never rendered twice."""
+    duplicate is ignored, and a duplicate is never rendered twice. The CoAP fast path asks the same
+    detector (``duplicate`` and ``remember_reply`` on plain values), so both paths share one cache."""
 
     def __init__(self, manager: Any, cache: DuplicateCache) -> None:
         self.manager = manager
         self.cache = cache
 
-    def deduplicate(self, message: aiocoap.Message) -> bool:
+    def duplicate(
+        self, remote: Hashable, mid: int, confirmable: bool, resend: Callable[[bytes], None]
+    ) -> bool:
+        """True if (remote, mid) was seen (``resend`` then got the stored reply if it is a CON and one is
+        known); otherwise the message is remembered and False returned."""
         now = self.manager.loop.time()
-        stored = self.cache.lookup(message.remote, message.mid, now)
+        stored = self.cache.lookup(remote, mid, now)
         if stored is _ABSENT:
-            self.cache.add(message.remote, message.mid, now)
+            self.cache.add(remote, mid, now)
             return False
-        if message.mtype is Type.CON and isinstance(stored, bytes):
+        if confirmable and isinstance(stored, bytes):
+            resend(stored)
+        return True
+
+    def remember_reply(self, remote: Hashable, mid: int, reply: bytes) -> None:
+        """Store the encoded reply to a remembered message (a piggybacked response or an empty ACK)."""
+        if self.cache.expects_reply(remote, mid):
+            self.cache.set_reply(remote, mid, reply)
+
+    def deduplicate(self, message: aiocoap.Message) -> bool:
+        def resend(stored: bytes) -> None:
             reply = aiocoap.Message.decode(stored, message.remote.as_response_address())
             reply.direction = Direction.OUTGOING  # the stored reply goes out again, byte for byte
             self.manager._send_via_transport(reply)
-        return True
+
+        return self.duplicate(message.remote, message.mid, message.mtype is Type.CON, resend)
 
     def store_response(self, message: aiocoap.Message) -> None:
         if self.cache.expects_reply(message.remote, message.mid):
@@ -196,53 +215,73 @@ def install_notification_resets(context: aiocoap.Context, limits: CoapLimits) ->
             _NotificationResets(manager, limits)
 
 
-def install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateCache]:
+def install_duplicate_cache(context: aiocoap.Context) -> list[DuplicateDetector]:
     """Give every message manager of the context a bounded DuplicateCache (before it receives)."""
-    caches = []
+    detectors = []
     for interface in context.request_interfaces:
         manager: Any = getattr(interface, "token_interface", None)
         if not hasattr(manager, "_deduplicate_message"):
             continue  # not a message-managed transport (TCP, WebSocket): no message ids
-        detector = _DuplicateDetector(manager, DuplicateCache(DEDUP_WINDOW + DEDUP_JITTER, DEDUP_CAPACITY))
+        detector = DuplicateDetector(manager, DuplicateCache(DEDUP_WINDOW + DEDUP_JITTER, DEDUP_CAPACITY))
         manager._deduplicate_message = detector.deduplicate
         manager._store_response_for_duplicates = detector.store_response
-        caches.append(detector.cache)
-    return caches
+        detectors.append(detector)
+    return detectors
+
+
+class FastReceiver(Protocol):
+    """What the screen hands a passed datagram to when a fast path serves the transport."""
+
+    manager: Any
+
+    def received(self, address: Any, datagram: bytes, message: CoapMessage) -> None: ...
 
 
 class _DatagramScreen:
     """Runs ``coap_screen.screen`` on each datagram of one UDP transport before aiocoap parses it.
 
-    The hook is the transport's own receive method on the instance (as ``_install_duplicate_cache``
+    The hook is the transport's own receive method on the instance (as ``install_duplicate_cache``
     hooks the message manager): ``simplesocketserver`` calls ``_received_datagram(address, data)`` on
     its message interface, ``udp6`` calls ``datagram_msg_received(data, ancdata, flags, address)``.
     A reply built by the screen goes back from the address the datagram arrived at.
     """
 
-    def __init__(self, limited_log: RateLimitedLog) -> None:
+    def __init__(self, limited_log: RateLimitedLog, fast_path: FastReceiver | None = None) -> None:
         self._limited_log = limited_log
+        self._fast_path = fast_path
         self._mid = int.from_bytes(os.urandom(2), "big")
 
     def _next_mid(self) -> int:
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
-    def verdict(self, data: bytes, peer: object, reply: Callable[[bytes], None]) -> bool:
-        """True if aiocoap should parse the datagram; otherwise it was answered or dropped here."""
+    def passed(self, data: bytes, peer: object, reply: Callable[[bytes], None]) -> CoapMessage | None:
+        """The parsed datagram if it goes on (to the fast path or aiocoap); None if it was answered or
+        dropped here."""
         verdict = screen(data, self._next_mid)
         if verdict.action is Action.PASS:
-            return True
+            return verdict.message
         self._limited_log.warning(verdict.reason, "coap: %s from %s", verdict.reason, peer)
         if verdict.action is Action.REPLY:
             reply(verdict.reply)
-        return False
+        return None
 
     def install(self, message_interface: Any) -> bool:
         received = getattr(message_interface, "_received_datagram", None)
+        fast_path = self._fast_path
+        if received is not None and fast_path is not None:  # simplesocketserver, with the fast path
+
+            def received_datagram(address: Any, data: bytes) -> None:
+                message = self.passed(data, address.address, address.send)
+                if message is not None:
+                    fast_path.received(address, data, message)
+
+            message_interface._received_datagram = received_datagram
+            return True
         if received is not None:  # simplesocketserver (GenericMessageInterface)
 
             def received_datagram(address: Any, data: bytes) -> None:
-                if self.verdict(data, address.address, address.send):
+                if self.passed(data, address.address, address.send) is not None:
                     received(address, data)
 
             message_interface._received_datagram = received_datagram
@@ -260,7 +299,7 @@ class _DatagramScreen:
                 def reply(payload: bytes) -> None:
                     message_interface.transport.sendmsg(payload, pktinfo, 0, address)
 
-                if self.verdict(data, address, reply):
+                if self.passed(data, address, reply) is not None:
                     return msg_received(data, ancdata, flags, address)
                 return None
 
@@ -269,12 +308,20 @@ class _DatagramScreen:
         return False
 
 
-def install_datagram_screens(context: aiocoap.Context, limited_log: RateLimitedLog) -> int:
-    """Screen the datagrams of every UDP transport of the context; returns how many were hooked."""
+def install_datagram_screens(
+    context: aiocoap.Context, limited_log: RateLimitedLog, fast_paths: Sequence[FastReceiver] = ()
+) -> int:
+    """Screen the datagrams of every UDP transport of the context; returns how many were hooked.
+
+    The datagrams a transport's fast path (one whose ``manager`` is the transport's) may serve go to it,
+    parsed, after the screen; it hands the rest to aiocoap."""
     hooked = 0
     for interface in context.request_interfaces:
         manager: Any = getattr(interface, "token_interface", None)
         message_interface = getattr(manager, "message_interface", None)
-        if message_interface is not None and _DatagramScreen(limited_log).install(message_interface):
+        fast_path = next((f for f in fast_paths if f.manager is manager), None)
+        if message_interface is not None and _DatagramScreen(limited_log, fast_path).install(
+            message_interface
+        ):
             hooked += 1
     return hooked

@@ -13,7 +13,9 @@ reassembles or renders anything, ``render_to_pipe`` refuses what the face does n
 critical options 4.02, proxying 5.05, block size exponent 7 over UDP 4.00) and bodies larger than the
 model lets the target take (4.13 with Size1, from the first block); datagrams are screened even before
 aiocoap parses them (``tap_emulator.codec.coap_screen``). What the face holds is bounded by
-``CoapLimits``.
+``CoapLimits``. The face answers with plain ``Reply`` values (``respond``); aiocoap gets them as
+messages (``render``), and the fast path (``fast_path``) sends them itself for plain requests, before
+aiocoap's pipeline, with the same bytes.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from tap_emulator.faces.coap.attributes import (
     parse_write_attributes,
 )
 from tap_emulator.faces.coap.discovery import discover, filter_links, render_links, well_known_links
+from tap_emulator.faces.coap.fast_path import FastPath, fast_path_default
 from tap_emulator.faces.coap.fault_layer import CoapFaults, install_fault_layer
 from tap_emulator.faces.coap.limits import (
     NOTIFICATION_TUNING,
@@ -81,6 +84,7 @@ from tap_emulator.faces.coap.message_layer import (
     install_duplicate_cache,
     install_notification_resets,
 )
+from tap_emulator.faces.coap.reply import Reply
 from tap_emulator.faults import FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
 from tap_emulator.model import Behaviour, Form, ObjectDef, Operation, ResourceDef, ValueType
@@ -94,6 +98,7 @@ log = logging.getLogger(__name__)
 # interval, per server.
 LIMITED_LOG_INTERVAL = 10.0
 NOTIFY_BATCH = 64
+PARSED_PATHS = 4096  # paths whose parse is remembered
 
 # Critical options (odd numbers) this face or aiocoap acts on; any other critical option is 4.02
 # (RFC 7252 section 5.4.1). Uri-Query is accepted and ignored, as a resource may; Request-Tag keys
@@ -154,16 +159,16 @@ def _parse_uint(text: str, what: str) -> int:
     return int(text)
 
 
-def _message(status: Status, payload: bytes = b"", content_format: int | None = None) -> aiocoap.Message:
-    msg = aiocoap.Message(code=Code(int(status)), payload=payload)
+def _message(status: Status, payload: bytes = b"", content_format: int | None = None) -> Reply:
+    msg = Reply(int(status), payload)
     if content_format is not None:
         msg.opt.content_format = content_format
     return msg
 
 
-def _error(status: Status | Code, diagnostic: str) -> aiocoap.Message:
+def _error(status: Status | Code, diagnostic: str) -> Reply:
     # RFC 7252 5.5.2: a diagnostic payload, UTF-8 text, no content format.
-    return aiocoap.Message(code=Code(int(status)), payload=diagnostic.encode("utf-8"))
+    return Reply(int(status), diagnostic.encode("utf-8"))
 
 
 # Options a request commonly carries that need no check before rendering (a fast path for GETs).
@@ -183,7 +188,7 @@ _PLAIN_OPTIONS = frozenset(
 )
 
 # _refusal's answer for a body sent where the method takes none.
-_RENDER_ALONE = aiocoap.Message(code=Code.EMPTY)
+_RENDER_ALONE = Reply(Code.EMPTY)
 
 
 def _clone(message: aiocoap.Message) -> aiocoap.Message:
@@ -237,6 +242,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         # Set while a client-initiated bootstrap runs (registration.bootstrap): called on Bootstrap-Finish.
         # Meanwhile a write to a missing instance creates it and a delete of an object empties it.
         self.bootstrap_finish: Callable[[], None] | None = None
+        self._parsed: dict[tuple[str, ...], _Target | tuple[Status, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.limited_log = RateLimitedLog(log, interval=LIMITED_LOG_INTERVAL)
 
@@ -249,6 +255,21 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     # ------------------------------------------------------------------ paths
 
     def _parse(self, segments: tuple[str, ...]) -> _Target:
+        """The target at a path (``_parse_path``), remembered: it depends on the model alone."""
+        parsed = self._parsed.get(segments)
+        if parsed is None:
+            try:
+                parsed = self._parse_path(segments)
+            except _PathError as exc:
+                parsed = (exc.status, exc.diagnostic)
+            if len(self._parsed) >= PARSED_PATHS:  # peers choose the paths: bounded
+                self._parsed.clear()
+            self._parsed[segments] = parsed
+        if isinstance(parsed, tuple):
+            raise _PathError(*parsed)
+        return parsed
+
+    def _parse_path(self, segments: tuple[str, ...]) -> _Target:
         if not segments:
             raise _PathError(Status.NOT_FOUND, "no object given")
         head, rest = segments[0], segments[1:]
@@ -300,15 +321,35 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 _number_observations_from_one(pipe)
             await super().render_to_pipe(pipe)
             return
+        if refusal is _RENDER_ALONE:  # as in ``refused``, through ``render`` (faults and the trace)
+            pipe.add_response(await self.render(pipe.request), is_last=True)
+            return
+        self._traced(pipe.request, refusal, time.perf_counter(), None)
+        pipe.add_response(refusal.to_message(), is_last=True)
+
+    async def refused(self, request: aiocoap.Message) -> Reply | None:
+        """The whole answer to a request decided before block-wise handling, or None to render it."""
+        refusal = self._refusal(request)
         if refusal is _RENDER_ALONE:
             # The method takes no body here: answer as for the first block alone (4.05, 4.00 ...),
             # without reassembling the rest.
-            refusal = await self.render(pipe.request)
-        else:
-            self._traced(pipe.request, refusal, time.perf_counter(), None)
-        pipe.add_response(refusal, is_last=True)
+            return await self.respond(request)
+        return refusal
 
-    def _refusal(self, request: aiocoap.Message) -> aiocoap.Message | None:
+    def resolves(self, path: tuple[str, ...]) -> bool:
+        """Whether the model names a target at ``path`` (the fast path serves only those)."""
+        try:
+            self._parse(path)
+        except _PathError:
+            return False
+        return True
+
+    @property
+    def block2_cache(self) -> Any:
+        """aiocoap's (bounded) store of block-wise responses, for answers rendered outside its pipeline."""
+        return self._block2
+
+    def _refusal(self, request: aiocoap.Message) -> Reply | None:
         """The answer to a request that must not reach block-wise reassembly or rendering, if any
         (``_RENDER_ALONE``: render it as it is, without reassembly)."""
         opt = request.opt
@@ -394,14 +435,14 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         started = time.perf_counter()
         decision = self.faults.for_request(request)
         if decision is not None and decision.status is not None:
-            response = _error(Code(decision.status), "fault injected")
+            response = _error(Code(decision.status), "fault injected").to_message()
         else:
             response = await self._render(request)
         self._traced(request, response, started, None if decision is None else decision.label)
         return response
 
     def _traced(
-        self, request: aiocoap.Message, response: aiocoap.Message, started: float, fault: str | None
+        self, request: aiocoap.Message, response: aiocoap.Message | Reply, started: float, fault: str | None
     ) -> None:
         if not self.trace.active:
             return
@@ -434,6 +475,11 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         return resource is None or resource.secret
 
     async def _render(self, request: aiocoap.Message) -> aiocoap.Message:
+        return (await self.respond(request)).to_message()
+
+    async def respond(self, request: aiocoap.Message) -> Reply:
+        """The answer to a request (both paths render through here; ``render`` adds the fault plan and
+        the trace, and the fast path steps aside while either is active)."""
         path = tuple(request.opt.uri_path)
         if path == (".well-known", "core"):
             return self._render_link_format(request)
@@ -458,7 +504,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def _render_container(
         self, request: aiocoap.Message, target: _Target, operation: Operation
-    ) -> aiocoap.Message:
+    ) -> Reply:
         """An object or an instance: read (LwM2M formats, or Discover with link-format), written
         (PUT replaces, POST updates, both with the resources given), created (POST on the object), or
         deleted (DELETE on an instance)."""
@@ -491,14 +537,14 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             target.instance_id is not None or not multiple
         ):
             records = self._container_records(request, target)
-            if isinstance(records, aiocoap.Message):
+            if isinstance(records, Reply):
                 return records
             return await self._write_records(request, target.obj, target.instance_id, records)
         return _error(
             Status.METHOD_NOT_ALLOWED, "an object is read or created, an instance read, written or deleted"
         )
 
-    async def _read_container(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+    async def _read_container(self, request: aiocoap.Message, target: _Target) -> Reply:
         accept = int(request.opt.accept) if request.opt.accept is not None else SENML_JSON
         if accept == LINK_FORMAT:
             return await self._discover(request, target)
@@ -520,7 +566,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         payload = encode_records(target.obj, target.instance_id, None, records, accept, base=target.base)
         return _message(Status.CONTENT, payload, accept)
 
-    def _container_records(self, request: aiocoap.Message, target: _Target) -> list[Record] | aiocoap.Message:
+    def _container_records(self, request: aiocoap.Message, target: _Target) -> list[Record] | Reply:
         """The records of a write to an object or instance, every one a writable resource whose value
         fits the model (checked before anything is written); or the error answer."""
         cf = request.opt.content_format
@@ -543,7 +589,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def _write_records(
         self, request: aiocoap.Message, obj: ObjectDef, instance_id: int | None, records: list[Record]
-    ) -> aiocoap.Message:
+    ) -> Reply:
         """Each record as one write through the tree (rights, limits and durability are the tree's);
         the first refusal is the answer, the records before it stay written."""
         caller = self._caller_for(request)
@@ -555,7 +601,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 return _error(response.status, response.diagnostic)
         return _message(Status.CHANGED)
 
-    async def _create(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+    async def _create(self, request: aiocoap.Message, target: _Target) -> Reply:
         """LwM2M Create: the object's create resource (as the GroupService create, with its rights),
         then the given resources; the new instance is deleted again if a write is refused."""
         obj = target.obj
@@ -565,7 +611,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         records: list[Record] = []
         if request.payload or request.opt.content_format is not None:
             checked = self._container_records(request, target)
-            if isinstance(checked, aiocoap.Message):
+            if isinstance(checked, Reply):
                 return checked
             records = checked
         ids = {r.instance_id for r in records if r.instance_id is not None}
@@ -590,7 +636,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         response.opt.location_path = (str(obj.id), str(instance_id))
         return response
 
-    def _bootstrap_finish(self, request: aiocoap.Message) -> aiocoap.Message:
+    def _bootstrap_finish(self, request: aiocoap.Message) -> Reply:
         """Bootstrap-Finish (``POST /bs``): the bootstrap server is done; 4.04 when none is at work."""
         finish = self.bootstrap_finish
         if finish is None:
@@ -603,7 +649,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def _bootstrap_write_or_delete(
         self, request: aiocoap.Message, target: _Target, operation: Operation
-    ) -> aiocoap.Message | None:
+    ) -> Reply | None:
         """Bootstrap-Write of an instance the device lacks creates it; Bootstrap-Delete of an object
         deletes its instances (TS 1.1 Core section 5.2.7). None: the request is served as usual."""
         obj, caller = target.obj, self._caller_for(request)
@@ -630,7 +676,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     async def _render_resource(
         self, request: aiocoap.Message, target: _Target, operation: Operation
-    ) -> aiocoap.Message:
+    ) -> Reply:
         resource = target.resource
         assert resource is not None
         value: object = None
@@ -693,7 +739,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
 
     # ------------------------------------------------------------------ conditional requests
 
-    async def _precondition_failed(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message | None:
+    async def _precondition_failed(self, request: aiocoap.Message, target: _Target) -> Reply | None:
         """4.12 unless If-Match / If-None-Match hold (RFC 7252 section 5.10.8), else None.
 
         The target exists when the caller can read it (a write-only resource: when its instance
@@ -729,7 +775,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
     def _instance_ids(self, obj: ObjectDef) -> list[int]:
         return self.tree.instance_ids(obj.id) if obj.multiple else [0]
 
-    def _render_link_format(self, request: aiocoap.Message) -> aiocoap.Message:
+    def _render_link_format(self, request: aiocoap.Message) -> Reply:
         """``/.well-known/core`` from the model and the live instances, filtered by the query (RFC
         6690 section 4.1); aiocoap sends it block-wise when it exceeds a block."""
         if request.code != Code.GET:
@@ -741,7 +787,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(Status.BAD_REQUEST, links)
         return _message(Status.CONTENT, render_links(links), LINK_FORMAT)
 
-    async def _discover(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+    async def _discover(self, request: aiocoap.Message, target: _Target) -> Reply:
         """LwM2M Discover of an object, instance or resource the caller may read."""
         resource_id = None if target.resource is None else target.resource.id
         readable = await self.tree.handle(
@@ -760,7 +806,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         )
         return _message(Status.CONTENT, render_links(links), LINK_FORMAT)
 
-    async def _write_attributes(self, request: aiocoap.Message, target: _Target) -> aiocoap.Message:
+    async def _write_attributes(self, request: aiocoap.Message, target: _Target) -> Reply:
         """LwM2M Write-Attributes: a PUT with the attributes as Uri-Query and no payload, on a target
         the caller may read; observations under it take the new attributes at once."""
         resource = target.resource
@@ -912,7 +958,7 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         self._observer_total = 0
         for observation in ended:
             observation.retune(Attributes())  # its pmin/pmax timers end with it
-            observation.serverobservation.trigger(_error(Code.SERVICE_UNAVAILABLE, reason))
+            observation.serverobservation.trigger(_error(Code.SERVICE_UNAVAILABLE, reason).to_message())
         return len(ended)
 
     def held(self) -> dict[str, int]:
@@ -1074,8 +1120,11 @@ class CoapServer:
         self.face = face
         self.address = address
         self.duplicate_caches: list[DuplicateCache] = []
+        self.fast_paths: list[FastPath] = []
 
     async def close(self) -> None:
+        for fast_path in self.fast_paths:
+            fast_path.close()
         self.face.close()
         await self.context.shutdown()
 
@@ -1144,9 +1193,13 @@ async def start_coap_server(
     call_later: CallLater | None = None,
     trace: Trace | None = None,
     faults: FaultInjector | None = None,
+    fast_path: bool | None = None,
 ) -> CoapServer:
     """Bind a UDP CoAP server answering as ``caller``; raises OSError (EADDRINUSE ...) with the address
     in the message.
+
+    ``fast_path`` (default: ``fast_path_default()``) answers plain requests before aiocoap's pipeline
+    (``faces.coap.fast_path``); without OSCORE, on a concrete bind address.
 
     ``oscore`` (an aiocoap CredentialsMap, see ``load_oscore_credentials``) makes aiocoap's OSCORE site
     wrapper unprotect requests before the face sees them; those its contexts authenticate act with
@@ -1178,9 +1231,17 @@ async def start_coap_server(
         face.close()
         raise OSError(exc.errno, f"cannot listen for CoAP on {host}:{port}: {exc.strerror}") from None
     server = CoapServer(context, face, _bound_address(context, host))
-    server.duplicate_caches = install_duplicate_cache(context)
+    detectors = install_duplicate_cache(context)
+    server.duplicate_caches = [detector.cache for detector in detectors]
+    if (fast_path_default() if fast_path is None else fast_path) and oscore is None:
+        for detector in detectors:
+            candidate = FastPath(face, detector.manager, detector, RENDER_TASK_NAME)
+            # Faults and the trace act in ``render`` and the transport hooks: aiocoap's path (C7).
+            candidate.step_aside_when.append(lambda: face.trace.active or face.faults.active)
+            if candidate.install(detector.manager.message_interface):
+                server.fast_paths.append(candidate)
     install_notification_resets(context, face.limits)
-    if not install_datagram_screens(context, face.limited_log):
+    if not install_datagram_screens(context, face.limited_log, server.fast_paths):
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     install_fault_layer(context, face.faults)

@@ -1,8 +1,8 @@
 """A minimal CoAP (RFC 7252) message encoder/decoder for tests that must see message types on the wire.
 
 aiocoap hides whether a notification arrived CON or NON and answers malformed input politely; the
-Observe and fuzzing tests need the raw datagrams, so they build and read them with this (options are
-encoded by the benchmarks' hand-written framing, ``bench.coap_wire``).
+Observe and fuzzing tests need the raw datagrams, so they build and read them with this (over the
+project's CoAP codec, ``tap_emulator.codec.coap``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bench.coap_wire import encode_options
+from tap_emulator.codec import coap
+from tap_emulator.codec.coap import encode_options
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 GET, POST, PUT, DELETE = 1, 2, 3, 4
@@ -62,29 +63,8 @@ class Message:
 
 
 def decode(data: bytes) -> Message:
-    if len(data) < 4 or data[0] >> 6 != 1:
-        raise ValueError("not a CoAP message")
-    mtype, tkl, code, mid = (data[0] >> 4) & 3, data[0] & 0xF, data[1], int.from_bytes(data[2:4], "big")
-    pos = 4 + tkl
-    token, options, number = data[4:pos], [], 0
-    while pos < len(data) and data[pos] != 0xFF:
-        delta, length = data[pos] >> 4, data[pos] & 0xF
-        pos += 1
-        values = []
-        for nibble in (delta, length):
-            if nibble == 13:
-                values.append(data[pos] + 13)
-                pos += 1
-            elif nibble == 14:
-                values.append(int.from_bytes(data[pos : pos + 2], "big") + 269)
-                pos += 2
-            else:
-                values.append(nibble)
-        number += values[0]
-        options.append((number, data[pos : pos + values[1]]))
-        pos += values[1]
-    payload = data[pos + 1 :] if pos < len(data) else b""
-    return Message(mtype, code, mid, token, options, payload)
+    parsed = coap.decode(data)
+    return Message(parsed.mtype, parsed.code, parsed.mid, parsed.token, list(parsed.options), parsed.payload)
 
 
 class RawClient(asyncio.DatagramProtocol):

@@ -101,7 +101,7 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
+def probe(tmp_path_factory: pytest.TempPathFactory, coap_fast_path: bool) -> Iterator[Probe]:
     workdir = tmp_path_factory.mktemp("fuzz")
     log = (
         workdir / "server.stderr"

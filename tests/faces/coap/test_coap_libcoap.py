@@ -101,7 +101,7 @@ class LibcoapClient:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibcoapClient]:
+def client(tmp_path_factory: pytest.TempPathFactory, coap_fast_path: bool) -> Iterator[LibcoapClient]:
     workdir = tmp_path_factory.mktemp("libcoap")
     process = subprocess.Popen(
         [
