@@ -164,3 +164,52 @@ def test_replay_rejects_what_its_parser_would() -> None:
         Replay((0.0, 2.0, 1.0), (1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match="duration"):
         Replay((0.0, 2.0), (1.0, 2.0), end=EndMode.LOOP, duration=2.0)
+
+
+periods = st.floats(0.01, 1000)
+numbers = st.floats(-1e6, 1e6)
+
+
+@given(
+    start=numbers,
+    step=numbers.filter(lambda s: abs(s) > 1e-3),
+    period=periods,
+    wrap_after=st.none() | st.integers(1, 50),
+)
+def test_counter_value_at_each_sample_time_is_that_sample(
+    start: float, step: float, period: float, wrap_after: int | None
+) -> None:
+    wrap = None if wrap_after is None else start + step * wrap_after
+    counter = Counter(start, step, period, wrap)
+    for t, value in first(counter, 120):
+        assert counter.value_at(t) == value
+    if wrap_after is not None:
+        assert len({v for _, v in first(counter, 120)}) == min(wrap_after, 120)
+
+
+@given(
+    gaps=st.lists(st.floats(0.01, 100), min_size=1, max_size=30),
+    values=st.lists(numbers, min_size=31, max_size=31),
+    start=st.floats(0, 100),
+    linear=st.booleans(),
+    loop=st.booleans(),
+)
+def test_replay_value_at_each_sample_time_is_that_sample(
+    gaps: list[float], values: list[float], start: float, linear: bool, loop: bool
+) -> None:
+    times = list(itertools.accumulate(gaps, initial=start))
+    replay = Replay(
+        tuple(times),
+        tuple(values[: len(times)]),
+        Interpolation.LINEAR if linear else Interpolation.HOLD,
+        EndMode.LOOP if loop else EndMode.HOLD,
+        duration=times[-1] + 1 if loop else None,
+        interval=max(0.01, min(gaps) / 3),
+    )
+    samples = first(replay, 400)
+    assert [t for t, _ in samples] == sorted(t for t, _ in samples)
+    points = dict(zip(times, values, strict=False))
+    for t, value in samples:
+        assert replay.value_at(t) == pytest.approx(value, rel=1e-9, abs=1e-6)
+        if t in points:  # a CSV point is its own value, exactly
+            assert value == points[t]

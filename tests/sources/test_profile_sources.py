@@ -3,9 +3,12 @@ naming the source and the key (``serve`` exits 2 on it, with no traceback)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tap_emulator.cli import main
 from tap_emulator.config import ConfigError, load_profile
@@ -18,8 +21,14 @@ from tap_emulator.sources import (
     Replay,
     Sine,
     SourceConfig,
+    SourceError,
 )
-from tap_emulator.sources.profile import MAX_REPLAY_BYTES, MAX_REPLAY_POINTS, MAX_SOURCES
+from tap_emulator.sources.profile import (
+    MAX_REPLAY_BYTES,
+    MAX_REPLAY_POINTS,
+    MAX_SOURCES,
+    read_replay_csv,
+)
 
 HEAD = '[device]\nmodel = "x"\nserial_number = "S1"\nfirmware_version = "1"\n'
 
@@ -251,3 +260,16 @@ def test_serve_with_a_bad_source_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*argv, "--state", ":memory:", "--profile", path]) == 2
     err = capsys.readouterr().err
     assert "missing.csv not found" in err and "Traceback" not in err
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | st.text(alphabet='0123456789.,-e#\n\r" abn', max_size=300).map(str.encode))
+def test_any_csv_bytes_give_points_or_a_source_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.csv"
+    path.write_bytes(data)
+    try:
+        times, values = read_replay_csv(path, "fuzz")
+    except SourceError:
+        return
+    assert len(times) == len(values) >= 1
+    assert all(b > a for a, b in itertools.pairwise(times))
