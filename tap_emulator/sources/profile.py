@@ -33,6 +33,7 @@ __all__ = [
     "MAX_REPLAY_BYTES",
     "MAX_REPLAY_POINTS",
     "MAX_SOURCES",
+    "MAX_TOTAL_REPLAY_POINTS",
     "MIN_PERIOD",
     "SOURCE_KINDS",
     "SourceConfig",
@@ -45,6 +46,7 @@ MAX_SOURCES = 256
 MIN_PERIOD = 0.01  # seconds: the shortest period or interval of any source (at most 100 samples/s each)
 MAX_REPLAY_BYTES = 4 * 1024 * 1024
 MAX_REPLAY_POINTS = 100_000
+MAX_TOTAL_REPLAY_POINTS = 1_000_000  # over every replay of a profile (about 50 MB of floats at most)
 MAX_VARIABLE_ID = 0xFFFF
 
 
@@ -202,6 +204,7 @@ def parse_sources(raw: object, where: str, base_dir: Path) -> tuple[SourceConfig
     if len(raw) > MAX_SOURCES:
         raise SourceError(f"{where}: at most {MAX_SOURCES} [[sources]]")
     sources: list[SourceConfig] = []
+    replay_points = 0
     for position, entry in enumerate(raw, start=1):
         sw = f"{where} [[sources]] #{position}"
         if not isinstance(entry, dict):
@@ -209,11 +212,17 @@ def parse_sources(raw: object, where: str, base_dir: Path) -> tuple[SourceConfig
         table = _Table(entry, sw)
         variable = table.integer("variable", 0, MAX_VARIABLE_ID)
         kind = entry.get("kind")
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:
             known = ", ".join(repr(k) for k in _KINDS)
             raise table.error("kind", f"{kind!r} is not a source kind (known: {known})")
         generator = _KINDS[kind](table, base_dir)
         table.check_no_other_keys()
+        if isinstance(generator, Replay):
+            replay_points += len(generator.times)
+            if replay_points > MAX_TOTAL_REPLAY_POINTS:
+                raise table.error(
+                    "file", f"the replays hold more than {MAX_TOTAL_REPLAY_POINTS} points in all"
+                )
         if any(s.variable == variable for s in sources):
             raise table.error("variable", f"variable {variable} already has a source")
         sources.append(SourceConfig(variable, kind, generator))

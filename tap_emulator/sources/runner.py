@@ -152,9 +152,12 @@ class SourceRunner:
         self.start()
 
     async def _run(self, schedule: SampleSchedule) -> None:
-        while (deadline := schedule.deadline()) is not None:
-            await self.clock.sleep_until(deadline)
-            self._write(schedule.take_due(self.clock.now()))
+        try:
+            while (deadline := schedule.deadline()) is not None:
+                await self.clock.sleep_until(deadline)
+                self._write(schedule.take_due(self.clock.now()))
+        except Exception:  # a generator's bug: say so once, leave the device serving
+            log.exception("the value sources stopped")
 
     def _write(self, writes: list[tuple[int, float]]) -> None:
         for variable, value in writes:

@@ -133,6 +133,7 @@ def test_a_replay_file_is_found_beside_the_profile(tmp_path: Path) -> None:
     [
         ('kind = "sawtooth"', "'kind': 'sawtooth' is not a source kind"),
         ("", "'kind': None is not a source kind"),
+        ("kind = [1]", "'kind': [1] is not a source kind"),
         ('kind = "constant"', "'value': is missing"),
         ('kind = "constant"\nvalue = "hot"', "'value': must be a finite number"),
         ('kind = "constant"\nvalue = nan', "'value': must be a finite number"),
@@ -252,6 +253,17 @@ def test_the_csv_size_and_points_are_bounded(tmp_path: Path) -> None:
     (tmp_path / "big.csv").write_text(rows.rsplit("\n", 2)[0] + "\n", encoding="utf-8")
     (source,) = load_sources(tmp_path, table)
     assert isinstance(source.generator, Replay) and len(source.generator.times) == MAX_REPLAY_POINTS
+
+
+def test_the_points_of_all_replays_together_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tap_emulator.sources.profile.MAX_TOTAL_REPLAY_POINTS", 5)
+    (tmp_path / "three.csv").write_text("0,1\n1,2\n2,3\n", encoding="utf-8")
+    one = '[[sources]]\nvariable = {}\nkind = "replay"\nfile = "three.csv"\n'
+    assert len(load_sources(tmp_path, one.format(1))) == 1
+    with pytest.raises(ConfigError, match=r"#2 'file': the replays hold more than 5 points in all"):
+        load_sources(tmp_path, one.format(1) + one.format(2))
 
 
 def test_serve_with_a_bad_source_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

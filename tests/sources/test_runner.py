@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 import pytest
 from manual_clock import ORIGIN, ManualClock
@@ -205,3 +206,26 @@ async def test_the_real_clock_returns_at_once_for_a_past_deadline() -> None:
     now = clock.now()
     await asyncio.wait_for(clock.sleep_until(now - 1), 1)
     assert clock.now() >= now
+
+
+async def test_a_failing_generator_stops_the_runner_with_one_log_line(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def value_at(self, t: float) -> float | None:
+            return 0.0
+
+        def samples(self) -> Iterator[tuple[float, float]]:
+            yield 0.0, 1.0
+            yield 1.0, 2.0
+            raise ZeroDivisionError("a generator bug")
+
+    sink = RecordingSink(clock)
+    runner = SourceRunner([SourceConfig(1, "broken", Broken())], sink, clock)
+    with caplog.at_level(logging.ERROR, logger="tap_emulator.sources.runner"):
+        runner.start()
+        await clock.advance_to(runner, ORIGIN + 1)
+    assert not runner.running
+    assert sink.writes == [(0, 1, 1.0)]  # the stream broke while the runner looked past 1 s
+    assert [r.getMessage() for r in caplog.records] == ["the value sources stopped"]
+    await runner.stop()
