@@ -1,8 +1,8 @@
 """Value sources on a real device: the runner writes through the variable handler of the real tree, and
-real aiocoap observers of the variable, of a variable sharing its bytes and of the bundle's values are
-notified. The runner's clock is the manual one, so what is notified when is exact; the app wiring
-(start with the device, restart on reboot, stop) is checked on sources whose values do not move during
-a test.
+real aiocoap observers of the variable (resource and instance), of a variable sharing its bytes and of
+the bundle's values are notified. The runner's clock is the manual one, so what is notified when is
+exact; the app wiring (start with the device, restart on reboot, stop) is checked on sources whose
+values do not move during a test.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import cbor2
 import pytest
 from manual_clock import ORIGIN, ManualClock
 
@@ -27,6 +28,7 @@ from tap_emulator.tree import MAINTENANCE
 
 TIMEOUT = 5.0
 OCTETS = 42  # application/octet-stream: the value's bytes (text/plain would be their hex)
+SENML_CBOR = 112
 
 PROFILE = """
 [device]
@@ -96,9 +98,9 @@ def write_profile(tmp_path: Path, text: str = PROFILE) -> Path:
 class Observer:
     """An aiocoap observation whose notifications are collected in a queue."""
 
-    def __init__(self, context: Any, uri: str) -> None:
+    def __init__(self, context: Any, uri: str, accept: int = OCTETS) -> None:
         message = aiocoap.Message(code=aiocoap.GET, uri=uri, observe=0)
-        message.opt.accept = OCTETS
+        message.opt.accept = accept
         self.request = context.request(message)
         self.updates: asyncio.Queue[bytes] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._collect())
@@ -124,6 +126,13 @@ def bundle_values(payload: bytes) -> dict[int, bytes]:
     (bundle,) = tlv.decode(payload)
     assert isinstance(bundle.value, tuple)
     return {node.id: node.value for node in bundle.value if isinstance(node.value, bytes)}
+
+
+def senml_value(payload: bytes) -> bytes:
+    """Resource 4 (the value) of a SenML CBOR instance read."""
+    (value,) = [r[8] for r in cbor2.loads(payload) if r.get(0) == "4"]  # name "4", data value (key 8)
+    assert isinstance(value, bytes)
+    return value
 
 
 def f32(value: float) -> bytes:
@@ -166,18 +175,21 @@ async def test_a_source_notifies_observers_of_its_variable_its_bytes_and_its_bun
             "same bytes": Observer(client, f"{base}/1029/3/4"),
             "bundle": Observer(client, f"{base}/1028/5/1"),
             "bundle alias": Observer(client, f"{base}/bundle/5/values"),
+            "instance": Observer(client, f"{base}/1029/1", accept=SENML_CBOR),
         }
         assert await observers["counter"].first() == b"\x00\x07"
         assert await observers["replay"].first() == f32(0.1)
         assert await observers["same bytes"].first() == b"\x00\x07"
         for name in ("bundle", "bundle alias"):
             assert bundle_values(await observers[name].first()) == {1: b"\x00\x07", 2: f32(0.1)}
+        assert senml_value(await observers["instance"].first()) == b"\x00\x07"
 
         await clock.advance_to(runner, ORIGIN + 1)  # the counter steps; the replay holds
         assert await observers["counter"].next() == b"\x00\x08"
         assert await observers["same bytes"].next() == b"\x00\x08"
         for name in ("bundle", "bundle alias"):
             assert bundle_values(await observers[name].next()) == {1: b"\x00\x08", 2: f32(0.1)}
+        assert senml_value(await observers["instance"].next()) == b"\x00\x08"
 
         await clock.advance_to(runner, ORIGIN + 1.5)  # a CSV point, exactly its value
         assert await observers["replay"].next() == f32(2.5)
