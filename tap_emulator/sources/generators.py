@@ -39,6 +39,10 @@ __all__ = [
 _INDEX_SLACK = 1e-9
 
 
+# The relative rounding of a time offset by a whole number of loop cycles.
+_ROUNDING = 1e-12
+
+
 def _index(t: float, period: float) -> int:
     """The last sample index at or before ``t`` on a grid of ``period``."""
     return math.floor(t / period + _INDEX_SLACK)
@@ -78,7 +82,12 @@ class Counter:
         """How many distinct values before a wrap (None: no wrap)."""
         if self.wrap is None:
             return None
-        return max(1, math.ceil((self.wrap - self.start) / self.step - _INDEX_SLACK))
+        steps = (self.wrap - self.start) / self.step
+        nearest = round(steps)
+        # A wrap that start + k * step reaches up to float rounding (0.1 steps, a large start) is reached.
+        if math.isclose(steps, nearest, rel_tol=1e-6):
+            return max(1, nearest)
+        return max(1, math.ceil(steps))
 
     def _value(self, index: int) -> float:
         cycle = self.values_per_cycle
@@ -131,14 +140,17 @@ class RandomWalk:
     def _walk(self) -> Iterator[float]:
         draws = random.Random(self.seed)
         value = self.start
+        span = self.maximum - self.minimum
         while True:
             yield value
             value += draws.uniform(-self.step, self.step)
-            # Reflect at the bounds; a step larger than the span folds back more than once.
-            while not self.minimum <= value <= self.maximum:
-                value = 2 * self.minimum - value if value < self.minimum else 2 * self.maximum - value
-            # Guard the float edge where a reflection lands a ulp outside.
-            value = min(self.maximum, max(self.minimum, value))
+            if not self.minimum <= value <= self.maximum:
+                # Reflect at the bounds, as often as a step larger than the span needs: reflections
+                # repeat every two spans, so fold modulo that.
+                folded = (value - self.minimum) % (2 * span)
+                value = self.minimum + (folded if folded <= span else 2 * span - folded)
+                # Guard the float edge where a reflection lands a ulp outside.
+                value = min(self.maximum, max(self.minimum, value))
 
     def value_at(self, t: float) -> float | None:
         """Walks from the seed up to ``t``: linear in the number of steps, as a walk must be."""
@@ -207,14 +219,18 @@ class Replay:
     def value_at(self, t: float) -> float | None:
         if t < self.times[0]:
             return None
-        local = t
-        if self.end is EndMode.LOOP:
-            assert self.duration is not None
-            cycle = _index(t - self.times[0], self.duration)
-            local = t - cycle * self.duration
-        # An instant a hair past a point (float slack from the cycle offset) is that point.
-        index = bisect.bisect_right(self.times, local + _INDEX_SLACK * max(1.0, abs(local))) - 1
-        index = max(index, 0)
+        if self.end is not EndMode.LOOP:
+            return self._between(bisect.bisect_right(self.times, t) - 1, t)
+        assert self.duration is not None
+        first, duration = self.times[0], self.duration
+        local = t - math.floor((t - first) / duration) * duration
+        # ``t - cycle * duration`` is rounded: an instant within that rounding of a point is the point.
+        rounding = _ROUNDING * max(1.0, abs(t))
+        if local >= first + duration - rounding or local < first:
+            return self.values[0]  # the next cycle's first point
+        index = bisect.bisect_right(self.times, local) - 1
+        if index + 1 < len(self.times) and self.times[index + 1] - local <= rounding:
+            return self.values[index + 1]
         return self._between(index, local)
 
     def samples(self) -> Iterator[tuple[float, float]]:

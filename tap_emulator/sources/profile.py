@@ -32,6 +32,7 @@ from tap_emulator.sources.generators import (
 __all__ = [
     "MAX_REPLAY_BYTES",
     "MAX_REPLAY_POINTS",
+    "MAX_SAMPLES_PER_SECOND",
     "MAX_SOURCES",
     "MAX_TOTAL_REPLAY_POINTS",
     "MIN_PERIOD",
@@ -47,6 +48,9 @@ MIN_PERIOD = 0.01  # seconds: the shortest period or interval of any source (at 
 MAX_REPLAY_BYTES = 4 * 1024 * 1024
 MAX_REPLAY_POINTS = 100_000
 MAX_TOTAL_REPLAY_POINTS = 1_000_000  # over every replay of a profile (about 50 MB of floats at most)
+# Over every source: a write through the variable handler costs about 0.1 ms, so this keeps the sources
+# under a tenth of a core.
+MAX_SAMPLES_PER_SECOND = 1000
 MAX_VARIABLE_ID = 0xFFFF
 
 
@@ -226,7 +230,27 @@ def parse_sources(raw: object, where: str, base_dir: Path) -> tuple[SourceConfig
         if any(s.variable == variable for s in sources):
             raise table.error("variable", f"variable {variable} already has a source")
         sources.append(SourceConfig(variable, kind, generator))
+    rate = sum(_samples_per_second(s.generator) for s in sources)
+    if rate > MAX_SAMPLES_PER_SECOND:
+        raise SourceError(
+            f"{where}: the [[sources]] take {rate:.0f} samples a second in all, more than "
+            f"{MAX_SAMPLES_PER_SECOND}: lengthen some periods or intervals"
+        )
     return tuple(sources)
+
+
+def _samples_per_second(generator: Generator) -> float:
+    """A source's average sample rate (a replay's over its rows, or its linear interval)."""
+    if isinstance(generator, Counter | RandomWalk):
+        return 1 / generator.period
+    if isinstance(generator, Sine):
+        return 1 / generator.interval
+    if isinstance(generator, Replay):
+        if generator.interpolation is Interpolation.LINEAR:
+            return 1 / generator.interval
+        span = (generator.duration or generator.times[-1]) - generator.times[0]
+        return len(generator.times) / span if span > 0 else 0.0
+    return 0.0  # a constant: once
 
 
 def _csv_number(cell: str, what: str, at: str) -> float:

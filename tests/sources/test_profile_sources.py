@@ -26,6 +26,7 @@ from tap_emulator.sources import (
 from tap_emulator.sources.profile import (
     MAX_REPLAY_BYTES,
     MAX_REPLAY_POINTS,
+    MAX_SAMPLES_PER_SECOND,
     MAX_SOURCES,
     read_replay_csv,
 )
@@ -264,6 +265,31 @@ def test_the_points_of_all_replays_together_are_bounded(
     assert len(load_sources(tmp_path, one.format(1))) == 1
     with pytest.raises(ConfigError, match=r"#2 'file': the replays hold more than 5 points in all"):
         load_sources(tmp_path, one.format(1) + one.format(2))
+
+
+def test_the_sample_rate_of_all_sources_together_is_bounded(tmp_path: Path) -> None:
+    # 11 counters at 100 samples/s: 1100/s, over MAX_SAMPLES_PER_SECOND.
+    fast = "".join(f'[[sources]]\nvariable = {i}\nkind = "counter"\nperiod = 0.01\n' for i in range(11))
+    with pytest.raises(
+        ConfigError, match=f"take 1100 samples a second in all, more than {MAX_SAMPLES_PER_SECOND}"
+    ):
+        load_sources(tmp_path, fast)
+    assert len(load_sources(tmp_path, fast.rsplit("[[sources]]", 1)[0])) == 10
+    # A hold replay counts its rows over its span; a linear one its interval; a constant nothing.
+    (tmp_path / "dense.csv").write_text("".join(f"{i / 1000},{i}\n" for i in range(1001)), encoding="utf-8")
+    replay = '[[sources]]\nvariable = 999\nkind = "replay"\nfile = "dense.csv"\n'
+    with pytest.raises(ConfigError, match="take 1001 samples a second"):
+        load_sources(tmp_path, replay)
+    slow = replay.replace(
+        'file = "dense.csv"', 'file = "slow.csv"\ninterpolation = "linear"\ninterval = 0.01'
+    )
+    (tmp_path / "slow.csv").write_text("0,0\n100,1\n", encoding="utf-8")
+    ten, nine = fast.rsplit("[[sources]]", 1)[0], fast.rsplit("[[sources]]", 2)[0]
+    with pytest.raises(ConfigError, match="take 1100 samples a second"):
+        load_sources(tmp_path, ten + slow)
+    assert len(load_sources(tmp_path, nine + slow)) == 10
+    constants = "".join(f'[[sources]]\nvariable = {i}\nkind = "constant"\nvalue = 1\n' for i in range(200))
+    assert len(load_sources(tmp_path, constants + slow)) == 201
 
 
 def test_serve_with_a_bad_source_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
