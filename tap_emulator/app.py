@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from tap_emulator.faces.http.cloud_config import CloudConfig
     from tap_emulator.faces.mqtt import DeviceRelay
     from tap_emulator.faces.tap.session import TapFace
+    from tap_emulator.sources import SourceRunner
 
 __all__ = [
     "CloudOnly",
@@ -266,6 +267,7 @@ class Emulator:
         # sources' runner restarts here); each may return an awaitable.
         self.restart_hooks: list[Callable[[], object]] = []
         self.registrations: list[Registration] = []
+        self.sources: SourceRunner | None = None
         self._closers: list[Callable[[], object]] = []
         self._lifecycle_tasks: set[asyncio.Task[None]] = set()
 
@@ -286,6 +288,7 @@ class Emulator:
             if self.options.security is not None and tree.security_mode is not self.options.security:
                 await tree.set_security_mode(self.options.security)
             self._start_sync(tree, state_path)
+            self._start_sources(tree)
             if self.options.coap is not None:
                 await self._start_coap(tree, self.options.coap)
             await self._start_tap_faces(tree)
@@ -484,6 +487,20 @@ class Emulator:
         self.sync.start()
         self._closers.append(self.sync.stop)
         log.info("syncing groups to the management store %s", redact_url(url))
+
+    def _start_sources(self, tree: DeviceTree) -> None:
+        """The profile's value sources, all in one task, writing through the variable handler. Their
+        first values are in place before any face listens; they start again from time 0 after a reboot
+        or a factory reset."""
+        from tap_emulator.sources import SourceRunner
+
+        if not self.profile.sources:
+            return
+        self.sources = SourceRunner(self.profile.sources, tree.variables)
+        self.sources.start()
+        self._closers.append(self.sources.stop)
+        self.restart_hooks.append(self.sources.restart)
+        log.info("%d value source(s) running", len(self.profile.sources))
 
     # ------------------------------------------------------------------ lifecycle (object 3's hook)
 

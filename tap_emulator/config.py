@@ -1,9 +1,9 @@
 """Device profiles: the TOML files in ``resources/profiles`` that seed a fresh (or factory-reset) device.
 
 A profile is data, not code: identity (object 3), security mode and login policy (object 1024), the
-MQTT relay settings (object 1024, ``[mqtt]``), access rules and the initial groups of object 1025.
-Loading validates every field and reports the file and the key on error, so a typo in a hand-written
-profile is a clear message, not a traceback.
+MQTT relay settings (object 1024, ``[mqtt]``), access rules, the initial groups of object 1025 and the
+value sources of the variables (``sources/profile.py``). Loading validates every field and reports the
+file and the key on error, so a typo in a hand-written profile is a clear message, not a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from tap_emulator.codec.variables import DATA_TYPES, DOMAINS
 from tap_emulator.model import RESOURCES_DIR, ValueError_, default_model
 from tap_emulator.security.lockout import LockoutPolicy
+from tap_emulator.sources.profile import SourceConfig, SourceError, parse_sources
 from tap_emulator.target.memory import ADDRESS_SPACE, MemoryRegion, TargetMemoryError
 
 __all__ = [
@@ -264,6 +265,8 @@ class Profile:
     # The emulated target's memory ([target] memory_base, memory_size).
     memory: MemoryRegion = field(default_factory=MemoryRegion)
     application: ApplicationSeed = field(default_factory=ApplicationSeed)
+    # [[sources]]: what moves the variables' values (README "Value sources").
+    sources: tuple[SourceConfig, ...] = ()
 
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
@@ -364,6 +367,10 @@ def load_profile(name_or_path: str = "default") -> Profile:
     memory = _memory_region(data, where)
     data_config = parse_data_config(_get(data, "data", dict, where, {}), where=f"{where} [data]")
     check_data_against(data_config, groups, memory, f"{where} [data]")
+    try:
+        sources = parse_sources(data.get("sources"), where, path.parent)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
     return Profile(
         path.stem,
         device,
@@ -375,6 +382,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
         application=_application(data, where),
         data=data_config,
         memory=memory,
+        sources=sources,
     )
 
 
