@@ -787,9 +787,11 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return _error(Status.BAD_REQUEST, links)
         return _message(Status.CONTENT, render_links(links), LINK_FORMAT)
 
-    async def _discover(self, request: aiocoap.Message, target: _Target) -> Reply:
-        """LwM2M Discover of an object, instance or resource the caller may read."""
-        resource_id = None if target.resource is None else target.resource.id
+    async def _unreadable(
+        self, request: aiocoap.Message, target: _Target, resource_id: int | None
+    ) -> Reply | None:
+        """The refusal of a read of the target by this request's caller, or None when it may read it
+        (Discover and Write-Attributes need read rights on what they address)."""
         readable = await self.tree.handle(
             Request(
                 Operation.READ,
@@ -799,8 +801,14 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
                 caller=self._caller_for(request),
             )
         )
-        if not readable.status.is_success:
-            return _error(readable.status, readable.diagnostic)
+        return None if readable.status.is_success else _error(readable.status, readable.diagnostic)
+
+    async def _discover(self, request: aiocoap.Message, target: _Target) -> Reply:
+        """LwM2M Discover of an object, instance or resource the caller may read."""
+        resource_id = None if target.resource is None else target.resource.id
+        refused = await self._unreadable(request, target, resource_id)
+        if refused is not None:
+            return refused
         links = discover(
             target.obj, target.instance_id, resource_id, self._instance_ids(target.obj), self.attributes
         )
@@ -813,17 +821,9 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
         if resource is not None and not resource.readable:
             return _error(Status.METHOD_NOT_ALLOWED, f"{resource.name} is not readable, so not observable")
         resource_id = None if resource is None else resource.id
-        readable = await self.tree.handle(
-            Request(
-                Operation.READ,
-                target.obj.id,
-                target.instance_id,
-                resource_id,
-                caller=self._caller_for(request),
-            )
-        )
-        if not readable.status.is_success:
-            return _error(readable.status, readable.diagnostic)
+        refused = await self._unreadable(request, target, resource_id)
+        if refused is not None:
+            return refused
         path: Path = (target.obj.id, target.instance_id, resource_id)
         numeric = resource is not None and resource.form.value_type is ValueType.INTEGER
         try:
