@@ -363,6 +363,39 @@ def _add_ctl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     offline.add_argument("seconds", type=_positive(float), metavar="SECONDS")
     trace = actions.add_parser("trace", help="the last trace events, one JSON line each")
     trace.add_argument("--limit", type=int, default=100, metavar="N")
+    variable = actions.add_parser("variable", help="a variable's value (number, hex bytes, layout)")
+    variable.add_argument("variable_id", type=int, metavar="ID")
+    set_variable = actions.add_parser(
+        "set-variable", help="set a variable: VALUE (JSON number, list or text) or --hex BYTES"
+    )
+    set_variable.add_argument("variable_id", type=int, metavar="ID")
+    given = set_variable.add_mutually_exclusive_group(required=True)
+    given.add_argument("value", nargs="?", type=_json_value, metavar="VALUE")
+    given.add_argument("--hex", dest="hex_bytes", metavar="BYTES")
+    memory = actions.add_parser("memory", help="LENGTH bytes of target memory at ADDRESS, as hex")
+    memory.add_argument("address", type=_address, metavar="ADDRESS")
+    memory.add_argument("length", type=int, metavar="LENGTH")
+    write_memory = actions.add_parser("write-memory", help="write hex BYTES to target memory at ADDRESS")
+    write_memory.add_argument("address", type=_address, metavar="ADDRESS")
+    write_memory.add_argument("hex_bytes", metavar="BYTES")
+
+
+def _address(text: str) -> int:
+    """A target memory address: decimal or 0x hexadecimal."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address: {text!r}") from None
+
+
+def _json_value(text: str) -> object:
+    """A variable value on the command line: JSON (a number or a list), else the text itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _add_trace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -432,6 +465,13 @@ def _reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hex_bytes(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"not hex bytes: {text[:40]!r}") from None
+
+
 def _ctl(args: argparse.Namespace) -> int:
     """``tap-emulator ctl ACTION``: one control API call, its answer as JSON on stdout."""
     import json
@@ -455,16 +495,25 @@ def _ctl(args: argparse.Namespace) -> int:
         "set-faults": lambda: client.set_faults(args.plan),
         "offline": lambda: client.offline(args.seconds),
         "trace": lambda: client.trace(args.limit),
+        "variable": lambda: client.variable(args.variable_id),
+        "set-variable": lambda: client.set_variable(
+            args.variable_id, args.value, hex_bytes=args.hex_bytes
+        ),
+        "memory": lambda: {
+            "address": args.address,
+            "hex": client.memory(args.address, args.length).hex(),
+        },
+        "write-memory": lambda: client.write_memory(args.address, _hex_bytes(args.hex_bytes)),
     }
     try:
         result = calls[action]()
     except ControlError as exc:
         print(f"tap-emulator: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.status == 400 else EXIT_RUNTIME
+        return EXIT_USAGE if exc.status in (400, 404) else EXIT_RUNTIME  # bad input, unknown id
     except Unreachable as exc:
         print(f"tap-emulator: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    except (OSError, ValueError) as exc:  # set-faults: the file
+    except (OSError, ValueError) as exc:  # set-faults: the file; write-memory: the bytes
         print(f"tap-emulator: {getattr(exc, 'filename', None) or ''} {exc}".strip(), file=sys.stderr)
         return EXIT_USAGE
     if action == "trace":

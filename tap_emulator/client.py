@@ -115,3 +115,22 @@ class ControlClient:
 
     def set_trace(self, enabled: bool) -> bool:
         return bool(self._call("PUT", "/trace", {"enabled": enabled})["active"])
+
+    def variable(self, variable_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/variables/{int(variable_id)}")
+        return result
+
+    def set_variable(
+        self, variable_id: int, value: float | list[float] | str | None = None, *, hex_bytes: str | None = None
+    ) -> dict[str, Any]:
+        """Set a variable: ``value`` (a number, a list for an array, text for ASCII) or its raw bytes."""
+        body = {"hex": hex_bytes} if hex_bytes is not None else {"value": value}
+        result: dict[str, Any] = self._call("PUT", f"/variables/{int(variable_id)}", body)
+        return result
+
+    def memory(self, address: int, length: int) -> bytes:
+        answer = self._call("GET", f"/memory/{int(address)}?length={int(length)}")
+        return bytes.fromhex(answer["hex"])
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        self._call("PUT", f"/memory/{int(address)}", {"hex": bytes(data).hex()})

@@ -18,6 +18,7 @@ __all__ = [
     "DOMAINS",
     "DataType",
     "data_type_of",
+    "decode_number",
     "encode_number",
     "split_type_byte",
     "type_byte",
@@ -86,3 +87,11 @@ def encode_number(data_type: DataType, value: float) -> bytes:
     else:
         number = min(max(round(value), data_type.low), data_type.high)
     return number.to_bytes(data_type.size, "big", signed=data_type.low < 0)
+
+
+def decode_number(data_type: DataType, data: bytes) -> float | int:
+    """The number one element of ``data_type`` holds (``data`` is ``data_type.size`` bytes)."""
+    if data_type.low is None:
+        value: float = struct.unpack(">f", data)[0]
+        return value
+    return int.from_bytes(data, "big", signed=data_type.low < 0)

@@ -1,8 +1,9 @@
 """The control API under ``/emulator/v1``: the HTTP way into ``tap_emulator.control.DeviceControl``.
 
 Device info and state dump, reboot, factory reset, sessions (list, close one), lockouts (list, clear),
-the fault plan (get, replace, clear, an offline window) and the trace (recent events, a server-sent
-event stream for the live page, on/off). Errors are ``{code, message}`` with a plain HTTP status, as on
+the fault plan (get, replace, clear, an offline window), the trace (recent events, a server-sent
+event stream for the live page, on/off), a variable's value (read, set) and the target memory (read,
+write). Errors are ``{code, message}`` with a plain HTTP status, as on
 the native API. Bearer-token checks for both APIs live here too (``api_guard``): a loopback bind is
 open, any other bind requires the configured ``[control] token``.
 """
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from tap_emulator.config import ConfigError
-from tap_emulator.control import DeviceControl, NoSuchSession
+from tap_emulator.control import MAX_MEMORY_BYTES, DeviceControl, NoSuchSession, Refused
 
 from .cloud_config import same_secret
 from .routing import FaceError, Failure, FailureKind, face_route_class
@@ -45,6 +46,44 @@ class OfflineIn(BaseModel):
 
 class TraceSwitch(BaseModel):
     enabled: bool
+
+
+class VariableIn(BaseModel):
+    """Exactly one of ``value`` (a number, a list of ``count`` numbers, text for ASCII) and ``hex``."""
+
+    value: int | float | list[int | float] | str | None = None
+    hex: str | None = Field(default=None, max_length=2 * MAX_MEMORY_BYTES)
+
+
+class VariableOut(BaseModel):
+    id: int
+    type: str
+    count: int
+    address: int
+    bundle: int
+    hex: str
+    value: int | float | list[int | float] | str
+
+
+class MemoryIn(BaseModel):
+    hex: str = Field(min_length=2, max_length=2 * MAX_MEMORY_BYTES)
+
+
+class MemoryOut(BaseModel):
+    address: int
+    length: int
+    hex: str
+
+
+def _address(text: str) -> int:
+    """A memory address in the path: decimal or ``0x`` hexadecimal."""
+    try:
+        address = int(text, 0)
+    except ValueError:
+        raise Refused(400, f"not an address: {text[:40]!r} (decimal or 0x hexadecimal)") from None
+    if address < 0:
+        raise Refused(400, "an address is not negative")
+    return address
 
 
 class Done(BaseModel):
@@ -94,7 +133,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _is_control_error(error: Exception) -> bool:
-    return isinstance(error, ConfigError | NoSuchSession)
+    return isinstance(error, ConfigError | NoSuchSession | Refused)
 
 
 def router(control: DeviceControl, guard: Callable[[Request], None]) -> APIRouter:
@@ -165,6 +204,38 @@ def router(control: DeviceControl, guard: Callable[[Request], None]) -> APIRoute
     async def trace_switch(body: TraceSwitch) -> dict[str, bool]:
         return {"active": control.set_trace(body.enabled)}
 
+    @api.get("/variables/{variable_id}", response_model=VariableOut, summary="A variable's value")
+    async def variable(variable_id: int) -> dict[str, Any]:
+        return await control.variable(variable_id)
+
+    @api.put(
+        "/variables/{variable_id}",
+        response_model=VariableOut,
+        summary="Set a variable's value (as a CoAP PUT of its value: durable, observers told)",
+    )
+    async def set_variable(variable_id: int, body: VariableIn) -> dict[str, Any]:
+        if (body.value is None) == (body.hex is None):
+            raise Refused(400, "give exactly one of 'value' and 'hex'")
+        return await control.set_variable(variable_id, value=body.value, hex_bytes=body.hex)
+
+    @api.get(
+        "/memory/{address}",
+        response_model=MemoryOut,
+        summary="Target memory bytes (address decimal or 0x hexadecimal)",
+    )
+    async def memory(
+        address: str, length: Annotated[int, Query(ge=1, le=MAX_MEMORY_BYTES)]
+    ) -> dict[str, Any]:
+        return control.memory(_address(address), length)
+
+    @api.put(
+        "/memory/{address}",
+        response_model=MemoryOut,
+        summary="Write target memory (durable; observers of overlapping variables and bundles told)",
+    )
+    async def write_memory(address: str, body: MemoryIn) -> dict[str, Any]:
+        return await control.write_memory(_address(address), body.hex)
+
     @api.get(
         "/events",
         summary="Server-sent events: each trace event, then 'status' every few seconds",
@@ -227,7 +298,13 @@ async def _status(control: DeviceControl) -> dict[str, Any]:
 
 
 def _render_domain(request: Request, failure: Failure) -> Response:
-    """``render`` plus the control's own refusals: a bad plan is 400, an unknown session 404."""
+    """``render`` plus the control's own refusals: a bad plan is 400, an unknown session 404, a refused
+    data-plane request its own status."""
+    if failure.kind is FailureKind.DOMAIN and isinstance(failure.error, Refused):
+        status = failure.error.status
+        code = {404: "not_found", 500: "internal_error"}.get(status, "invalid_input")
+        message = "internal error" if status >= 500 else str(failure.error)
+        return JSONResponse({"code": code, "message": message}, status_code=status)
     if failure.kind is FailureKind.DOMAIN and isinstance(failure.error, NoSuchSession):
         return JSONResponse({"code": "not_found", "message": str(failure.error)}, status_code=404)
     if failure.kind is FailureKind.DOMAIN and isinstance(failure.error, ConfigError):

@@ -271,7 +271,12 @@ class VariableHandler(ObjectHandler):
             return Response(
                 Status.BAD_REQUEST, diagnostic=f"variable {vid} takes {layout.size} bytes, not {len(data)}"
             )
-        return await self.tree.commit_memory(layout.address, data, self._events(layout.span))
+        return await self.write_memory(layout.address, data)
+
+    async def write_memory(self, address: int, data: bytes) -> Response:
+        """A durable target-memory write (the tree's memory commit), announcing every variable it overlaps
+        and their bundles' values: a value write and the control API's memory write both come here."""
+        return await self.tree.commit_memory(address, data, self._events((address, len(data))))
 
     def _events(self, span: tuple[int, int]) -> list[ChangeEvent]:
         """Change events of a memory write: every variable it overlaps, and their bundles' values."""
