@@ -496,9 +496,7 @@ def _ctl(args: argparse.Namespace) -> int:
         "offline": lambda: client.offline(args.seconds),
         "trace": lambda: client.trace(args.limit),
         "variable": lambda: client.variable(args.variable_id),
-        "set-variable": lambda: client.set_variable(
-            args.variable_id, args.value, hex_bytes=args.hex_bytes
-        ),
+        "set-variable": lambda: client.set_variable(args.variable_id, args.value, hex_bytes=args.hex_bytes),
         "memory": lambda: {
             "address": args.address,
             "hex": client.memory(args.address, args.length).hex(),

@@ -121,7 +121,11 @@ class ControlClient:
         return result
 
     def set_variable(
-        self, variable_id: int, value: float | list[float] | str | None = None, *, hex_bytes: str | None = None
+        self,
+        variable_id: int,
+        value: float | list[float] | str | None = None,
+        *,
+        hex_bytes: str | None = None,
     ) -> dict[str, Any]:
         """Set a variable: ``value`` (a number, a list for an array, text for ASCII) or its raw bytes."""
         body = {"hex": hex_bytes} if hex_bytes is not None else {"value": value}

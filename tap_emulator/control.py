@@ -166,7 +166,9 @@ class DeviceControl:
             "value": value,
         }
 
-    async def set_variable(self, variable_id: int, *, value: Any = None, hex_bytes: str | None = None) -> dict[str, Any]:
+    async def set_variable(
+        self, variable_id: int, *, value: Any = None, hex_bytes: str | None = None
+    ) -> dict[str, Any]:
         """Write a variable's value as the CoAP PUT of its value resource does (durable before the
         answer, observers told): ``hex_bytes`` (its raw bytes) or ``value`` (a number, a list of
         ``count`` numbers, text for ASCII), encoded in its type as a value source does."""

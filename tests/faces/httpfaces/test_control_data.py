@@ -222,7 +222,7 @@ async def test_bad_requests_are_refused_with_the_api_error_shape(
     body: Any,
     status: int,
 ) -> None:
-    emulator, http = demo
+    _, http = demo
     caplog.set_level(logging.WARNING)
     answer = await http.request(method, "/emulator/v1" + path, json=body)
     assert answer.status_code == status, answer.text
@@ -283,3 +283,17 @@ async def test_ctl_sets_and_reads_variables_and_memory(demo: tuple[Emulator, htt
     assert code == 2 and "outside the target memory" in err
     code, _, err = await ctl("variable", "999")
     assert code == 2 and "does not exist" in err
+
+
+async def test_the_openapi_document_describes_the_data_plane(
+    demo: tuple[Emulator, httpx.AsyncClient],
+) -> None:
+    _, http = demo
+    paths = (await http.get("/openapi/control.json")).json()["paths"]
+    for path in ("/emulator/v1/variables/{variable_id}", "/emulator/v1/memory/{address}"):
+        assert set(paths[path]) == {"get", "put"}
+        for operation in paths[path].values():
+            assert {"200", "400", "404"} <= set(operation["responses"]) and operation["summary"]
+    memory_read = paths["/emulator/v1/memory/{address}"]["get"]["parameters"]
+    length = next(p for p in memory_read if p["name"] == "length")
+    assert length["required"] and length["schema"]["maximum"] == 4096
