@@ -62,7 +62,7 @@ class VariableOut(BaseModel):
     address: int
     bundle: int
     hex: str
-    value: int | float | list[int | float] | str
+    value: int | float | list[int | float | None] | str | None  # a NaN or infinity reads as null
 
 
 class MemoryIn(BaseModel):

@@ -144,6 +144,8 @@ async def test_setting_a_variable_notifies_its_coap_observer(
     label = await http.put("/emulator/v1/variables/22", json={"value": "pump"})
     assert label.json()["hex"] == b"pump".hex() + "00" * 4 and label.json()["value"] == "pump"
     assert await coap_get(coap, coap_uri(emulator, "/1029/30/4")) == b"0000002a"
+    not_a_number = await http.put("/emulator/v1/variables/10", json={"hex": "7fc00000"})
+    assert not_a_number.status_code == 200 and not_a_number.json()["value"] is None  # JSON has no NaN
 
 
 async def test_a_memory_write_changes_the_variables_at_that_address(
