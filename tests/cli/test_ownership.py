@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serve import run_cli
+from test_serve import SERVE_WITHOUT_TAP, run_cli
 
 from tap_emulator.state import StateError
 from tap_emulator.state.lock import StateLock, StateLockError
@@ -22,15 +22,9 @@ def test_a_second_serve_on_the_same_state_exits_1_naming_the_running_process(
     state = str(tmp_path / "s.db")
     server = spawn_server("--state", state)
     second = run_cli(
-        "serve",
+        *SERVE_WITHOUT_TAP,
         "--coap",
         "127.0.0.1:0",
-        "--tcp",
-        "off",
-        "--ws",
-        "off",
-        "--http",
-        "off",
         "--state",
         state,
         cwd=tmp_path,
@@ -92,15 +86,9 @@ def test_an_unusable_state_names_its_cause(
 ) -> None:
     state = make_state(tmp_path)
     result = run_cli(
-        "serve",
+        *SERVE_WITHOUT_TAP,
         "--coap",
         "127.0.0.1:0",
-        "--tcp",
-        "off",
-        "--ws",
-        "off",
-        "--http",
-        "off",
         "--state",
         str(state),
         cwd=tmp_path,
