@@ -5,8 +5,9 @@ Why in process: what is compared is the relay's cost of carrying N devices' topi
 routing over N subscriptions, the fleet's topic lookup, one connection's queue) against one device,
 not process start-up. Both relays and the app (the SDK's role, played with the project's own relay
 codec over aiomqtt, one request outstanding as the SDK has) share one event loop; both sides of the
-comparison pay that equally. Each random device gets one untimed command first (its face is built at
-its first command: that cold round trip is reported apart), then its timed getName.
+comparison pay that equally. The random devices are drawn first and each gets one command before
+the timed rounds (its face is built at its first command: that cold round trip is reported apart);
+then rounds of single-device and random-device getName alternate.
 
 Also here, for the report and for F4's fleet bench: subscribe time for N topics, `relay_keys` time,
 and the memory of an idle device record. `MemoryDevice` is a `RelayDevice` over a ``:memory:`` state
@@ -244,7 +245,7 @@ async def getname_round_trips(
     count: int, *, samples: int = 200, rounds: int = 4, host: str = BROKER[0], port: int = BROKER[1]
 ) -> GetNameResult:
     """getName p50 for a random device of a ``count``-device fleet vs one device alone, interleaved in
-    ``rounds``; each random device is warmed by one untimed-for-the-ratio command first."""
+    ``rounds``; each random device has had its first (cold, reported apart) command before."""
     if count < 1 or samples < 1 or rounds < 1:
         raise ValueError("count, samples and rounds must be at least 1")
     profile = default_profile()
@@ -268,12 +269,13 @@ async def getname_round_trips(
             solo = alone.topics(devices[0].serial_number)
             await app.seconds(solo)  # its face, too, is built at its first command
             per_round = max(1, samples // rounds)
-            for _ in range(rounds):
+            picks = [fleet.topics(draw.choice(serials[1:])) for _ in range(per_round * rounds)]
+            for topics in dict.fromkeys(picks):  # each picked device's first command, timed apart
+                cold.append(await app.seconds(topics))
+            for round_ in range(rounds):
                 for _ in range(per_round):
                     single.append(await app.seconds(solo))
-                for _ in range(per_round):
-                    topics = fleet.topics(draw.choice(serials[1:]))
-                    cold.append(await app.seconds(topics))
+                for topics in picks[round_ * per_round : (round_ + 1) * per_round]:
                     relayed.append(await app.seconds(topics))
     finally:
         await fleet.stop()
