@@ -307,3 +307,26 @@ async def _traffic_until_killed(
             broker.kill()
         await requests
     return answered
+
+
+async def test_a_device_added_while_the_connection_subscribes_is_subscribed_by_it() -> None:
+    """The connection subscribes a snapshot of the fleet's topics; one added before its SUBACKs are in
+    is neither in the snapshot nor sent on a connection in use, and must not be lost between the two."""
+    require_broker()
+    devices = await memory_fleet(101)
+    fleet = FleetRelay(broker_settings(), clock=time.monotonic, subscribe_batch=5)  # 20 SUBSCRIBEs
+    fleet.add_many(devices[:100])
+    late = devices[100]
+    with closing(devices):
+        starting = asyncio.ensure_future(fleet.start())
+        try:
+            await wait_for(lambda: fleet.relay._late is not None, 10)  # the snapshot is being subscribed
+            fleet.add(late)
+            await starting
+            await fleet.settled()
+            async with RelayApp().connected() as app:
+                assert (await app.request(fleet.topics(late.serial_number), GET_NAME))[0] == CONTENT
+                assert (await app.request(fleet.topics(devices[0].serial_number), GET_NAME))[0] == CONTENT
+            assert fleet.relay.connections == 1
+        finally:
+            await fleet.stop()
