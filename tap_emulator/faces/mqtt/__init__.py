@@ -3,8 +3,8 @@
 `tap_emulator.codec.mqtt_relay` is the sans-IO envelope and topics, `relay` one device's senders and
 their Tap sessions (the same `TapFace` as TCP and WebSocket), `client` the broker connection with its
 reconnects, `fleet` many devices on one connection (with `relay_keys`, K for many at once). This module
-wires them for one device: the topics and broker come from object 1024
-(50..59, seeded by the profile's ``[mqtt]``), and a change of them reconnects and resubscribes.
+wires them for one device: the topics and broker come from object 1024 (50..59, seeded by the
+profile's ``[mqtt]``), and a change of them reconnects and resubscribes.
 """
 
 from __future__ import annotations
