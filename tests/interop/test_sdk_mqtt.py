@@ -5,7 +5,8 @@ Each test gives its device a serial of its own (uuid-based), so runs by others o
 share a topic. Covered: SCRAM login (encrypted channel) and every GroupService call; plain login with
 the security mode overridden; the device's identity; a write refused to anonymous; the relay settings
 of object 1024 (read, written, the password write-only, a net key change moving the topics); and
-commands for another device, or malformed, answered by nothing.
+commands for another device, or malformed, answered by nothing; and the same GroupService run on three
+random devices of a 200-device `FleetRelay` (one connection for all).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,10 +26,19 @@ import aiomqtt
 import pytest
 from sdk import hex_arg, require_sdk, run_sdk_async
 
+from bench.fleet_relay import (
+    GET_NAME,
+    MemoryDevice,
+    RelayApp,
+    broker_settings,
+    default_profile,
+    fleet_serials,
+)
 from tap_emulator.app import Emulator, ServeOptions
 from tap_emulator.codec.apdu import Method, TapRequest, encode_request
 from tap_emulator.codec.mqtt_relay import RelayMessage, decode, encode, relay_key, relay_topics
 from tap_emulator.config import PROFILES_DIR, SecurityMode
+from tap_emulator.faces.mqtt import FleetRelay, relay_keys
 from tap_emulator.security import derive_scram_keys, hash_login_password
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -123,57 +135,63 @@ async def sdk(serial: str, steps: list[dict[str, Any]], **options: Any) -> list[
     )
 
 
-async def test_scram_login_every_group_service_call_and_identity(tmp_path: Path) -> None:
+async def every_group_service_call(serial: str) -> None:
+    """SCRAM login (the encrypted channel), every GroupService call and the identity, through the SDK,
+    on the device ``serial`` (alone, or one of a fleet)."""
     bob_key = derive_scram_keys(hash_login_password("bobpw"), b"\x5a\x01\x02\x03", 5000).to_password_key()
-    async with relayed_emulator(tmp_path) as (_emulator, serial):
-        admin = await sdk(
-            serial,
-            [
-                call("device.getSerialNumber"),
-                call("device.getManufacturer"),
-                call("device.getFirmwareVersion"),
-                login("admin", "admin"),
-                CURRENT_GROUP,
-                call("group.create", 56),
-                call("group.putName", 56, "alice"),
-                call("group.getName", 56),
-                call("group.putSessionLifetime", 56, 3600),
-                call("group.getSessionLifetime", 56),
-                call("group.putAlias", 56, SUPERVISOR),
-                call("group.getAlias", 56),
-                call("group.changePassword", 56, "alicepw"),
-                call("group.create", 57),
-                call("group.putName", 57, "bob"),
-                call("group.changePasswordKey", 57, hex_arg(bob_key)),
-                call("group.getName", ADMIN),
-                call("group.create", 56),
-                LOGOUT,
-            ],
-        )
-        assert [ok(admin[i]) for i in range(3)] == [serial, "IOTIZE", "1.118.0"]
-        assert ok(admin[3])["key"] is not None  # SCRAM: the SDK encrypts from here on
-        assert ok(admin[4]) == ADMIN
-        assert admin[5]["status"] == 0x41
-        assert [admin[i]["status"] for i in (6, 8, 10, 12, 15)] == [0x44] * 5
-        assert [ok(admin[i]) for i in (7, 9, 11, 16)] == ["alice", 3600, SUPERVISOR, "admin"]
-        assert not admin[17]["ok"] and admin[17]["status"] == 0x80  # the group already exists
-        ok(admin[18])
-        users = await sdk(
-            serial,
-            [
-                login("alice", "alicepw"),
-                CURRENT_GROUP,
-                {"call": "interface.getCurrentProfileId"},
-                LOGOUT,
-                login("bob", "bobpw"),
-                CURRENT_GROUP,
-                call("group.putName", 56, "mallory"),  # bob (no profile of a writer) may not write
-                LOGOUT,
-                CURRENT_GROUP,
-            ],
-        )
+    admin = await sdk(
+        serial,
+        [
+            call("device.getSerialNumber"),
+            call("device.getManufacturer"),
+            call("device.getFirmwareVersion"),
+            login("admin", "admin"),
+            CURRENT_GROUP,
+            call("group.create", 56),
+            call("group.putName", 56, "alice"),
+            call("group.getName", 56),
+            call("group.putSessionLifetime", 56, 3600),
+            call("group.getSessionLifetime", 56),
+            call("group.putAlias", 56, SUPERVISOR),
+            call("group.getAlias", 56),
+            call("group.changePassword", 56, "alicepw"),
+            call("group.create", 57),
+            call("group.putName", 57, "bob"),
+            call("group.changePasswordKey", 57, hex_arg(bob_key)),
+            call("group.getName", ADMIN),
+            call("group.create", 56),
+            LOGOUT,
+        ],
+    )
+    assert [ok(admin[i]) for i in range(3)] == [serial, "IOTIZE", "1.118.0"]
+    assert ok(admin[3])["key"] is not None  # SCRAM: the SDK encrypts from here on
+    assert ok(admin[4]) == ADMIN
+    assert admin[5]["status"] == 0x41
+    assert [admin[i]["status"] for i in (6, 8, 10, 12, 15)] == [0x44] * 5
+    assert [ok(admin[i]) for i in (7, 9, 11, 16)] == ["alice", 3600, SUPERVISOR, "admin"]
+    assert not admin[17]["ok"] and admin[17]["status"] == 0x80  # the group already exists
+    ok(admin[18])
+    users = await sdk(
+        serial,
+        [
+            login("alice", "alicepw"),
+            CURRENT_GROUP,
+            {"call": "interface.getCurrentProfileId"},
+            LOGOUT,
+            login("bob", "bobpw"),
+            CURRENT_GROUP,
+            call("group.putName", 56, "mallory"),  # bob (no profile of a writer) may not write
+            LOGOUT,
+            CURRENT_GROUP,
+        ],
+    )
     assert [ok(users[i]) for i in (1, 2, 5, 8)] == [56, SUPERVISOR, 57, 0]
     assert not users[6]["ok"] and users[6]["status"] == 0x81
+
+
+async def test_scram_login_every_group_service_call_and_identity(tmp_path: Path) -> None:
+    async with relayed_emulator(tmp_path) as (_emulator, serial):
+        await every_group_service_call(serial)
 
 
 async def test_plain_login_and_a_write_refused_to_anonymous(tmp_path: Path) -> None:
@@ -274,3 +292,35 @@ async def test_the_profile_can_turn_the_relay_on(tmp_path: Path) -> None:
             serial, [call("device.getSerialNumber"), call("mqtt.getRelayNetKey")], netkey="pk"
         )
     assert [ok(r) for r in results] == [serial, "pk"]
+
+
+async def test_three_random_devices_of_a_200_device_fleet_on_one_connection() -> None:
+    """The fleet relay (one broker connection, faces built at a device's first command): the SDK logs
+    in, runs every GroupService call and reads the identity on three random devices of 200 (at once);
+    a getName through the relay reaches each of the others."""
+    require_sdk()
+    require_broker()
+    profile = default_profile()
+    serials = fleet_serials(200)
+    keys = await relay_keys("testnetkey", serials)
+    devices = [MemoryDevice(profile, serial, keys[serial]) for serial in serials]
+    fleet = FleetRelay(broker_settings(), clock=time.monotonic)
+    fleet.add_many(devices)
+    await fleet.start()
+    try:
+        chosen = random.sample(devices, 3)
+        await asyncio.gather(*(every_group_service_call(device.serial_number) for device in chosen))
+        assert {d.serial_number for d in devices if d.built} == {d.serial_number for d in chosen}
+        assert fleet.faces_built == 3
+        rest = [d for d in devices if not d.built]
+        async with RelayApp().connected() as app:
+            for start in range(0, len(rest), 40):
+                answers = await asyncio.gather(
+                    *(app.request(fleet.topics(d.serial_number), GET_NAME) for d in rest[start : start + 40])
+                )
+                assert answers == [(0x45, b"anonymous")] * len(answers)
+        assert fleet.faces_built == 200 and fleet.relay.connections == 1
+    finally:
+        await fleet.stop()
+        for device in devices:
+            device.close()

@@ -2,8 +2,9 @@
 
 `tap_emulator.codec.mqtt_relay` is the sans-IO envelope and topics, `relay` one device's senders and
 their Tap sessions (the same `TapFace` as TCP and WebSocket), `client` the broker connection with its
-reconnects. This module wires them for one device: the topics and broker come from object 1024
-(50..59, seeded by the profile's ``[mqtt]``), and a change of them reconnects and resubscribes.
+reconnects, `fleet` many devices on one connection (with `relay_keys`, K for many at once). This module
+wires them for one device: the topics and broker come from object 1024 (50..59, seeded by the
+profile's ``[mqtt]``), and a change of them reconnects and resubscribes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from tap_emulator.codec.mqtt_relay import relay_key, relay_topics
 from tap_emulator.faces.mqtt.client import Backoff, BrokerSettings, MqttRelay
+from tap_emulator.faces.mqtt.fleet import FleetRelay, RelayDevice, relay_keys
 from tap_emulator.faces.mqtt.relay import RelayEndpoint
 from tap_emulator.faces.tap.session import TapFace
 from tap_emulator.tree import ChangeEvent, DeviceTree
 
-__all__ = ["DeviceRelay", "RelayEndpoint", "broker_url", "start_device_relay"]
+__all__ = [
+    "DeviceRelay",
+    "FleetRelay",
+    "RelayDevice",
+    "RelayEndpoint",
+    "broker_url",
+    "relay_keys",
+    "start_device_relay",
+]
 
 log = logging.getLogger(__name__)
 

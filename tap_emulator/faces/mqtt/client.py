@@ -3,7 +3,10 @@
 Why it is one module: the connection's life (connect, subscribe, reconnect with backoff when the broker
 goes away, resubscribe, reconnect when the device's relay settings change) is the same for one device
 and for a fleet; only *which* topics it subscribes to and *how* a topic finds its device differ, and
-those come in as a `RelayRouter`.
+those come in as a `RelayRouter`. Topics go out in SUBSCRIBE packets of at most ``subscribe_batch``
+topics, a few packets in flight at once (a fleet's 10,000 topics in 20 packets, not one packet of
+700 kB nor 10,000 round trips); `subscribe`/`unsubscribe` change them on the connection in use, and a
+topic the router lists while a connection is being set up is subscribed by that connection once up.
 
 aiomqtt (over paho-mqtt 2) drives the socket from the asyncio loop (``add_reader``), not ``select()``,
 so a process past 1,024 descriptors still works. Its logger is held at WARNING: paho's DEBUG lines name
@@ -24,10 +27,19 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from tap_emulator.logsafety import RateLimitedLog
 
-__all__ = ["PAHO_LOGGER", "Backoff", "BrokerSettings", "MqttRelay", "RelayRouter"]
+__all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_SUBSCRIBE_BATCH",
+    "PAHO_LOGGER",
+    "Backoff",
+    "BrokerSettings",
+    "MqttRelay",
+    "RelayRouter",
+]
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -51,6 +63,16 @@ DEFAULT_MAX_IN_FLIGHT: Final = 256
 _MAX_QUEUED: Final = 1024  # messages aiomqtt holds before this face takes them
 _KEEPALIVE: Final = 30
 _ANSWER_WAIT: Final = 5.0  # the SDK's own request timeout: a later answer finds nobody waiting
+# Topics per SUBSCRIBE: Mosquitto takes any number (its packet limit is 256 MB), stricter brokers fewer
+# (AWS IoT: 8), so it is a parameter; 500 command topics make a packet of about 35 kB.
+DEFAULT_SUBSCRIBE_BATCH: Final = 500
+_SUBSCRIBES_IN_FLIGHT: Final = 4  # SUBSCRIBE packets awaiting their SUBACK at once
+_SUBSCRIBE_WAIT: Final = 30.0  # for one SUBACK; a broker slower than this is treated as lost
+
+
+def _refused(code: int | ReasonCode) -> bool:
+    """A SUBACK's code for one topic says the broker refused it (0x80 and up, MQTT 3.1.1 and 5)."""
+    return code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +127,20 @@ class MqttRelay:
         *,
         backoff: Backoff | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        subscribe_batch: int = DEFAULT_SUBSCRIBE_BATCH,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if max_in_flight < 1 or subscribe_batch < 1:
+            raise ValueError("max_in_flight and subscribe_batch must be at least 1")
         self._settings = settings
         self._router = router
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._max_in_flight = max_in_flight
+        self._batch = subscribe_batch
+        # Topic changes asked for while a connection subscribes its snapshot of the router's topics:
+        # (subscribe?, topics), applied in order once it is up. None when no connection is being set up.
+        self._late: list[tuple[bool, list[str]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._change = asyncio.Event()
@@ -139,6 +168,68 @@ class MqttRelay:
 
     def reconnect(self) -> None:
         self._change.set()
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe ``topics``, which the router has just started listing, on the connection in use.
+
+        Without a connection there is nothing to do: every (re)connection subscribes what the router
+        lists then. Never raises for the broker: a connection that drops meanwhile is re-made with
+        every topic; a SUBACK that does not come in time while the connection stays up makes it
+        reconnect, so a listed topic is never left unsubscribed."""
+        await self._change_topics(True, list(topics))
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Unsubscribe ``topics``, which the router no longer lists (errors as for `subscribe`)."""
+        await self._change_topics(False, list(topics))
+
+    async def _change_topics(self, subscribe: bool, topics: list[str]) -> None:
+        if not topics:
+            return
+        client = self._client
+        if client is None:
+            if self._late is not None:  # a connection is subscribing its snapshot: it does these next
+                self._late.append((subscribe, topics))
+            return
+        await self._apply(client, subscribe, topics)
+
+    async def _apply(self, client: aiomqtt.Client, subscribe: bool, topics: list[str]) -> None:
+        try:
+            if subscribe:
+                await self._subscribe_all(client, topics)
+            else:
+                for start in range(0, len(topics), self._batch):
+                    await client.unsubscribe(topics[start : start + self._batch], timeout=_SUBSCRIBE_WAIT)
+        except aiomqtt.MqttError as exc:
+            if self._client is client:  # still up, yet the broker did not confirm: start over
+                log.warning("mqtt: the broker did not confirm a topic change (%s); reconnecting", exc)
+                self.reconnect()
+
+    async def _subscribe_all(self, client: aiomqtt.Client, topics: Sequence[str]) -> None:
+        """SUBSCRIBE ``topics`` in packets of ``subscribe_batch``, a few awaiting their SUBACK at once.
+
+        aiomqtt writes each packet when its call starts, so packets leave in order."""
+        window = asyncio.Semaphore(_SUBSCRIBES_IN_FLIGHT)
+
+        async def one(batch: list[tuple[str, int]]) -> None:
+            async with window:
+                granted = await client.subscribe(batch, timeout=_SUBSCRIBE_WAIT)
+            refused = sum(1 for code in granted if _refused(code))
+            if refused:
+                _limited.warning(
+                    ("subscribe refused",), "mqtt: the broker refused %d topic subscription(s)", refused
+                )
+
+        # QoS 1 as before: a command published with QoS 1 reaches us at least once.
+        batches = [
+            [(topic, 1) for topic in topics[start : start + self._batch]]
+            for start in range(0, len(topics), self._batch)
+        ]
+        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def wait_subscribed(self) -> None:
         await self._subscribed.wait()
@@ -197,12 +288,19 @@ class MqttRelay:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         async with client:
+            # The snapshot and the start of `_late` in one step: a topic listed from now on is in one.
+            self._late = []
             topics = list(self._router.subscriptions())
-            if topics:
-                await client.subscribe([(topic, 1) for topic in topics])
+            try:
+                await self._subscribe_all(client, topics)
+                self._client = client
+                late, self._late = self._late, None
+                for subscribe, changed_topics in late:
+                    await self._apply(client, subscribe, changed_topics)
+            finally:
+                self._late = None
             self._backoff.reset()
             self.connections += 1
-            self._client = client
             self._subscribed.set()
             if self.connections > 1:
                 log.info(

@@ -64,3 +64,34 @@ async def test_commands_in_flight_are_capped_and_the_rest_dropped(caplog: pytest
     router.release.set()
     await relay.stop()
     assert router.served <= 8
+
+
+class _UnconfirmingClient:
+    """A connection that stays up but never confirms a topic change (the SUBACK timed out)."""
+
+    def __init__(self) -> None:
+        self.asked: list[object] = []
+
+    async def subscribe(self, topics: object, **_: object) -> None:
+        self.asked.append(topics)
+        raise aiomqtt.MqttError("Operation timed out")
+
+    async def unsubscribe(self, topics: object, **_: object) -> None:
+        self.asked.append(topics)
+        raise aiomqtt.MqttError("Operation timed out")
+
+
+async def test_a_topic_change_the_broker_does_not_confirm_reconnects_so_no_topic_is_left_out() -> None:
+    relay = MqttRelay(lambda: BrokerSettings("127.0.0.1", 1, "x"), _StuckRouter(), subscribe_batch=2)
+    client = _UnconfirmingClient()
+    relay._client = client  # type: ignore[assignment]
+    await relay.subscribe(["a", "b", "c"])
+    assert relay._change.is_set()  # the reconnection subscribes every listed topic again
+    relay._change.clear()
+    await relay.unsubscribe(["a"])
+    assert relay._change.is_set()
+    # A connection already gone is simply re-made: no second request for it.
+    relay._change.clear()
+    relay._client = None
+    await relay.subscribe(["d"])
+    assert not relay._change.is_set() and len(client.asked) == 3
