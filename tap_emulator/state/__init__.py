@@ -675,6 +675,15 @@ class StateFile:
         self._release_lock()
 
 
+def _a_fleet_device(conn: sqlite3.Connection) -> str | None:
+    """The key of a device of a fleet in the file (one with a key other than ''), if there is one."""
+    for table in ("meta", "instance", "device_value"):
+        row = conn.execute(f"SELECT device FROM {table} WHERE device > '' LIMIT 1").fetchone()
+        if row is not None:
+            return str(row[0])
+    return None
+
+
 class DeviceState:
     """One device's durable state: its view of a ``StateFile``.
 
@@ -696,8 +705,21 @@ class DeviceState:
         owner: bool = False,
     ) -> None:
         """``owner``: this process is the file's one writer (``serve``, ``reset``); it holds the file's
-        lock (``tap_emulator.state.lock``) until ``close``, and a file another owner holds is refused."""
-        self._bind(StateFile(path, clock=clock, busy_timeout=busy_timeout, owner=owner), ONE_DEVICE, True)
+        lock (``tap_emulator.state.lock``) until ``close``, and a file another owner holds is refused.
+
+        A fleet's file is refused: served as one device it would gain a device '' beside the fleet's."""
+        file = StateFile(path, clock=clock, busy_timeout=busy_timeout, owner=owner)
+        try:
+            fleet_device = file.call_sync(_a_fleet_device)
+        except BaseException:
+            file.close()
+            raise
+        if fleet_device is not None:
+            file.close()
+            raise StateError(
+                f"the state {file.path} holds a fleet of devices (such as {fleet_device!r}), not one device"
+            )
+        self._bind(file, ONE_DEVICE, True)
 
     @classmethod
     def _view(cls, file: StateFile, key: str) -> DeviceState:

@@ -411,3 +411,18 @@ def test_the_lock_refuses_a_second_owner_of_a_fleet_file(tmp_path: Path) -> None
         owner.close()
     again = StateFile(path, clock=lambda: 0.0, owner=True)  # released on close
     again.close()
+
+
+def test_a_fleet_file_is_not_opened_as_one_device(tmp_path: Path) -> None:
+    """``serve --state FLEET_FILE`` must not add a device '' to a fleet's file: it is refused, untouched."""
+    path = tmp_path / "fleet.sqlite3"
+    fleet = StateFile(path, clock=lambda: 0.0)
+    fleet.seed_many_sync([factory("EMU0000000007")])
+    fleet.close()
+    with pytest.raises(StateError, match="holds a fleet of devices \\(such as 'EMU0000000007'\\)"):
+        DeviceState(path, clock=lambda: 0.0, owner=True)
+    again = StateFile(path, clock=lambda: 0.0, owner=True)  # the refused open released the lock
+    try:
+        assert again.devices() == ["EMU0000000007"]
+    finally:
+        again.close()
