@@ -625,11 +625,14 @@ class StateFile:
         sql = " UNION ".join(f"SELECT DISTINCT device FROM {table}" for table in tables)
         return self.call_sync(lambda conn: [key for (key,) in conn.execute(f"{sql} ORDER BY 1")])
 
-    def seed_many_sync(self, items: Iterable[DeviceSeed]) -> None:
+    def seed_many_sync(
+        self, items: Iterable[DeviceSeed | tuple[str, Sequence[Change], Mapping[str, str]]]
+    ) -> None:
         """Write many devices' factory state in one transaction (a fleet's batched start-up): each item's
         changes (instance changes with their outbox rows) and meta values, as a fresh device's seed
-        writes them. All or nothing: an item that cannot be written fails the call, naming its device."""
-        seeds = tuple(items)
+        writes them. An item is a DeviceSeed or a (key, changes, meta) tuple. All or nothing: an item
+        that cannot be written fails the call, naming its device."""
+        seeds = tuple(item if isinstance(item, DeviceSeed) else DeviceSeed(*item) for item in items)
         for seed in seeds:
             check_key(seed.key)
 

@@ -386,8 +386,9 @@ def test_seeding_is_all_or_nothing_and_names_the_device(fleet: StateFile) -> Non
     with pytest.raises(StateError, match="EMU-BAD"):
         fleet.seed_many_sync([factory("EMU-1"), bad, factory("EMU-2")])
     assert fleet.devices() == []
-    fleet.seed_many_sync([factory("EMU-1")])  # the file still works
-    assert fleet.devices() == ["EMU-1"]
+    fleet.seed_many_sync([factory("EMU-1"), ("EMU-2", [DeviceValueWrite(3, 2, "two")], {"k": "v"})])
+    assert fleet.devices() == ["EMU-1", "EMU-2"]  # the file still works; an item may be a plain tuple
+    assert fleet.device("EMU-2").load().meta == {"k": "v"}
 
 
 # ------------------------------------------------------------------------------------------ the lock
