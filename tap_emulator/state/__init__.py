@@ -322,9 +322,8 @@ def check_key(key: object) -> str:
     return key
 
 
-# Work run on the writer thread: a call gets the connection alone and opens its own transaction if it
-# needs one; a write gets the connection and its device key inside the shared group-commit transaction.
-Call = Callable[[sqlite3.Connection], Any]
+# A write job's work: it gets the connection and its device's key, inside the shared group-commit
+# transaction (a call job's function gets the connection alone, and opens its own transaction if any).
 Write = Callable[[sqlite3.Connection, str], Any]
 
 
