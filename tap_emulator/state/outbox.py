@@ -4,8 +4,9 @@ The state module writes outbox rows in the same transaction as each change; this
 (delivered only once the store has confirmed, rejected with the store's reason, or retried later with
 the error and the next attempt time recorded) and summarises the backlog. It also applies the writes a
 reconcile with the management store decides (version bumps and tombstones, each with its outbox row),
-so the sync task never touches SQL itself. Every function takes a `DeviceState` and runs its SQL on
-the state's writer thread, each write in one BEGIN IMMEDIATE transaction.
+so the sync task never touches SQL itself. Every function takes a `DeviceState` (one device's view of
+its state file) and runs its SQL on the file's writer thread, filtered by that device's key. Writes go
+through the file's group commit: settling the outboxes of many devices at once costs one transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.state import DeviceState, rollback_open_transaction
+from tap_emulator.state import DeviceState
 
 __all__ = [
     "BacklogStatus",
@@ -90,25 +91,16 @@ class ReconcileWrites:
 
 
 def _write(conn: sqlite3.Connection, statements: Iterable[tuple[str, Sequence[Any]]]) -> int:
-    """Run statements in one BEGIN IMMEDIATE transaction; the total of rows changed."""
-    changed = 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, params in statements:
-            changed += conn.execute(sql, params).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        rollback_open_transaction(conn)
-        raise
-    return changed
+    """Run statements (inside the caller's transaction); the total of rows changed."""
+    return sum(conn.execute(sql, params).rowcount for sql, params in statements)
 
 
 # Delivered rows are pruned as they are settled: each instance keeps only its newest delivered row (the
 # last version the store confirmed, and when), so the outbox stays as small as the device's backlog
 # instead of growing by one row per write for ever. The pruned rows are counted in `outbox_pruned`.
 _PRUNE_DELIVERED = (
-    "DELETE FROM outbox WHERE status = 'delivered' AND id NOT IN ("
-    "SELECT id FROM (SELECT id, MAX(version) FROM outbox WHERE status = 'delivered' "
+    "DELETE FROM outbox WHERE device = :device AND status = 'delivered' AND id NOT IN ("
+    "SELECT id FROM (SELECT id, MAX(version) FROM outbox WHERE device = :device AND status = 'delivered' "
     "GROUP BY object_id, instance_id))"
 )
 
@@ -116,93 +108,106 @@ _PRUNE_DELIVERED = (
 async def mark_delivered(state: DeviceState, settled: Sequence[DeliveredUpTo], now: float) -> int:
     """Mark pending rows delivered (the store confirmed their version or a newer one) and prune the
     delivered rows no longer needed, in one transaction; returns how many rows were marked."""
-    statements = [
-        (
-            "UPDATE outbox SET status = 'delivered', settled_at = ? "
-            "WHERE status = 'pending' AND object_id = ? AND instance_id = ? AND version <= ?",
-            (now, item.object_id, item.instance_id, item.version),
-        )
-        for item in settled
-    ]
+    items = tuple(settled)
 
-    def write(conn: sqlite3.Connection) -> int:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            marked = sum(conn.execute(sql, params).rowcount for sql, params in statements)
-            pruned = conn.execute(_PRUNE_DELIVERED).rowcount
-            if pruned:
-                conn.execute("UPDATE outbox_pruned SET delivered = delivered + ?", (pruned,))
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback_open_transaction(conn)
-            raise
+    def write(conn: sqlite3.Connection, device: str) -> int:
+        marked = _write(
+            conn,
+            (
+                (
+                    "UPDATE outbox SET status = 'delivered', settled_at = ? WHERE device = ? "
+                    "AND status = 'pending' AND object_id = ? AND instance_id = ? AND version <= ?",
+                    (now, device, item.object_id, item.instance_id, item.version),
+                )
+                for item in items
+            ),
+        )
+        pruned = conn.execute(_PRUNE_DELIVERED, {"device": device}).rowcount
+        if pruned:
+            conn.execute(
+                "INSERT INTO outbox_pruned (device, delivered) VALUES (?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET delivered = delivered + excluded.delivered",
+                (device, pruned),
+            )
         return marked
 
-    changed: int = await state.call(write)
-    return changed
+    return await state.transact(write)
 
 
 async def park_rejected(state: DeviceState, item: DeliveredUpTo, reason: str, now: float) -> int:
     """Set pending rows of one instance (up to a version) aside as rejected, with the store's reason."""
-    statement = (
-        "UPDATE outbox SET status = 'rejected', settled_at = ?, last_error = ?, attempts = attempts + 1 "
-        "WHERE status = 'pending' AND object_id = ? AND instance_id = ? AND version <= ?",
-        (now, reason, item.object_id, item.instance_id, item.version),
-    )
-    changed: int = await state.call(lambda conn: _write(conn, [statement]))
-    return changed
+
+    def write(conn: sqlite3.Connection, device: str) -> int:
+        return conn.execute(
+            "UPDATE outbox SET status = 'rejected', settled_at = ?, last_error = ?, attempts = attempts + 1 "
+            "WHERE device = ? AND status = 'pending' AND object_id = ? AND instance_id = ? AND version <= ?",
+            (now, reason, device, item.object_id, item.instance_id, item.version),
+        ).rowcount
+
+    return await state.transact(write)
 
 
 async def record_failure(
     state: DeviceState, row_ids: Iterable[int], error: str, next_attempt_at: float
 ) -> int:
     """Count a failed delivery attempt on still-pending rows, with its error and the next attempt time."""
-    statements = [
-        (
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-            "WHERE id = ? AND status = 'pending'",
-            (error, next_attempt_at, row_id),
+    ids = tuple(row_ids)
+
+    def write(conn: sqlite3.Connection, device: str) -> int:
+        return _write(
+            conn,
+            (
+                (
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                    "WHERE id = ? AND device = ? AND status = 'pending'",
+                    (error, next_attempt_at, row_id, device),
+                )
+                for row_id in ids
+            ),
         )
-        for row_id in row_ids
-    ]
-    changed: int = await state.call(lambda conn: _write(conn, statements))
-    return changed
+
+    return await state.transact(write)
 
 
 async def pending_versions(state: DeviceState, object_id: int) -> dict[int, int]:
     """instance id -> newest pending version, for one object."""
 
-    def read(conn: sqlite3.Connection) -> dict[int, int]:
+    def read(conn: sqlite3.Connection, device: str) -> dict[int, int]:
         rows = conn.execute(
-            "SELECT instance_id, MAX(version) FROM outbox WHERE status = 'pending' AND object_id = ? "
-            "GROUP BY instance_id",
-            (object_id,),
+            "SELECT instance_id, MAX(version) FROM outbox WHERE device = ? AND status = 'pending' "
+            "AND object_id = ? GROUP BY instance_id",
+            (device, object_id),
         )
         return {instance_id: version for instance_id, version in rows}
 
-    result: dict[int, int] = await state.call(read)
-    return result
+    return await state.call(read)
 
 
-def _read_status(conn: sqlite3.Connection) -> BacklogStatus:
+def _read_status(conn: sqlite3.Connection, device: str) -> BacklogStatus:
     pending, instances, oldest_at, next_at = conn.execute(
         "SELECT COUNT(*), COUNT(DISTINCT object_id || '/' || instance_id), MIN(created_at), "
-        "MIN(CASE WHEN attempts > 0 THEN next_attempt_at END) FROM outbox WHERE status = 'pending'"
+        "MIN(CASE WHEN attempts > 0 THEN next_attempt_at END) FROM outbox "
+        "WHERE device = ? AND status = 'pending'",
+        (device,),
     ).fetchone()
     oldest = conn.execute(
-        "SELECT attempts FROM outbox WHERE status = 'pending' ORDER BY id LIMIT 1"
+        "SELECT attempts FROM outbox WHERE device = ? AND status = 'pending' ORDER BY id LIMIT 1", (device,)
     ).fetchone()
     last_error = conn.execute(
-        "SELECT last_error FROM outbox WHERE status = 'pending' AND last_error IS NOT NULL "
-        "ORDER BY next_attempt_at DESC, id DESC LIMIT 1"
+        "SELECT last_error FROM outbox WHERE device = ? AND status = 'pending' AND last_error IS NOT NULL "
+        "ORDER BY next_attempt_at DESC, id DESC LIMIT 1",
+        (device,),
     ).fetchone()
     rejected, last_rejection = conn.execute(
-        "SELECT COUNT(*), (SELECT last_error FROM outbox WHERE status = 'rejected' "
-        "ORDER BY settled_at DESC, id DESC LIMIT 1) FROM outbox WHERE status = 'rejected'"
+        "SELECT COUNT(*), (SELECT last_error FROM outbox WHERE device = :device AND status = 'rejected' "
+        "ORDER BY settled_at DESC, id DESC LIMIT 1) "
+        "FROM outbox WHERE device = :device AND status = 'rejected'",
+        {"device": device},
     ).fetchone()
     delivered, last_delivered = conn.execute(
-        "SELECT COUNT(*) + (SELECT delivered FROM outbox_pruned), MAX(settled_at) FROM outbox "
-        "WHERE status = 'delivered'"
+        "SELECT COUNT(*) + COALESCE((SELECT delivered FROM outbox_pruned WHERE device = :device), 0), "
+        "MAX(settled_at) FROM outbox WHERE device = :device AND status = 'delivered'",
+        {"device": device},
     ).fetchone()
     return BacklogStatus(
         pending=pending,
@@ -220,18 +225,17 @@ def _read_status(conn: sqlite3.Connection) -> BacklogStatus:
 
 async def backlog_status(state: DeviceState) -> BacklogStatus:
     """The backlog summary (for a running device)."""
-    status: BacklogStatus = await state.call(_read_status)
-    return status
+    return await state.call(_read_status)
 
 
 def backlog_status_sync(state: DeviceState) -> BacklogStatus:
     """The backlog summary, blocking (for the CLI on a running or stopped device's state file)."""
-    status: BacklogStatus = state.call_sync(_read_status)
-    return status
+    return state.call_sync(_read_status)
 
 
 _INSERT_OUTBOX = (
-    "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (device, object_id, instance_id, version, payload, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -242,42 +246,37 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
     overwritten; a repush is skipped when a pending row already carries that version or a newer one.
     """
 
-    def write(conn: sqlite3.Connection) -> int:
+    def write(conn: sqlite3.Connection, device: str) -> int:
+        def queue_row(object_id: int, instance_id: int, version: int, payload: Mapping[str, Any]) -> int:
+            conn.execute(_INSERT_OUTBOX, (device, object_id, instance_id, version, json.dumps(payload), now))
+            return 1
+
         queued = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for object_id, instance_id, expected, version, payload in writes.bumps:
-                updated = conn.execute(
-                    "UPDATE instance SET version = ? WHERE object_id = ? AND instance_id = ? AND version = ?",
-                    (version, object_id, instance_id, expected),
-                ).rowcount
-                if updated:
-                    conn.execute(_INSERT_OUTBOX, (object_id, instance_id, version, json.dumps(payload), now))
-                    queued += 1
-            for object_id, instance_id, version, payload in writes.tombstones:
-                inserted = conn.execute(
-                    "INSERT INTO instance (object_id, instance_id, version, deleted, resource_values, "
-                    "credential) VALUES (?, ?, ?, 1, '{}', NULL) "
-                    "ON CONFLICT (object_id, instance_id) DO NOTHING",
-                    (object_id, instance_id, version),
-                ).rowcount
-                if inserted:
-                    conn.execute(_INSERT_OUTBOX, (object_id, instance_id, version, json.dumps(payload), now))
-                    queued += 1
-            for object_id, instance_id, version, payload in writes.repush:
-                covered = conn.execute(
-                    "SELECT 1 FROM outbox WHERE status = 'pending' AND object_id = ? AND instance_id = ? "
-                    "AND version >= ? LIMIT 1",
-                    (object_id, instance_id, version),
-                ).fetchone()
-                if covered is None:
-                    conn.execute(_INSERT_OUTBOX, (object_id, instance_id, version, json.dumps(payload), now))
-                    queued += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback_open_transaction(conn)
-            raise
+        for object_id, instance_id, expected, version, payload in writes.bumps:
+            updated = conn.execute(
+                "UPDATE instance SET version = ? "
+                "WHERE device = ? AND object_id = ? AND instance_id = ? AND version = ?",
+                (version, device, object_id, instance_id, expected),
+            ).rowcount
+            if updated:
+                queued += queue_row(object_id, instance_id, version, payload)
+        for object_id, instance_id, version, payload in writes.tombstones:
+            inserted = conn.execute(
+                "INSERT INTO instance (device, object_id, instance_id, version, deleted, resource_values, "
+                "credential) VALUES (?, ?, ?, ?, 1, '{}', NULL) "
+                "ON CONFLICT (device, object_id, instance_id) DO NOTHING",
+                (device, object_id, instance_id, version),
+            ).rowcount
+            if inserted:
+                queued += queue_row(object_id, instance_id, version, payload)
+        for object_id, instance_id, version, payload in writes.repush:
+            covered = conn.execute(
+                "SELECT 1 FROM outbox WHERE device = ? AND status = 'pending' AND object_id = ? "
+                "AND instance_id = ? AND version >= ? LIMIT 1",
+                (device, object_id, instance_id, version),
+            ).fetchone()
+            if covered is None:
+                queued += queue_row(object_id, instance_id, version, payload)
         return queued
 
-    result: int = state.call_sync(write)
-    return result
+    return state.transact_sync(write)

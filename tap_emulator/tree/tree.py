@@ -224,7 +224,7 @@ class DeviceTree:
 
     async def settle(self) -> None:
         """Wait until every change already accepted is durable (a barrier before a reload)."""
-        await self._state.call(lambda _conn: None)
+        await self._state.call(lambda _conn, _key: None)
 
     def _factory_writes(
         self, profile: Profile, previous: Mapping[tuple[int, int], InstanceRow]

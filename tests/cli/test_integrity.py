@@ -54,8 +54,8 @@ def fill_with_rows(path: Path, rows: int = 400) -> None:
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO outbox (object_id, instance_id, version, payload, created_at, status) "
-            "VALUES (1025, 56, ?, ?, 0, 'rejected')",
+            "INSERT INTO outbox (device, object_id, instance_id, version, payload, created_at, status) "
+            "VALUES ('', 1025, 56, ?, ?, 0, 'rejected')",
             [(version, "x" * 300) for version in range(1, rows + 1)],
         )
         conn.execute("COMMIT")

@@ -45,7 +45,7 @@ def limit_pages(state: DeviceState, extra: int) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages + extra}")
 
-    state.call_sync(limit)
+    state.file.call_sync(limit)
 
 
 def full_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

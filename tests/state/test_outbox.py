@@ -63,9 +63,11 @@ def change(instance_id: int, version: int, name: str = "n", credential: bytes | 
 
 
 def rows(state: DeviceState) -> list[tuple[int, int, str, int, str | None]]:
-    def read(conn: sqlite3.Connection) -> list[tuple[int, int, str, int, str | None]]:
+    def read(conn: sqlite3.Connection, key: str) -> list[tuple[int, int, str, int, str | None]]:
         return conn.execute(
-            "SELECT instance_id, version, status, attempts, last_error FROM outbox ORDER BY id"
+            "SELECT instance_id, version, status, attempts, last_error FROM outbox "
+            "WHERE device = ? ORDER BY id",
+            (key,),
         ).fetchall()
 
     result: list[tuple[int, int, str, int, str | None]] = state.call_sync(read)

@@ -40,8 +40,8 @@ def instance(
 
 
 def test_a_file_state_uses_wal_and_full_sync(state: DeviceState) -> None:
-    journal = state.call_sync(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
-    synchronous = state.call_sync(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+    journal = state.file.call_sync(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
+    synchronous = state.file.call_sync(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
     assert (journal, synchronous) == ("wal", 2)
 
 
@@ -99,14 +99,14 @@ async def test_a_failed_change_leaves_neither_the_row_nor_the_outbox(state: Devi
 async def test_concurrent_writes_share_one_transaction(state: DeviceState) -> None:
     gate = threading.Event()
     batches: list[int] = []
-    original = state._commit_batch
+    original = state.file._commit_batch
 
     def counting(conn: sqlite3.Connection, batch: list[Any]) -> None:
         batches.append(len(batch))
         original(conn, batch)
 
-    state._commit_batch = counting  # type: ignore[method-assign]
-    blocker = asyncio.ensure_future(state.call(lambda conn: gate.wait(5)))
+    state.file._commit_batch = counting  # type: ignore[method-assign]
+    blocker = asyncio.ensure_future(state.call(lambda _conn, _key: gate.wait(5)))
     writes = [asyncio.ensure_future(state.commit([instance(i, 1, f"g{i}")])) for i in range(1, 21)]
     await asyncio.sleep(0.05)
     gate.set()
@@ -117,7 +117,7 @@ async def test_concurrent_writes_share_one_transaction(state: DeviceState) -> No
 
 async def test_a_bad_write_does_not_fail_the_good_writes_committed_with_it(state: DeviceState) -> None:
     gate = threading.Event()
-    blocker = asyncio.ensure_future(state.call(lambda conn: gate.wait(5)))
+    blocker = asyncio.ensure_future(state.call(lambda _conn, _key: gate.wait(5)))
     good_before = asyncio.ensure_future(state.commit([instance(1, 1, "before")]))
     bad = asyncio.ensure_future(state.commit([instance(2, 1, "partial"), DeviceValueWrite(3, 9, {1, 2})]))
     good_after = asyncio.ensure_future(state.commit([instance(3, 1, "after")]))
@@ -179,5 +179,7 @@ async def test_a_closed_state_refuses_work(tmp_path: Path) -> None:
 
 async def test_outbox_payloads_are_stored_as_given(state: DeviceState) -> None:
     await state.commit([instance(4, 3, "four")])
-    raw = state.call_sync(lambda conn: conn.execute("SELECT payload FROM outbox").fetchone()[0])
+    raw = state.call_sync(
+        lambda conn, key: conn.execute("SELECT payload FROM outbox WHERE device = ?", (key,)).fetchone()[0]
+    )
     assert json.loads(raw) == {"instance_id": 4, "version": 3, "values": {"name": "four"}}

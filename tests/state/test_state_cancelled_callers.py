@@ -15,7 +15,7 @@ async def test_a_cancelled_commit_is_stored_and_the_writer_lives_on(tmp_path: Pa
     state = DeviceState(tmp_path / "device.sqlite3", clock=time.time)
     try:
         release = threading.Event()
-        blocker = asyncio.ensure_future(state.call(lambda _conn: release.wait(5)))
+        blocker = asyncio.ensure_future(state.call(lambda _conn, _key: release.wait(5)))
         abandoned = asyncio.ensure_future(state.commit([DeviceValueWrite(3, 0, "abandoned")]))
         await asyncio.sleep(0.05)  # both jobs queued behind the blocker
         abandoned.cancel()
@@ -33,12 +33,15 @@ async def test_a_cancelled_call_does_not_stop_the_writer(tmp_path: Path) -> None
     state = DeviceState(tmp_path / "device.sqlite3", clock=time.time)
     try:
         release = threading.Event()
-        blocker = asyncio.ensure_future(state.call(lambda _conn: release.wait(5)))
-        abandoned = asyncio.ensure_future(state.call(lambda conn: conn.execute("SELECT 1").fetchone()))
+        blocker = asyncio.ensure_future(state.call(lambda _conn, _key: release.wait(5)))
+        abandoned = asyncio.ensure_future(state.call(lambda conn, _key: conn.execute("SELECT 1").fetchone()))
         await asyncio.sleep(0.05)
         abandoned.cancel()
         release.set()
         await asyncio.wait_for(blocker, 5)
-        assert await asyncio.wait_for(state.call(lambda conn: conn.execute("SELECT 2").fetchone()[0]), 5) == 2
+        assert (
+            await asyncio.wait_for(state.call(lambda conn, _key: conn.execute("SELECT 2").fetchone()[0]), 5)
+            == 2
+        )
     finally:
         state.close()

@@ -29,8 +29,10 @@ async def rename(tree: DeviceTree, group_id: int, name: str) -> None:
 
 
 def outbox_rows(tree: DeviceTree) -> list[tuple[int, str]]:
-    def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-        return conn.execute("SELECT instance_id, status FROM outbox ORDER BY id").fetchall()
+    def read(conn: sqlite3.Connection, key: str) -> list[tuple[int, str]]:
+        return conn.execute(
+            "SELECT instance_id, status FROM outbox WHERE device = ? ORDER BY id", (key,)
+        ).fetchall()
 
     rows: list[tuple[int, str]] = tree.state.call_sync(read)
     return rows

@@ -85,11 +85,11 @@ async def test_a_payload_carrying_a_secret_is_parked_and_never_sent(
         "values": {"name": "x", "password": "hunter2-leak"},
     }
 
-    def inject(conn: sqlite3.Connection) -> None:
+    def inject(conn: sqlite3.Connection, key: str) -> None:
         conn.execute(
-            "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) "
-            "VALUES (?, ?, ?, ?, 0)",
-            (GROUP_OBJECT, 77, 5, json.dumps(leaked)),
+            "INSERT INTO outbox (device, object_id, instance_id, version, payload, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 0)",
+            (key, GROUP_OBJECT, 77, 5, json.dumps(leaked)),
         )
 
     await tree.state.call(inject)

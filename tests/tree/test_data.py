@@ -358,8 +358,8 @@ async def test_the_outbox_carries_only_public_group_values_and_no_key_material(t
     await call(tree, Operation.WRITE, BUNDLE, 1, ACL, bytes([0x41, 9, 3]))
     await call(tree, Operation.WRITE, VARIABLE, 10, VALUE, bytes(4))
 
-    def rows(conn: Any) -> list[tuple[int, str]]:
-        return list(conn.execute("SELECT object_id, payload FROM outbox"))
+    def rows(conn: Any, key: str) -> list[tuple[int, str]]:
+        return list(conn.execute("SELECT object_id, payload FROM outbox WHERE device = ?", (key,)))
 
     state: DeviceState = tree.state
     queued = state.call_sync(rows)
