@@ -234,6 +234,26 @@ class PostgresStore(schema.StoreReads, CloudOperations):
 
         await self._run(work)
 
+    async def upsert_devices(self, devices: Sequence[DeviceRecord]) -> None:
+        for index, device in enumerate(devices):
+            check_device(device, index)
+        if not devices:
+            return
+        # Key order, as in upsert_groups: two batches never wait on each other in a cycle.
+        order = sorted(range(len(devices)), key=lambda index: devices[index].serial)
+        rejected = (self._psycopg.errors.IntegrityError, self._psycopg.errors.DataError)
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> None:
+            for index in order:
+                try:
+                    await connection.execute(
+                        DIALECT.sql(schema.UPSERT_DEVICE), DIALECT.device_params(devices[index])
+                    )
+                except rejected as error:
+                    raise StoreRejected(_rejection_reason(error), index) from error
+
+        await self._run(work)
+
     async def upsert_groups(self, groups: Sequence[GroupRecord]) -> list[bool]:
         for index, group in enumerate(groups):
             check_group(group, index)
