@@ -22,10 +22,12 @@ from tap_emulator.state import DeviceState
 __all__ = [
     "BacklogStatus",
     "DeliveredUpTo",
+    "LocalVersions",
     "ReconcileWrites",
     "apply_reconcile_sync",
     "backlog_status",
     "backlog_status_sync",
+    "local_versions",
     "mark_delivered",
     "park_rejected",
     "pending_versions",
@@ -169,16 +171,48 @@ async def record_failure(
     return await state.transact(write)
 
 
+_PENDING_VERSIONS = (
+    "SELECT instance_id, MAX(version) FROM outbox WHERE device = ? AND status = 'pending' "
+    "AND object_id = ? GROUP BY instance_id"
+)
+
+
 async def pending_versions(state: DeviceState, object_id: int) -> dict[int, int]:
     """instance id -> newest pending version, for one object."""
 
     def read(conn: sqlite3.Connection, device: str) -> dict[int, int]:
-        rows = conn.execute(
-            "SELECT instance_id, MAX(version) FROM outbox WHERE device = ? AND status = 'pending' "
-            "AND object_id = ? GROUP BY instance_id",
-            (device, object_id),
-        )
+        rows = conn.execute(_PENDING_VERSIONS, (device, object_id))
         return {instance_id: version for instance_id, version in rows}
+
+    return await state.call(read)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVersions:
+    """What a reconcile compares with the store, read from the state without building the device's tree.
+
+    `instances`: instance id -> (version, deleted) of every stored instance of the object, tombstones
+    included; `pending`: instance id -> newest pending outbox version. Both come from one read, so
+    they are consistent with each other.
+    """
+
+    instances: Mapping[int, tuple[int, bool]]
+    pending: Mapping[int, int]
+
+
+async def local_versions(state: DeviceState, object_id: int) -> LocalVersions:
+    """The versions of one object's instances and of their pending outbox rows (for the sync reconcile)."""
+
+    def read(conn: sqlite3.Connection, device: str) -> LocalVersions:
+        instances = conn.execute(
+            "SELECT instance_id, version, deleted FROM instance WHERE device = ? AND object_id = ?",
+            (device, object_id),
+        ).fetchall()
+        pending = conn.execute(_PENDING_VERSIONS, (device, object_id)).fetchall()
+        return LocalVersions(
+            {instance_id: (version, bool(deleted)) for instance_id, version, deleted in instances},
+            {instance_id: version for instance_id, version in pending},
+        )
 
     return await state.call(read)
 

@@ -334,6 +334,11 @@ class DeviceTree:
     def state(self) -> DeviceState:
         return self._state
 
+    async def sync_tree(self) -> DeviceTree:
+        """The tree a sync reconcile applies its writes to: this one (see tap_emulator.sync.SyncSubject,
+        where a lazy fleet device builds its tree here)."""
+        return self
+
     def apply_reconcile(self, writes: ReconcileWrites, now: float) -> int:
         """Apply the sync task's reconcile (re-versions and tombstones) to the state and to the tree at
         once; returns the outbox rows queued. Blocking on purpose (a few milliseconds, rare): the state
