@@ -34,6 +34,7 @@ from .core import (
 from .subject import SyncSubject
 
 __all__ = [
+    "DEFAULT_SETTINGS",
     "KILL_AFTER_ACK_ENV",
     "DeviceSync",
     "Outgoing",
@@ -60,6 +61,9 @@ class SyncSettings:
     batch_rows: int = 500  # outbox rows read per round (coalesced into at most this many records)
     heartbeat: float = 60.0  # seconds between refreshes of the device's last_seen
     stop_drain_timeout: float = 2.0  # seconds `stop` waits for the backlog to drain
+
+
+DEFAULT_SETTINGS = SyncSettings()
 
 
 @dataclass(slots=True)

@@ -29,13 +29,19 @@ from tap_emulator.store import ManagementStore, StoreError, StoreRejected
 from tap_emulator.tree import ChangeEvent, DeviceTree
 
 from .core import backoff_delay
-from .device import KILL_AFTER_ACK_ENV, DeviceSync, SyncSettings, SyncStats, kill_hook_from_environment, push
+from .device import (
+    DEFAULT_SETTINGS,
+    KILL_AFTER_ACK_ENV,
+    DeviceSync,
+    SyncSettings,
+    SyncStats,
+    kill_hook_from_environment,
+    push,
+)
 
 __all__ = ["KILL_AFTER_ACK_ENV", "SyncSettings", "SyncStats", "SyncTask"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SETTINGS = SyncSettings()
 
 
 class SyncTask:
