@@ -384,8 +384,12 @@ class FleetSync:
         sync = member.sync
         serial = sync.serial
         period = self.settings.heartbeat
-        if member.heartbeat_due is None:  # the first record: the device's phase is drawn once
-            member.heartbeat_due = now + self._draw() * period
+        if member.heartbeat_due is None:
+            # The first record: the device's phase is drawn once, uniform over the period but past twice
+            # the slack, so the early window never takes the heartbeat right after the first record.
+            member.heartbeat_due = now + period * (
+                2 * HEARTBEAT_SLACK + (1 - 2 * HEARTBEAT_SLACK) * self._draw()
+            )
         else:
             member.heartbeat_due = next_heartbeat(member.heartbeat_due, now, period)
         heapq.heappush(self._heartbeats, (member.heartbeat_due, serial))
