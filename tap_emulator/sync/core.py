@@ -52,7 +52,10 @@ def next_heartbeat(due: float, now: float, period: float) -> float:
     if period <= 0:
         raise ValueError("the heartbeat period must be positive")
     slots = max(1, math.floor((now - due) / period) + 1)
-    return due + slots * period
+    following = due + slots * period
+    if following <= now:  # the division rounded down onto `now` itself
+        following = due + (slots + 1) * period
+    return following
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from tap_emulator.store import ManagementStore, StoreRejected
+from tap_emulator.store import DeviceRecord, ManagementStore, StoreRejected
 from tap_emulator.store.schema import SERIALS_PER_STATEMENT
 
 from .samples import T0, device, group, profile
@@ -74,14 +74,14 @@ async def test_upsert_devices_fills_in_a_placeholder_left_by_groups(store: Manag
     ],
 )
 async def test_upsert_devices_names_the_refused_record_and_writes_none(
-    store: ManagementStore, bad: object, reason: str
+    store: ManagementStore, bad: DeviceRecord, reason: str
 ) -> None:
     batch = [device("EMU0000000001"), device("EMU0000000002"), bad, device("EMU0000000004")]
     with pytest.raises(StoreRejected, match=reason) as refused:
-        await store.upsert_devices(batch)  # type: ignore[list-item]
+        await store.upsert_devices(batch)
     assert refused.value.record_index == 2
     assert await store.list_devices() == []  # all or none
-    await store.upsert_devices([batch[0], batch[1], batch[3]])  # type: ignore[list-item]
+    await store.upsert_devices([batch[0], batch[1], batch[3]])
     assert [d.serial for d in await store.list_devices()] == [
         "EMU0000000001",
         "EMU0000000002",

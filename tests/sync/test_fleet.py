@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +35,10 @@ from tap_emulator.store import (
     GroupRecord,
     ManagementStore,
     MembershipOutcome,
+    StoreError,
     open_store,
 )
+from tap_emulator.store.cloud import CloudStore, Transaction
 from tap_emulator.sync import FleetSync, SyncSettings, SyncSubject
 from tap_emulator.tree import MAINTENANCE, ChangeEvent, DeviceTree, Request, Status
 from tap_emulator.tree.handlers import group as group_handler
@@ -205,7 +206,9 @@ async def store_holds(store: ManagementStore, trees: Sequence[DeviceTree]) -> No
 
 
 async def rename(tree: DeviceTree, group_id: int, name: str) -> None:
-    response = await tree.handle(Request(Operation.WRITE, GROUP_OBJECT, group_id, 0, name, caller=MAINTENANCE))
+    response = await tree.handle(
+        Request(Operation.WRITE, GROUP_OBJECT, group_id, 0, name, caller=MAINTENANCE)
+    )
     assert response.status is Status.CHANGED, response
 
 
@@ -319,7 +322,8 @@ async def test_a_reconcile_with_work_asks_for_that_device_tree_only(
 def inject_row(state: DeviceState, payload: dict[str, Any]) -> None:
     def write(conn: sqlite3.Connection) -> None:
         conn.execute(
-            "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) VALUES (?, ?, ?, ?, 0)",
+            "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) "
+            "VALUES (?, ?, ?, ?, 0)",
             (GROUP_OBJECT, payload["instance_id"], payload["version"], json.dumps(payload)),
         )
 
@@ -433,6 +437,114 @@ async def test_a_store_outage_loses_nothing_and_every_device_converges_after(
         await direct.close()
 
 
+async def test_the_profiles_device_groups_are_joined_by_every_device_in_one_call(
+    build_fleet: BuildFleet, counting: CountingStore, store: ManagementStore
+) -> None:
+    trees = build_fleet(40)
+    fleet = fleet_of(counting, device_groups=["fleet-a", "fleet-b"])
+    for tree in trees:
+        fleet.add(tree)
+    fleet.start()
+    try:
+
+        async def joined() -> bool:
+            return all(fleet.device_groups_joined(tree.serial_number) for tree in trees)
+
+        await wait_until(joined, 30)
+    finally:
+        await fleet.stop()
+    assert counting.calls["join_profile_groups_many"] == 1 and not counting.calls["join_profile_groups"]
+    assert isinstance(store, CloudStore)
+    for group_id in ("fleet-a", "fleet-b"):
+
+        async def members(tx: Transaction, group_id: str = group_id) -> list[tuple[Any, ...]]:
+            query = "SELECT serial FROM device_group_members WHERE group_id = :group_id ORDER BY serial"
+            return await tx.rows(query, {"group_id": group_id})
+
+        rows = await store.atomic(members, read_only=True)
+        assert [row[0] for row in rows] == [tree.serial_number for tree in trees]
+
+
+async def test_a_device_whose_state_fails_backs_off_alone(
+    build_fleet: BuildFleet, counting: CountingStore, store: ManagementStore
+) -> None:
+    trees = build_fleet(12)
+    broken = trees[4]
+    fleet = fleet_of(counting)
+    for tree in trees:
+        fleet.add(tree)
+    broken.state.close()  # every read of its outbox now fails with StateError
+    others = [tree for tree in trees if tree is not broken]
+    fleet.start()
+    try:
+        await wait_until(lambda: drained(others), 30, interval=0.05)
+
+        async def backing_off() -> bool:
+            return (fleet.last_error(broken.serial_number) or "").startswith("state:")
+
+        await wait_until(backing_off, 10)
+        assert all(fleet.last_error(tree.serial_number) is None for tree in others)
+        fleet.remove(broken.serial_number)
+        assert len(fleet) == 11
+        with pytest.raises(KeyError):
+            fleet.last_error(broken.serial_number)
+        await rename(others[0], SUPERVISOR, "still-going")
+
+        async def pushed() -> bool:
+            stored = await store.get_group(others[0].serial_number, SUPERVISOR)
+            return stored is not None and stored.name == "still-going"
+
+        await wait_until(pushed, 10)
+    finally:
+        await fleet.stop()
+    await store_holds(store, others)
+    assert broken.serial_number not in {device.serial for device in await store.list_devices()}
+
+
+async def test_stop_gives_the_fleets_backlog_a_chance_to_drain(
+    build_fleet: BuildFleet, store_url: str, store: ManagementStore
+) -> None:
+    trees = build_fleet(20)
+    gate = asyncio.Event()
+
+    async def slow_open() -> ManagementStore:
+        await gate.wait()
+        return await open_store(store_url)
+
+    fleet = FleetSync(slow_open, settings=dataclasses.replace(FAST, stop_drain_timeout=10.0))
+    for tree in trees:
+        fleet.add(tree)
+    fleet.start()
+    stopping = asyncio.create_task(fleet.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waiting for the drain
+    gate.set()
+    await asyncio.wait_for(stopping, 10)
+    assert await drained(trees)
+    await store_holds(store, trees)
+
+
+async def test_stop_does_not_hang_on_an_unreachable_store(build_fleet: BuildFleet) -> None:
+    trees = build_fleet(5)
+    opened = 0
+
+    async def never() -> ManagementStore:
+        nonlocal opened
+        opened += 1
+        raise StoreError("down (test)")
+
+    fleet = FleetSync(never, settings=dataclasses.replace(FAST, backoff_base=10.0, stop_drain_timeout=5.0))
+    for tree in trees:
+        fleet.add(tree)
+    fleet.start()
+    await wait_until(lambda: asyncio.sleep(0, result=opened >= 1), 5)
+    await asyncio.wait_for(fleet.stop(), 2.0)  # backing off: stop at once, the rows stay pending
+    for tree in trees:
+        status = await backlog_status(tree.state)
+        assert status.pending == 3 and status.last_error == "down (test)"
+        assert fleet.last_error(tree.serial_number) == "down (test)"
+
+
 class ManualClock:
     def __init__(self, now: float) -> None:
         self.now = now
@@ -488,6 +600,7 @@ async def test_2000_devices_sync_into_the_store_and_store_show_lists_them_all(
     fleet = fleet_of(counting)
     for tree in trees:
         fleet.add(tree)
+
     async def all_applied() -> bool:  # (cheap to poll: reading 2,000 outboxes would slow the fleet down)
         return fleet.stats.applied >= count * 3
 
@@ -506,9 +619,9 @@ async def test_2000_devices_sync_into_the_store_and_store_show_lists_them_all(
     engine = store_url.partition(":")[0]
     with capsys.disabled():
         print(
-            f"\n[{engine}] {count} devices (built in {built:.1f} s): {records} group records + {count} device "
-            f"records in {elapsed:.2f} s = {records / elapsed:.0f} group records/s; {trips} round trips "
-            f"({trips * 1000 / count:.1f} per 1,000 devices): {dict(counting.calls)}"
+            f"\n[{engine}] {count} devices (built in {built:.1f} s): {records} group records + "
+            f"{count} device records in {elapsed:.2f} s = {records / elapsed:.0f} group records/s; "
+            f"{trips} round trips ({trips * 1000 / count:.1f} per 1,000 devices): {dict(counting.calls)}"
         )
     assert trips * 1000 / count <= 10
     capsys.readouterr()
