@@ -629,3 +629,34 @@ async def test_2000_devices_sync_into_the_store_and_store_show_lists_them_all(
     shown = json.loads(capsys.readouterr().out)
     assert [device["serial"] for device in shown] == [serial_of(index) for index in range(1, count + 1)]
     assert all(len(device["groups"]) == 3 for device in shown)
+
+
+@pytest.mark.postgres
+async def test_two_fleets_sharding_one_postgres_store_add_up(build_fleet: BuildFleet, pg_url: str) -> None:
+    """Two fleets (as two processes sharding with --first/--count), each with its own connection, write
+    the same PostgreSQL store at once: their batches never deadlock and the store holds both."""
+    halves = [build_fleet(1000, first=1), build_fleet(1000, first=1001)]
+    fleets = [FleetSync(lambda: open_store(pg_url), settings=FAST) for _half in halves]
+    for fleet, half in zip(fleets, halves, strict=True):
+        for tree in half:
+            fleet.add(tree)
+
+    async def all_applied() -> bool:
+        return all(fleet.stats.applied >= 3000 for fleet in fleets)
+
+    for fleet in fleets:
+        fleet.start()
+    try:
+        await wait_until(all_applied, 60, interval=0.05)
+    finally:
+        for fleet in fleets:
+            await fleet.stop()
+    assert all(fleet.stats.failures == 0 for fleet in fleets)
+    store = await open_store(pg_url)
+    try:
+        assert [device.serial for device in await store.list_devices()] == [
+            serial_of(i) for i in range(1, 2001)
+        ]
+        await store_holds(store, halves[0] + halves[1])
+    finally:
+        await store.close()
