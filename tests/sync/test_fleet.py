@@ -18,17 +18,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tap_emulator.app import open_device
 from tap_emulator.cli import main
 from tap_emulator.config import load_profile
-from tap_emulator.model import Operation
+from tap_emulator.model import Operation, default_model
 from tap_emulator.security import scram
-from tap_emulator.state import DeviceState, OutboxRow
+from tap_emulator.state import DeviceState, OutboxRow, StateFile
 from tap_emulator.state.outbox import backlog_status
 from tap_emulator.store import (
     DeviceRecord,
@@ -151,34 +151,44 @@ BuildFleet = Callable[..., list[DeviceTree]]
 
 
 @pytest.fixture
-def build_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[BuildFleet]:
-    """Open `count` real devices (default profile, serials EMU0000000001...) over `:memory:` states.
+def build_fleet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BuildFleet]:
+    """Open `count` real devices (default profile, serials EMU0000000001...) as views of one fleet
+    state file (a StateFile keyed by serial, as `tap-emulator fleet` keeps them).
 
     Seeding derives each profile group's SCRAM keys (two PBKDF2 runs per group): with a fixed salt
     draw the derivations of every device are the same, so they are computed once (the credentials
-    are real, merely shared; a fleet's start-up does the same, issue 15).
+    are real, merely shared; a fleet's start-up shares them too, issue 15). Devices are seeded from a
+    few threads at once, so their writes share the file's group commits.
     """
     monkeypatch.setattr(
         group_handler, "credential_from_password", functools.cache(scram.credential_from_password)
     )
     profile = load_profile("default")
-    opened: list[DeviceTree] = []
+    files: list[StateFile] = []
 
-    def open_one(index: int) -> DeviceTree:
-        device = dataclasses.replace(profile.device, serial_number=serial_of(index))
-        return open_device(
-            dataclasses.replace(profile, device=device), ":memory:", random_bytes=lambda n: b"\x5a" * n
+    def open_one(file: StateFile, index: int) -> DeviceTree:
+        serial = serial_of(index)
+        device = dataclasses.replace(profile.device, serial_number=serial)
+        tree = DeviceTree(
+            default_model(),
+            file.device(serial),
+            access=profile.access,
+            random_bytes=lambda n: b"\x5a" * n,
+            clock_ms=lambda: time.time_ns() // 1_000_000,
+            memory=profile.memory,
         )
+        tree.seed(dataclasses.replace(profile, device=device))
+        return tree
 
     def build(count: int, first: int = 1) -> list[DeviceTree]:
-        with ThreadPoolExecutor(4) as pool:
-            trees = list(pool.map(open_one, range(first, first + count)))
-        opened.extend(trees)
-        return trees
+        file = StateFile(tmp_path / f"fleet-{first}-{count}.sqlite3", clock=time.time, owner=True)
+        files.append(file)
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(functools.partial(open_one, file), range(first, first + count)))
 
     yield build
-    for tree in opened:
-        tree.state.close()
+    for file in files:
+        file.close()
 
 
 @pytest.fixture
@@ -320,11 +330,11 @@ async def test_a_reconcile_with_work_asks_for_that_device_tree_only(
 
 
 def inject_row(state: DeviceState, payload: dict[str, Any]) -> None:
-    def write(conn: sqlite3.Connection) -> None:
+    def write(conn: sqlite3.Connection, device: str) -> None:
         conn.execute(
-            "INSERT INTO outbox (object_id, instance_id, version, payload, created_at) "
-            "VALUES (?, ?, ?, ?, 0)",
-            (GROUP_OBJECT, payload["instance_id"], payload["version"], json.dumps(payload)),
+            "INSERT INTO outbox (device, object_id, instance_id, version, payload, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 0)",
+            (device, GROUP_OBJECT, payload["instance_id"], payload["version"], json.dumps(payload)),
         )
 
     state.call_sync(write)
