@@ -372,11 +372,14 @@ class FleetSync:
         self, store: ManagementStore, batch: list[_Member], now: float
     ) -> None:
         """A refusal naming no record: find the offender(s) by sending each record alone."""
-        for member in batch:
+        for position, member in enumerate(batch):
             try:
                 await store.upsert_device(member.sync.device_record(now))
             except StoreRejected as rejection:
                 self._device_refused(member, rejection.reason, now)
+            except BaseException:
+                self._heartbeats_again(batch[position:])  # those not sent yet
+                raise
             else:
                 self._device_sent(member, now)
 

@@ -371,6 +371,38 @@ async def test_a_record_the_store_refuses_parks_only_that_devices_row(
     await store_holds(store, trees)
 
 
+class TooLongModel(CountingSubject):
+    def device_identity(self) -> dict[str, str]:
+        return {**super().device_identity(), "model": "m" * 200}  # past the store's column limit
+
+
+async def test_a_device_record_the_store_refuses_is_that_devices_alone(
+    build_fleet: BuildFleet, counting: CountingStore, store: ManagementStore
+) -> None:
+    trees = build_fleet(25)
+    subjects = [
+        TooLongModel(tree) if index == 9 else CountingSubject(tree) for index, tree in enumerate(trees)
+    ]
+    fleet = fleet_of(counting)
+    for subject in subjects:
+        fleet.add(subject)
+    fleet.start()
+    try:
+        await wait_until(lambda: drained(trees), 30, interval=0.05)
+    finally:
+        await fleet.stop()
+    devices = {device.serial: device for device in await store.list_devices()}
+    refused = devices[trees[9].serial_number]
+    assert (refused.model, refused.last_seen) == (
+        "",
+        datetime(1970, 1, 1, tzinfo=UTC),
+    )  # its groups' placeholder
+    await store_holds(store, trees[:9] + trees[10:])
+    versions = await store.group_versions(trees[9].serial_number)
+    assert versions == device_versions(trees[9])  # its groups are synced all the same
+    assert counting.calls["upsert_devices"] == 2  # the refused batch, then the others again
+
+
 async def test_a_push_acknowledged_but_not_settled_is_sent_again_and_never_applied_twice(
     build_fleet: BuildFleet, counting: CountingStore, store: ManagementStore
 ) -> None:
