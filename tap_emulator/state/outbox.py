@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.state import DeviceState
+from tap_emulator.state import DeviceState, InstanceRow
+from tap_emulator.state import _decode_values as decode_values  # the package's one value decoding
 
 __all__ = [
     "BacklogStatus",
     "DeliveredUpTo",
     "LocalVersions",
     "ReconcileWrites",
+    "apply_reconcile",
     "apply_reconcile_sync",
     "backlog_status",
     "backlog_status_sync",
+    "instance_rows",
     "local_versions",
     "mark_delivered",
     "park_rejected",
@@ -217,6 +220,30 @@ async def local_versions(state: DeviceState, object_id: int) -> LocalVersions:
     return await state.call(read)
 
 
+async def instance_rows(
+    state: DeviceState, object_id: int, instance_ids: Iterable[int]
+) -> dict[int, InstanceRow]:
+    """The stored rows of some instances of one object (those that exist), by instance id."""
+    wanted = tuple(instance_ids)
+
+    def read(conn: sqlite3.Connection, device: str) -> dict[int, InstanceRow]:
+        found = {}
+        for instance_id in wanted:
+            row = conn.execute(
+                "SELECT version, deleted, resource_values, credential FROM instance "
+                "WHERE device = ? AND object_id = ? AND instance_id = ?",
+                (device, object_id, instance_id),
+            ).fetchone()
+            if row is not None:
+                version, deleted, values, credential = row
+                found[instance_id] = InstanceRow(
+                    object_id, instance_id, version, bool(deleted), decode_values(values), credential
+                )
+        return found
+
+    return await state.call(read)
+
+
 def _read_status(conn: sqlite3.Connection, device: str) -> BacklogStatus:
     pending, instances, oldest_at, next_at = conn.execute(
         "SELECT COUNT(*), COUNT(DISTINCT object_id || '/' || instance_id), MIN(created_at), "
@@ -279,7 +306,16 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
     A bump applies only if the instance still has the expected version, so a concurrent change is never
     overwritten; a repush is skipped when a pending row already carries that version or a newer one.
     """
+    return state.transact_sync(_reconcile_write(writes, now))
 
+
+async def apply_reconcile(state: DeviceState, writes: ReconcileWrites, now: float) -> int:
+    """`apply_reconcile_sync` awaited instead of blocking, in the file's group commit: for writes that
+    change no instance (re-queued rows only), which a tree holding the device need not see at once."""
+    return await state.transact(_reconcile_write(writes, now))
+
+
+def _reconcile_write(writes: ReconcileWrites, now: float) -> Callable[[sqlite3.Connection, str], int]:
     def write(conn: sqlite3.Connection, device: str) -> int:
         def queue_row(object_id: int, instance_id: int, version: int, payload: Mapping[str, Any]) -> int:
             conn.execute(_INSERT_OUTBOX, (device, object_id, instance_id, version, json.dumps(payload), now))
@@ -313,4 +349,4 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
                 queued += queue_row(object_id, instance_id, version, payload)
         return queued
 
-    return state.transact_sync(write)
+    return write

@@ -14,13 +14,15 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tap_emulator.model import ObjectDef
 from tap_emulator.state import StateError, outbox
 from tap_emulator.store import DeviceRecord, GroupRecord, ManagementStore, MembershipOutcome, StoreRejected
 from tap_emulator.tree import DeviceTree
+from tap_emulator.tree.tree import stored_payload
 
 from .core import (
     PendingGroup,
@@ -114,7 +116,7 @@ class DeviceSync:
     def __init__(
         self,
         subject: SyncSubject,
-        object_id: int,
+        group_object: ObjectDef,
         *,
         stats: SyncStats,
         clock: Callable[[], float],
@@ -122,7 +124,8 @@ class DeviceSync:
     ) -> None:
         self.subject = subject
         self.serial = subject.serial_number
-        self.object_id = object_id
+        self.group_object = group_object
+        self.object_id = group_object.id
         self.stats = stats
         self._clock = clock
         self.needs_reconcile = True
@@ -140,16 +143,35 @@ class DeviceSync:
     async def reconcile(self, stored: Mapping[int, int]) -> None:
         """Make the device's state newer wherever it must win over `stored` (the store's versions).
 
-        The versions come from the state; the tree is asked for only when the plan has writes, and the
-        plan is then made again from the tree with nothing awaited until it is applied, so no change of
-        the device can slip between the plan and its writes.
+        The versions come from the state, and so do the payloads of a plan that only re-queues groups
+        (the store lacks them: a new or emptied store), which changes nothing on the device. Only a
+        plan that re-versions or tombstones instances asks for the tree; it is then made again from the
+        tree with nothing awaited until it is applied, so no change can slip between plan and writes.
         """
         local = await outbox.local_versions(self.subject.state, self.object_id)
-        now_ms = int(self._clock() * 1000)
-        if plan_reconcile(reconciled_versions(local.instances, stored), stored, local.pending, now_ms):
+        versions = reconciled_versions(local.instances, stored)
+        plan = plan_reconcile(versions, stored, local.pending, int(self._clock() * 1000))
+        if plan.bumps or plan.tombstones:
             self._apply_reconcile(await self.subject.sync_tree(), stored, local.pending)
+        elif plan.repush:
+            await self._requeue_from_state(plan.repush, versions)
         self.stats.reconciles += 1
         self.needs_reconcile = False
+
+    async def _requeue_from_state(self, repush: Iterable[int], versions: Mapping[int, int]) -> None:
+        state = self.subject.state
+        rows = await outbox.instance_rows(state, self.object_id, sorted(repush))
+        writes = outbox.ReconcileWrites(
+            repush=[
+                (self.object_id, gid, row.version, stored_payload(self.group_object, row))
+                for gid, row in rows.items()
+                if row.version == versions[gid]  # else it changed meanwhile: that change queued its row
+            ]
+        )
+        queued = await outbox.apply_reconcile(state, writes, self._clock())
+        log.info(
+            "%s reconciled with the store: %d re-queued (%d outbox rows)", self.serial, len(rows), queued
+        )
 
     def _apply_reconcile(
         self, tree: DeviceTree, stored: Mapping[int, int], pending: Mapping[int, int]

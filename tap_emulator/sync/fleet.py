@@ -91,6 +91,7 @@ class FleetSync:
         group_object = (model or default_model()).object_by_alias(GroupHandler.alias)
         if group_object is None:
             raise ValueError("the model has no group object (1025)")
+        self._group_object = group_object
         self._object_id = group_object.id
         self._members: dict[str, _Member] = {}
         # Ordered sets (dicts of None): oldest first, so no device waits behind newer ones.
@@ -116,7 +117,7 @@ class FleetSync:
             raise ValueError(f"device {serial!r} is already synced")
         sync = DeviceSync(
             subject,
-            self._object_id,
+            self._group_object,
             stats=self.stats,
             clock=self._clock,
             join_device_groups=bool(self._device_groups),

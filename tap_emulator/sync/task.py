@@ -68,7 +68,7 @@ class SyncTask:
         self._object_id = tree.group_object.id
         self._serial = tree.serial_number
         self._device = DeviceSync(
-            tree, self._object_id, stats=self.stats, clock=clock, join_device_groups=bool(device_groups)
+            tree, tree.group_object, stats=self.stats, clock=clock, join_device_groups=bool(device_groups)
         )
         self._device_groups = tuple(device_groups)
         self._store: ManagementStore | None = None

@@ -329,6 +329,44 @@ async def test_a_reconcile_with_work_asks_for_that_device_tree_only(
     await store_holds(store, trees)
 
 
+async def test_a_store_that_lost_everything_is_refilled_without_building_any_tree(
+    build_fleet: BuildFleet, tmp_path: Path, counting: CountingStore, store: ManagementStore
+) -> None:
+    trees = build_fleet(100)
+    first = FleetSync(lambda: open_store(f"sqlite:///{tmp_path}/first-store.sqlite3"), settings=FAST)
+    for tree in trees:
+        first.add(tree)
+    first.start()
+    try:
+        await wait_until(lambda: drained(trees), 30, interval=0.05)
+    finally:
+        await first.stop()
+    # Everything is delivered; a second, empty store must get it all again (re-queued in the reconcile).
+    subjects = [CountingSubject(tree) for tree in trees]
+    second = fleet_of(counting)
+    for subject in subjects:
+        second.add(subject)
+    second.start()
+    try:
+
+        async def refilled() -> bool:
+            return second.stats.applied >= 300
+
+        await wait_until(refilled, 30, interval=0.05)
+        await wait_until(lambda: drained(trees), 10, interval=0.05)
+    finally:
+        await second.stop()
+    assert all(subject.tree_requests == 0 for subject in subjects)  # payloads came from the state
+    await store_holds(store, trees)
+    for tree in trees[:5]:
+        for group_id in tree.instance_ids(GROUP_OBJECT):
+            stored = await store.get_group(tree.serial_number, group_id)
+            account = tree.account(group_id)
+            assert stored is not None and account is not None
+            assert (stored.name, stored.password_set) == (account.name, account.credential is not None)
+    assert counting.calls["upsert_groups"] <= 2
+
+
 def inject_row(state: DeviceState, payload: dict[str, Any]) -> None:
     def write(conn: sqlite3.Connection, device: str) -> None:
         conn.execute(
