@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tap_emulator.state import DeviceState
+from tap_emulator.state import DeviceState, InstanceRow
+from tap_emulator.state import _decode_values as decode_values  # the package's one value decoding
 
 __all__ = [
     "BacklogStatus",
     "DeliveredUpTo",
+    "LocalVersions",
     "ReconcileWrites",
+    "apply_reconcile",
     "apply_reconcile_sync",
     "backlog_status",
     "backlog_status_sync",
+    "instance_rows",
+    "local_versions",
     "mark_delivered",
     "park_rejected",
     "pending_versions",
@@ -169,16 +174,72 @@ async def record_failure(
     return await state.transact(write)
 
 
+_PENDING_VERSIONS = (
+    "SELECT instance_id, MAX(version) FROM outbox WHERE device = ? AND status = 'pending' "
+    "AND object_id = ? GROUP BY instance_id"
+)
+
+
 async def pending_versions(state: DeviceState, object_id: int) -> dict[int, int]:
     """instance id -> newest pending version, for one object."""
 
     def read(conn: sqlite3.Connection, device: str) -> dict[int, int]:
-        rows = conn.execute(
-            "SELECT instance_id, MAX(version) FROM outbox WHERE device = ? AND status = 'pending' "
-            "AND object_id = ? GROUP BY instance_id",
-            (device, object_id),
-        )
+        rows = conn.execute(_PENDING_VERSIONS, (device, object_id))
         return {instance_id: version for instance_id, version in rows}
+
+    return await state.call(read)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVersions:
+    """What a reconcile compares with the store, read from the state without building the device's tree.
+
+    `instances`: instance id -> (version, deleted) of every stored instance of the object, tombstones
+    included; `pending`: instance id -> newest pending outbox version. Both come from one read, so
+    they are consistent with each other.
+    """
+
+    instances: Mapping[int, tuple[int, bool]]
+    pending: Mapping[int, int]
+
+
+async def local_versions(state: DeviceState, object_id: int) -> LocalVersions:
+    """The versions of one object's instances and of their pending outbox rows (for the sync reconcile)."""
+
+    def read(conn: sqlite3.Connection, device: str) -> LocalVersions:
+        instances = conn.execute(
+            "SELECT instance_id, version, deleted FROM instance WHERE device = ? AND object_id = ?",
+            (device, object_id),
+        ).fetchall()
+        pending = conn.execute(_PENDING_VERSIONS, (device, object_id)).fetchall()
+        return LocalVersions(
+            {instance_id: (version, bool(deleted)) for instance_id, version, deleted in instances},
+            {instance_id: version for instance_id, version in pending},
+        )
+
+    return await state.call(read)
+
+
+async def instance_rows(
+    state: DeviceState, object_id: int, instance_ids: Iterable[int]
+) -> dict[int, InstanceRow]:
+    """The stored rows of some instances of one object (those that exist), by instance id."""
+    wanted = tuple(instance_ids)
+
+    def read(conn: sqlite3.Connection, device: str) -> dict[int, InstanceRow]:
+        found = {}
+        for instance_id in wanted:
+            row = conn.execute(
+                "SELECT version, deleted, resource_values, credential FROM instance "
+                "WHERE device = ? AND object_id = ? AND instance_id = ?",
+                (device, object_id, instance_id),
+            ).fetchone()
+            if row is not None:
+                version, deleted, values, credential = row
+                found[instance_id] = InstanceRow(
+                    object_id, instance_id, version, bool(deleted), decode_values(values), credential
+                )
+        return found
 
     return await state.call(read)
 
@@ -245,7 +306,16 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
     A bump applies only if the instance still has the expected version, so a concurrent change is never
     overwritten; a repush is skipped when a pending row already carries that version or a newer one.
     """
+    return state.transact_sync(_reconcile_write(writes, now))
 
+
+async def apply_reconcile(state: DeviceState, writes: ReconcileWrites, now: float) -> int:
+    """`apply_reconcile_sync` awaited instead of blocking, in the file's group commit: for writes that
+    change no instance (re-queued rows only), which a tree holding the device need not see at once."""
+    return await state.transact(_reconcile_write(writes, now))
+
+
+def _reconcile_write(writes: ReconcileWrites, now: float) -> Callable[[sqlite3.Connection, str], int]:
     def write(conn: sqlite3.Connection, device: str) -> int:
         def queue_row(object_id: int, instance_id: int, version: int, payload: Mapping[str, Any]) -> int:
             conn.execute(_INSERT_OUTBOX, (device, object_id, instance_id, version, json.dumps(payload), now))
@@ -279,4 +349,4 @@ def apply_reconcile_sync(state: DeviceState, writes: ReconcileWrites, now: float
                 queued += queue_row(object_id, instance_id, version, payload)
         return queued
 
-    return state.transact_sync(write)
+    return write

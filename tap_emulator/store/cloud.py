@@ -413,47 +413,63 @@ class CloudOperations:
         not exist yet is created in the native tenant with its id as name; a full group is left out
         (FULL in the result) while the others are joined.
         """
+        return (await self.join_profile_groups_many([serial], group_ids, at))[serial]
 
-        async def work(tx: Transaction) -> dict[str, MembershipOutcome]:
-            if not await tx.rows(MARK_PROFILE_GROUPS_JOINED, {"serial": serial}):
-                return {}
-            outcomes: dict[str, MembershipOutcome] = {}
-            stamp = tx.dialect.encode_timestamp(at)
-            for group_id in dict.fromkeys(group_ids):
-                if not await tx.rows(GET_GROUP, {"id": group_id}):
-                    values = {
-                        "id": group_id,
-                        "tenant": PROFILE_TENANT,
-                        "scope": PROFILE_ACTOR,
-                        "name": group_id,
-                        "description": "created by a device profile",
-                        "parent_id": None,
-                        "status": 1,
-                        "sequence": 0,
-                        "max_devices": 0,
-                        "tags": json.dumps([]),
-                        "created_at": stamp,
-                        "created_by": PROFILE_ACTOR,
-                        "updated_at": stamp,
-                        "updated_by": PROFILE_ACTOR,
-                        "profile": PROFILE_TENANT,
-                    }
-                    await insert_group(tx, values, unique_name=False)
-                # A full group keeps its count: check first, so a FULL outcome never needs a rollback.
-                (row,) = await tx.rows(GET_GROUP, {"id": group_id})
-                group = dict(zip(GROUP_COLUMNS, row, strict=True))
-                member = await tx.rows(GET_MEMBER, {"group_id": group_id, "serial": serial})
-                if not member and group["max_devices"] and group["device_count"] >= group["max_devices"]:
-                    outcomes[group_id] = MembershipOutcome.FULL
-                    continue
-                outcomes[group_id] = await add_membership(tx, group_id, serial, at, PROFILE_ACTOR)
-                if outcomes[group_id] is MembershipOutcome.FULL:  # a concurrent add filled it meanwhile
-                    raise _Abort
-            return outcomes
+    async def join_profile_groups_many(
+        self, serials: Sequence[str], group_ids: Sequence[str], at: datetime
+    ) -> dict[str, dict[str, MembershipOutcome]]:
+        """`join_profile_groups` for many devices in one transaction (a fleet's devices share a profile):
+        serial -> outcomes, every serial a key."""
+
+        async def work(tx: Transaction) -> dict[str, dict[str, MembershipOutcome]]:
+            return {serial: await _join_once(tx, serial, group_ids, at) for serial in dict.fromkeys(serials)}
 
         for _attempt in range(3):
             try:
                 return await self.atomic(work, retry_unique_violation=True)
             except _Abort:
                 continue
-        raise StoreError(f"device groups of {serial} kept filling up while it joined them; retry later")
+        who = serials[0] if len(serials) == 1 else f"{len(serials)} devices"
+        raise StoreError(f"device groups of {who} kept filling up while joining them; retry later")
+
+
+async def _join_once(
+    tx: Transaction, serial: str, group_ids: Sequence[str], at: datetime
+) -> dict[str, MembershipOutcome]:
+    """One device's profile join inside `tx` (see CloudOperations.join_profile_groups); raises _Abort
+    when a concurrent add filled a group meanwhile, so the whole transaction is tried again."""
+    if not await tx.rows(MARK_PROFILE_GROUPS_JOINED, {"serial": serial}):
+        return {}
+    outcomes: dict[str, MembershipOutcome] = {}
+    stamp = tx.dialect.encode_timestamp(at)
+    for group_id in dict.fromkeys(group_ids):
+        if not await tx.rows(GET_GROUP, {"id": group_id}):
+            values = {
+                "id": group_id,
+                "tenant": PROFILE_TENANT,
+                "scope": PROFILE_ACTOR,
+                "name": group_id,
+                "description": "created by a device profile",
+                "parent_id": None,
+                "status": 1,
+                "sequence": 0,
+                "max_devices": 0,
+                "tags": json.dumps([]),
+                "created_at": stamp,
+                "created_by": PROFILE_ACTOR,
+                "updated_at": stamp,
+                "updated_by": PROFILE_ACTOR,
+                "profile": PROFILE_TENANT,
+            }
+            await insert_group(tx, values, unique_name=False)
+        # A full group keeps its count: check first, so a FULL outcome never needs a rollback.
+        (row,) = await tx.rows(GET_GROUP, {"id": group_id})
+        group = dict(zip(GROUP_COLUMNS, row, strict=True))
+        member = await tx.rows(GET_MEMBER, {"group_id": group_id, "serial": serial})
+        if not member and group["max_devices"] and group["device_count"] >= group["max_devices"]:
+            outcomes[group_id] = MembershipOutcome.FULL
+            continue
+        outcomes[group_id] = await add_membership(tx, group_id, serial, at, PROFILE_ACTOR)
+        if outcomes[group_id] is MembershipOutcome.FULL:  # a concurrent add filled it meanwhile
+            raise _Abort
+    return outcomes

@@ -37,8 +37,8 @@ class StoreError(Exception):
 class StoreRejected(StoreError):
     """The store refuses a record as invalid; retrying the same record can never succeed.
 
-    `record_index` is the position of the offending record in the batch given to `upsert_groups`
-    (None for a single device record), so the caller can park exactly that record.
+    `record_index` is the position of the offending record in the batch given to `upsert_groups` or
+    `upsert_devices` (None for a single device record), so the caller can park exactly that record.
     """
 
     def __init__(self, reason: str, record_index: int | None = None) -> None:
@@ -97,6 +97,11 @@ class ManagementStore(Protocol):
         """Insert or refresh a device; an older `last_seen` than the stored one is ignored."""
         ...
 
+    async def upsert_devices(self, devices: Sequence[DeviceRecord]) -> None:
+        """`upsert_device` for many devices in one transaction (one round trip): all or none are written;
+        a refused record raises StoreRejected with its index in `devices`."""
+        ...
+
     async def upsert_groups(self, groups: Sequence[GroupRecord]) -> list[bool]:
         """Apply records in one transaction; per record True = applied, False = stale or duplicate."""
         ...
@@ -115,6 +120,11 @@ class ManagementStore(Protocol):
         """group id -> stored version (tombstones included), for reconciling after a factory reset."""
         ...
 
+    async def group_versions_many(self, serials: Sequence[str]) -> dict[str, dict[int, int]]:
+        """`group_versions` of many devices at once: serial -> (group id -> version), every serial a key
+        (an empty mapping for a device the store does not hold)."""
+        ...
+
     async def list_devices(self) -> list[DeviceRecord]:
         """All devices by serial number."""
         ...
@@ -124,6 +134,12 @@ class ManagementStore(Protocol):
     ) -> dict[str, MembershipOutcome]:
         """Join a stored device to the device groups its profile names, the first time only (see
         tap_emulator.store.cloud.CloudOperations)."""
+        ...
+
+    async def join_profile_groups_many(
+        self, serials: Sequence[str], group_ids: Sequence[str], at: datetime
+    ) -> dict[str, dict[str, MembershipOutcome]]:
+        """`join_profile_groups` for many devices in one transaction: serial -> outcomes."""
         ...
 
     async def close(self) -> None:
@@ -163,9 +179,9 @@ def _check_types(record: DeviceRecord | GroupRecord, record_index: int | None) -
             raise AssertionError(f"no type rule for {field.name}: {expected}")
 
 
-def check_device(device: DeviceRecord) -> None:
+def check_device(device: DeviceRecord, record_index: int | None = None) -> None:
     """Raise StoreRejected if the device record cannot be bound to the store's column types."""
-    _check_types(device, None)
+    _check_types(device, record_index)
 
 
 def check_group(group: GroupRecord, record_index: int | None = None) -> None:

@@ -26,15 +26,18 @@ __all__ = [
     "GET_GROUP",
     "GROUP_COLUMNS",
     "GROUP_VERSIONS",
+    "GROUP_VERSIONS_OF",
     "LIST_DEVICES",
     "LIST_GROUPS",
     "MIGRATIONS",
     "NEVER_SEEN",
     "SCHEMA_VERSION",
+    "SERIALS_PER_STATEMENT",
     "UPSERT_DEVICE",
     "UPSERT_GROUP",
     "Dialect",
     "Migration",
+    "serials_in",
 ]
 
 # last_seen of a device known only through its groups (a group arrived before its device record).
@@ -352,6 +355,24 @@ LIMIT :limit"""
 
 GROUP_VERSIONS = "SELECT group_id, version FROM access_groups WHERE device_serial = :device_serial"
 
+# The versions of many devices in one statement; `{serials}` is filled by `serials_in`.
+GROUP_VERSIONS_OF = (
+    "SELECT device_serial, group_id, version FROM access_groups WHERE device_serial IN ({serials})"
+)
+
+# Serials bound in one IN list: far below both engines' parameter limits (SQLite 32,766, PostgreSQL 65,535).
+SERIALS_PER_STATEMENT = 1000
+
+
+def serials_in(text: str, serials: Sequence[str]) -> tuple[str, dict[str, object]]:
+    """`text` with its `{serials}` slot as one named parameter per serial, and those parameters."""
+    if not 0 < len(serials) <= SERIALS_PER_STATEMENT:
+        raise ValueError(f"an IN list holds 1 to {SERIALS_PER_STATEMENT} serials, not {len(serials)}")
+    names = [f"serial_{index}" for index in range(len(serials))]
+    params: dict[str, object] = dict(zip(names, serials, strict=True))
+    return text.replace("{serials}", ", ".join(":" + name for name in names)), params
+
+
 LIST_DEVICES = f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices ORDER BY serial"
 
 
@@ -386,6 +407,15 @@ class StoreReads:
     async def group_versions(self, device_serial: str) -> dict[int, int]:
         rows = await self._rows(GROUP_VERSIONS, {"device_serial": device_serial})
         return {group_id: version for group_id, version in rows}
+
+    async def group_versions_many(self, serials: Sequence[str]) -> dict[str, dict[int, int]]:
+        versions: dict[str, dict[int, int]] = {serial: {} for serial in serials}
+        unique = list(versions)
+        for start in range(0, len(unique), SERIALS_PER_STATEMENT):
+            text, params = serials_in(GROUP_VERSIONS_OF, unique[start : start + SERIALS_PER_STATEMENT])
+            for serial, group_id, version in await self._rows(text, params):
+                versions[serial][group_id] = version
+        return versions
 
     async def list_devices(self) -> list[DeviceRecord]:
         return [self.dialect.device_from_row(row) for row in await self._rows(LIST_DEVICES, {})]

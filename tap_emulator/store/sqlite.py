@@ -249,6 +249,22 @@ class SqliteStore(schema.StoreReads, CloudOperations):
 
         await self._call(work)
 
+    async def upsert_devices(self, devices: Sequence[DeviceRecord]) -> None:
+        for index, device in enumerate(devices):
+            check_device(device, index)
+        if not devices:
+            return
+
+        def work() -> None:
+            with self._write_transaction() as connection:
+                for index, device in enumerate(devices):
+                    try:
+                        connection.execute(DIALECT.sql(schema.UPSERT_DEVICE), DIALECT.device_params(device))
+                    except sqlite3.IntegrityError as error:
+                        raise StoreRejected(_rejection_reason(error), index) from error
+
+        await self._call(work)
+
     async def upsert_groups(self, groups: Sequence[GroupRecord]) -> list[bool]:
         for index, group in enumerate(groups):
             check_group(group, index)

@@ -1,7 +1,8 @@
 """Cloud sync: every change of a group (object 1025) reaches the management store, exactly once in effect.
 
-`SyncTask` (asyncio) drains the device's outbox into a `ManagementStore`; `core` holds its decisions
-as plain functions. `store_url_for` chooses the store a `serve` reports to.
+`SyncTask` (asyncio) drains one device's outbox into a `ManagementStore`; `FleetSync` does it for any
+number of devices (`SyncSubject`) in one task and batched store calls; both run `DeviceSync`'s steps.
+`core` holds their decisions as plain functions. `store_url_for` chooses the store a `serve` reports to.
 """
 
 from __future__ import annotations
@@ -20,26 +21,34 @@ from .core import (
     backoff_delay,
     coalesce,
     group_record,
+    next_heartbeat,
     plan_reconcile,
+    reconciled_versions,
     tombstone_payload,
 )
+from .fleet import FleetSync
+from .subject import SyncSubject
 from .task import KILL_AFTER_ACK_ENV, SyncSettings, SyncStats, SyncTask
 
 __all__ = [
     "DEFAULT_STORE_NAME",
     "KILL_AFTER_ACK_ENV",
     "PUBLIC_VALUES",
+    "FleetSync",
     "PendingGroup",
     "ReconcilePlan",
     "SyncSettings",
     "SyncStats",
+    "SyncSubject",
     "SyncTask",
     "UnsafePayload",
     "backoff_delay",
     "check_store_url",
     "coalesce",
     "group_record",
+    "next_heartbeat",
     "plan_reconcile",
+    "reconciled_versions",
     "store_url_for",
     "tombstone_payload",
 ]

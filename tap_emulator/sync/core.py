@@ -6,6 +6,7 @@ no clock and no randomness of their own (the task passes `now` and a random draw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,9 @@ __all__ = [
     "backoff_delay",
     "coalesce",
     "group_record",
+    "next_heartbeat",
     "plan_reconcile",
+    "reconciled_versions",
     "tombstone_payload",
 ]
 
@@ -40,6 +43,19 @@ def backoff_delay(failures: int, *, base: float, cap: float, draw: Callable[[], 
     """Full jitter: uniform in [0, min(cap, base * 2**failures)); `draw` gives a number in [0, 1)."""
     ceiling = min(cap, base * 2.0 ** min(failures, 62))
     return draw() * ceiling
+
+
+def next_heartbeat(due: float, now: float, period: float) -> float:
+    """The next heartbeat slot of a device after the one `due` it was sent for: `due + k * period`, the
+    first such slot later than `now` (k >= 1). Each device keeps the phase it was given, so heartbeats
+    that start spread over the period stay spread, even after an outage or a send a little early."""
+    if period <= 0:
+        raise ValueError("the heartbeat period must be positive")
+    slots = max(1, math.floor((now - due) / period) + 1)
+    following = due + slots * period
+    if following <= now:  # the division rounded down onto `now` itself
+        following = due + (slots + 1) * period
+    return following
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +173,19 @@ class ReconcilePlan:
 
     def __bool__(self) -> bool:
         return bool(self.bumps or self.tombstones or self.repush)
+
+
+def reconciled_versions(
+    instances: Mapping[int, tuple[int, bool]], stored: Mapping[int, int]
+) -> dict[int, int]:
+    """The device's side of a reconcile: instance id -> version, from (version, deleted) of each
+    instance it holds. A tombstone counts only where the store holds the group (it must overwrite it);
+    elsewhere the group is simply unknown to both sides."""
+    return {
+        instance_id: version
+        for instance_id, (version, deleted) in instances.items()
+        if not deleted or instance_id in stored
+    }
 
 
 def plan_reconcile(

@@ -91,17 +91,34 @@ def _row(object_id: int, instance_id: int, inst: StoredInstance) -> InstanceRow:
 
 def public_payload(obj: ObjectDef, instance_id: int, inst: StoredInstance) -> dict[str, Any]:
     """The outbox payload of an instance: readable values by alias slug; never a secret."""
+    return _payload(obj, instance_id, inst.values, inst.version, inst.deleted, inst.credential is not None)
+
+
+def stored_payload(obj: ObjectDef, row: InstanceRow) -> dict[str, Any]:
+    """`public_payload` of an instance as the state stores it, for the sync of a device whose tree is
+    not built (a fleet's idle device)."""
+    return _payload(obj, row.instance_id, row.values, row.version, row.deleted, row.credential is not None)
+
+
+def _payload(
+    obj: ObjectDef,
+    instance_id: int,
+    stored: Mapping[int, Any],
+    version: int,
+    deleted: bool,
+    password_set: bool,
+) -> dict[str, Any]:
     values = {}
     for res in obj.resources.values():
-        if res.readable and not res.secret and res.id in inst.values:
-            values[res.form.alias] = inst.values[res.id]
+        if res.readable and not res.secret and res.id in stored:
+            values[res.form.alias] = stored[res.id]
     return {
         "object_id": obj.id,
         "instance_id": instance_id,
-        "version": inst.version,
-        "deleted": inst.deleted,
-        "password_set": inst.credential is not None,
-        "values": {} if inst.deleted else values,
+        "version": version,
+        "deleted": deleted,
+        "password_set": password_set,
+        "values": {} if deleted else values,
     }
 
 
@@ -333,6 +350,11 @@ class DeviceTree:
     @property
     def state(self) -> DeviceState:
         return self._state
+
+    async def sync_tree(self) -> DeviceTree:
+        """The tree a sync reconcile applies its writes to: this one (see tap_emulator.sync.SyncSubject,
+        where a lazy fleet device builds its tree here)."""
+        return self
 
     def apply_reconcile(self, writes: ReconcileWrites, now: float) -> int:
         """Apply the sync task's reconcile (re-versions and tombstones) to the state and to the tree at

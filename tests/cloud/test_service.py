@@ -477,6 +477,31 @@ async def test_profile_groups_are_joined_once_and_created_if_missing(
     assert [d.serial for d in (await service.list_members(full.id)).items] == ["EMU1"]
 
 
+async def test_profile_groups_of_many_devices_are_joined_in_one_call_as_one_by_one(
+    service: CloudService, engine: ManagementStore, add_device: AddDevice
+) -> None:
+    assert isinstance(engine, CloudStore)
+    for serial in ("EMU1", "EMU2", "EMU3"):
+        await add_device(serial)
+    small = await service.create_group(NAT, "lab", GroupDraft("small", max_devices=2), actor="u")
+    await engine.join_profile_groups("EMU2", [small.id], T0)  # EMU2 joined before, one by one
+    many = await engine.join_profile_groups_many(
+        ["EMU1", "EMU2", "EMU3", "EMU-not-stored", "EMU1"], ["fleet-b", small.id], T0
+    )
+    assert many == {
+        "EMU1": {"fleet-b": MembershipOutcome.ADDED, small.id: MembershipOutcome.ADDED},
+        "EMU2": {},  # joined once already: never again
+        "EMU3": {"fleet-b": MembershipOutcome.ADDED, small.id: MembershipOutcome.FULL},
+        "EMU-not-stored": {},  # the store does not know it (its device record comes first)
+    }
+    assert (await service.get_group("fleet-b")).device_count == 2
+    assert [d.serial for d in (await service.list_members(small.id)).items] == ["EMU1", "EMU2"]
+    assert await engine.join_profile_groups_many(["EMU1", "EMU3"], ["fleet-b"], T0) == {
+        "EMU1": {},
+        "EMU3": {},
+    }
+
+
 # --- keys no store can hold ---------------------------------------------------------------------
 
 UNSTORABLE = ["with\x00nul", "lone\ud800surrogate", "x" * 300]

@@ -12,10 +12,12 @@ import pytest
 from tap_emulator.state import DeviceState, InstanceRow, InstanceWrite
 from tap_emulator.state.outbox import (
     DeliveredUpTo,
+    LocalVersions,
     ReconcileWrites,
     apply_reconcile_sync,
     backlog_status,
     backlog_status_sync,
+    local_versions,
     mark_delivered,
     park_rejected,
     pending_versions,
@@ -89,6 +91,18 @@ async def test_mark_delivered_settles_one_instance_up_to_a_version(state: Device
     assert (status.pending, status.pending_instances, status.delivered) == (2, 2, 2)
     assert status.last_delivered_at == 1005.0
     assert status.oldest_pending_at == 1000.0
+
+
+async def test_local_versions_read_instances_and_pending_rows_of_one_object(state: DeviceState) -> None:
+    other = InstanceWrite(InstanceRow(1024, 0, 3, False, {0: "x"}, None), None)
+    gone = InstanceWrite(InstanceRow(GROUP, 4, 9, True, {}, None), None)
+    await state.commit([change(1, 10), change(2, 11), change(1, 13), other, gone])
+    await mark_delivered(state, [DeliveredUpTo(GROUP, 2, 11)], 1001.0)
+    assert await local_versions(state, GROUP) == LocalVersions(
+        instances={1: (13, False), 2: (11, False), 4: (9, True)},  # tombstones included
+        pending={1: 13},  # the newest pending version only; instance 2 is delivered
+    )
+    assert await local_versions(state, 1099) == LocalVersions({}, {})
 
 
 async def test_failures_count_attempts_and_keep_the_last_error(state: DeviceState, clock: Clock) -> None:

@@ -15,7 +15,9 @@ from tap_emulator.sync import (
     backoff_delay,
     coalesce,
     group_record,
+    next_heartbeat,
     plan_reconcile,
+    reconciled_versions,
     tombstone_payload,
 )
 
@@ -150,3 +152,32 @@ def test_reconcile_requeues_newer_local_groups_without_a_pending_row() -> None:
 
 def test_reconcile_of_a_device_in_step_with_the_store_is_empty() -> None:
     assert not plan_reconcile(local={1: 10, 2: 20}, stored={1: 10, 2: 20}, pending={}, now_ms=99)
+
+
+def test_reconciled_versions_count_a_tombstone_only_where_the_store_holds_the_group() -> None:
+    instances = {1: (5, False), 2: (7, True), 3: (9, True)}
+    assert reconciled_versions(instances, {2: 6}) == {1: 5, 2: 7}
+    assert reconciled_versions(instances, {}) == {1: 5}
+
+
+def test_next_heartbeat_keeps_the_devices_phase() -> None:
+    assert next_heartbeat(100.0, 100.0, 60.0) == 160.0  # sent on time: one period on
+    assert next_heartbeat(100.0, 97.0, 60.0) == 160.0  # sent a little early: the same next slot
+    assert next_heartbeat(100.0, 130.0, 60.0) == 160.0  # sent late: the phase is kept
+    assert next_heartbeat(100.0, 1000.0, 60.0) == 1060.0  # after an outage: the next slot on the phase
+    with pytest.raises(ValueError):
+        next_heartbeat(100.0, 100.0, 0.0)
+
+
+@given(
+    due=st.floats(0, 1e9, allow_nan=False),
+    late=st.floats(-1e3, 1e7, allow_nan=False),
+    period=st.floats(0.01, 1e5, allow_nan=False),
+)
+def test_next_heartbeat_is_a_later_slot_on_the_same_phase(due: float, late: float, period: float) -> None:
+    now = due + late
+    following = next_heartbeat(due, now, period)
+    assert following > now and following > due
+    slots = (following - due) / period
+    assert abs(slots - round(slots)) < 1e-6 * max(1.0, slots) and round(slots) >= 1
+    assert following - period <= max(now, due) + 1e-6 * max(1.0, abs(now))  # the first such slot

@@ -92,12 +92,14 @@ def test_the_tree_dispatcher_holds_no_object_or_resource_id_literals() -> None:
 
 def test_sync_changes_device_state_only_through_the_tree() -> None:
     """The reconcile re-versions and tombstones through a tree operation, never behind the tree's back
-    (a state write plus a reload would let a request interleave with them)."""
+    (a state write plus a reload would let a request interleave with them). The one-device and the
+    fleet's sync share that step (sync/device.py); only re-queued rows, which change no instance, are
+    written without the tree."""
     behind = ("apply_reconcile_sync", ".reload(", "commit_sync(", "reset_sync(")
     for source in sorted((REPO / "tap_emulator" / "sync").rglob("*.py")):
         text = source.read_text(encoding="utf-8")
         assert not [word for word in behind if word in text], source.name
-    assert "self.tree.apply_reconcile(" in (REPO / "tap_emulator" / "sync" / "task.py").read_text("utf-8")
+    assert "tree.apply_reconcile(" in (REPO / "tap_emulator" / "sync" / "device.py").read_text("utf-8")
 
 
 def test_no_face_spells_an_object_path() -> None:
