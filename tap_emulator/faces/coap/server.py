@@ -84,6 +84,7 @@ from tap_emulator.faces.coap.message_layer import (
     install_duplicate_cache,
     install_notification_resets,
 )
+from tap_emulator.faces.coap.receiver import drain_datagrams
 from tap_emulator.faces.coap.reply import Reply
 from tap_emulator.faults import FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
@@ -1245,4 +1246,15 @@ async def start_coap_server(
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     install_fault_layer(context, face.faults)
+    _drain_simple_transports(context)
     return server
+
+
+def _drain_simple_transports(context: aiocoap.Context) -> None:
+    """Read every ``simplesocketserver`` transport's datagrams in batches (``receiver``); ``udp6``
+    reads through aiocoap's own recvmsg reader and keeps it."""
+    for interface in context.request_interfaces:
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        datagrams = getattr(getattr(message_interface, "_pool", None), "_transport", None)
+        if datagrams is not None:
+            drain_datagrams(datagrams)
