@@ -140,6 +140,7 @@ async def test_a_write_through_the_tap_face_is_seen_by_the_next_get(tmp_path: Pa
             ws=None,
             http=None,
             store="off",
+            coap_fast_path=True,
             security=SecurityMode.NONE,
         ),
         announce=lambda _line: None,
@@ -249,6 +250,7 @@ async def test_a_running_value_source_is_read_as_it_advances(tmp_path: Path) -> 
             ws=None,
             http=None,
             store="off",
+            coap_fast_path=True,
         ),
         announce=lambda _line: None,
     )
