@@ -11,12 +11,12 @@ header, options and payload aiocoap would send. Everything else goes to aiocoap 
 datagram is handed to aiocoap's receive method as it arrived.
 
 A GET served once is remembered by its shape, the bytes after its token (its options; it has no
-payload): the parse, and the reply rendered for it with the tree's ``generation`` at that time. The
+payload): the parse, and the reply rendered for it with the face's ``read_generation`` then. The
 same bytes from any peer passed the datagram screen then and would again, so the screen's hook asks
-``received_known`` first; while the tree's generation is unchanged (nothing a read can see changed:
-no value, instance, rollback, reload or target-memory byte), the kept reply goes out again under the
-request's message id and token without rendering, and otherwise the request is rendered as any other.
-Duplicates are detected before either. The shapes are bounded (``SHAPES``).
+``received_known`` first; while the read generation is unchanged (nothing a read can see changed: no
+value, instance, rollback, reload, target-memory byte or Write-Attributes), the kept reply goes out
+again under the request's message id and token without rendering, and otherwise the request is
+rendered as any other. Duplicates are detected before either. The shapes are bounded (``SHAPES``).
 
 What aiocoap's message layer does is done the same way, mostly by calling it:
 
@@ -153,7 +153,7 @@ def _wire_options(response: Reply | aiocoap.Message) -> list[tuple[int, bytes]]:
 
 class _Shape:
     """A plain GET the fast path served before, by the bytes after its token (its options): their
-    parse, and the reply last rendered for it with the tree generation it was rendered at (None until
+    parse, and the reply last rendered for it with the face's read generation then (None until
     a rendering finishes at once with a reply that fits one datagram)."""
 
     __slots__ = ("code", "generation", "opt", "size", "tail")
@@ -187,7 +187,6 @@ class FastPath:
         self._aiocoap_received: Callable[[Any, bytes], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._shapes: dict[bytes, _Shape] = {}
-        self._tree = face.tree
 
     def install(self, message_interface: Any) -> bool:
         """Learn where aiocoap takes the transport's datagrams (``received`` hands them there); False if
@@ -230,7 +229,7 @@ class FastPath:
         for any other datagram, which then takes the usual way (screen, ``received``).
 
         The shape's kept reply is sent again, under this request's message id and token, while the
-        tree's ``generation`` is the one it was rendered at (nothing a read can see has changed since);
+        face's ``read_generation`` is the one it was rendered at (nothing a read can see has changed);
         otherwise the request is rendered as any other. Duplicates are detected first, as always."""
         if len(datagram) < 4 or datagram[1] != _GET:
             return False
@@ -250,7 +249,7 @@ class FastPath:
         if self.detector.duplicate(address, mid, confirmable, address.send):
             return True
         self.served += 1
-        if shape.generation == self._tree.generation and shape.size <= address.maximum_payload_size:
+        if shape.generation == self.face.read_generation and shape.size <= address.maximum_payload_size:
             self.replayed += 1
             if confirmable:
                 reply = encode_with_tail(ACK, shape.code, mid, token, shape.tail)
@@ -267,7 +266,7 @@ class FastPath:
 
     def _serve(self, request: PlainRequest, datagram: bytes, shape: _Shape | None) -> None:
         """Render and answer a request; a GET's reply is kept in its shape if nothing changed meanwhile."""
-        generation = self._tree.generation
+        generation = self.face.read_generation
         # Run the rendering at once, as an eager task would (Python 3.12's eager_task_factory): most
         # requests finish without suspending, and need no task, no timer and no further loop turn.
         rendering = self._render(request, datagram)
@@ -278,7 +277,7 @@ class FastPath:
             tail = None
             if isinstance(response, Reply):
                 tail = encode_tail(response.opt.wire_options(), response.payload)
-                if shape is not None and generation == self._tree.generation:
+                if shape is not None and generation == self.face.read_generation:
                     shape.keep(response, tail, generation)
             self._send(request, response, late=False, tail=tail)
             return
@@ -361,8 +360,7 @@ class FastPath:
             self.manager.send_message(response, lambda: None)
         else:
             mid = self.manager._next_message_id()
-            if tail is None:
-                tail = encode_tail(_wire_options(response), response.payload)
+            assert tail is not None
             address.send(encode_with_tail(NON, int(response.code), mid, token, tail))
 
     def _empty_ack(self, request: PlainRequest, late: list[bool]) -> None:

@@ -337,6 +337,15 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             return await self.respond(request)
         return refusal
 
+    @property
+    def read_generation(self) -> int:
+        """Changes whenever the answer to a GET may change: the tree's ``generation`` (every value,
+        instance and target-memory byte) and this face's own Write-Attributes (a Discover shows them).
+        The fast path replays a GET's kept reply while it holds; no other state of the face enters a
+        GET's answer (the caller is the face's; ``/.well-known/core`` and ``/bs`` never reach the fast
+        path)."""
+        return self.tree.generation + self.attributes.generation
+
     def resolves(self, path: tuple[str, ...]) -> bool:
         """Whether the model names a target at ``path`` (the fast path serves only those)."""
         try:

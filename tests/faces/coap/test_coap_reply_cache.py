@@ -37,7 +37,8 @@ from tap_emulator.tree import DeviceTree
 pytestmark = pytest.mark.timeout(60)
 
 GET, PUT = 1, 3
-CONTENT_FORMAT, ACCEPT = 12, 17
+CONTENT_FORMAT, URI_QUERY, ACCEPT = 12, 15, 17
+LINK_FORMAT = 40
 NAME = "/1025/0/0"  # the anonymous group's name: readable and writable over CoAP (maintenance)
 
 
@@ -129,6 +130,25 @@ async def test_a_duplicate_con_gets_the_stored_reply_neither_replayed_nor_render
     assert duplicate == first
     assert (device.fast_path.replayed, device.fast_path.served) == (replayed, served)
     assert rendered == []
+
+
+async def test_a_discover_is_replayed_until_write_attributes_change_what_it_shows(device: Device) -> None:
+    discover = (*path_options(NAME), (ACCEPT, uint_bytes(LINK_FORMAT)))
+
+    async def discovered() -> bytes:
+        device.client.send(encode(CoapMessage(CON, GET, device.next_mid(), b"d", discover)))
+        return (await device.client.receive()).payload
+
+    first = await discovered()
+    assert await discovered() == first
+    assert device.fast_path.replayed == 1
+    # Write-Attributes (a PUT with Uri-Query, no payload) is aiocoap's to serve; the face keeps them.
+    write = (*path_options(NAME), (URI_QUERY, b"pmin=5"))
+    device.client.send(encode(CoapMessage(CON, PUT, device.next_mid(), b"a", write)))
+    assert (await device.client.receive()).code == 0x44
+    after = await discovered()
+    assert b"pmin=5" in after and b"pmin=5" not in first
+    assert device.fast_path.replayed == 1
 
 
 async def test_a_write_through_the_tap_face_is_seen_by_the_next_get(tmp_path: Path) -> None:
@@ -309,7 +329,11 @@ def sequences(draw: st.DrawFn) -> list[CoapMessage]:
         path = draw(st.sampled_from(FEW_PATHS))
         mid = next(_mids)
         options = [opt for opt in path_options(path) if opt[1] or path.count("/") > 1]
-        if draw(st.integers(0, 3)) == 0:  # now and then a write between the reads
+        kind = draw(st.integers(0, 7))
+        if kind == 0:  # now and then Write-Attributes between the reads (Discover shows them)
+            options.append((URI_QUERY, f"pmin={draw(st.integers(0, 3))}".encode()))
+            requests.append(CoapMessage(CON, PUT, mid & 0xFFFF, mid.to_bytes(4, "big"), tuple(options)))
+        elif kind == 1:  # or a write
             options.append((CONTENT_FORMAT, b""))
             requests.append(
                 CoapMessage(
@@ -323,6 +347,8 @@ def sequences(draw: st.DrawFn) -> list[CoapMessage]:
             )
         else:
             mtype = draw(st.sampled_from([CON, NON]))
+            if kind == 2:  # a Discover
+                options.append((ACCEPT, uint_bytes(LINK_FORMAT)))
             requests.append(CoapMessage(mtype, GET, mid & 0xFFFF, mid.to_bytes(4, "big"), tuple(options)))
     return requests
 
