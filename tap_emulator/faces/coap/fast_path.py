@@ -16,7 +16,8 @@ same bytes from any peer passed the datagram screen then and would again, so the
 ``received_known`` first; while the read generation is unchanged (nothing a read can see changed: no
 value, instance, rollback, reload, target-memory byte or Write-Attributes), the kept reply goes out
 again under the request's message id and token without rendering, and otherwise the request is
-rendered as any other. Duplicates are detected before either. The shapes are bounded (``SHAPES``).
+rendered as any other. Duplicates are detected before either. Peers choose the shapes, so at most
+``CoapLimits.kept_replies`` are kept (the set is emptied when full, as the face's parsed paths are).
 
 What aiocoap's message layer does is done the same way, mostly by calling it:
 
@@ -71,9 +72,6 @@ _OFF = frozenset({"off", "0", "no", "false"})
 _URI_PATH, _CONTENT_FORMAT, _ACCEPT = int(OptionNumber.URI_PATH), int(OptionNumber.CONTENT_FORMAT), 17
 _METHODS = {int(code): code for code in (Code.GET, Code.POST, Code.PUT, Code.DELETE)}
 _GET = int(Code.GET)
-# Distinct GET shapes (bytes after the token) remembered with their replies; peers choose them, so the
-# set is bounded (emptied when full, as the face's parsed paths are): at most about 1 KB each, 2 MB in all.
-SHAPES = 2048
 _EMPTY_ACK_DELAY = TransportTuning().EMPTY_ACK_DELAY
 _WELL_KNOWN_CORE = (".well-known", "core")
 # uint options of at most two bytes (RFC 7252 table 4); a longer one is aiocoap's to judge.
@@ -215,7 +213,7 @@ class FastPath:
         shape = None
         if message.code == _GET and not message.payload:
             shapes = self._shapes
-            if len(shapes) >= SHAPES:
+            if len(shapes) >= self.face.limits.kept_replies:
                 shapes.clear()
             shape = shapes[datagram[4 + len(message.token) :]] = _Shape(request.opt)
         if self.detector.duplicate(address, request.mid, request.mtype == CON, address.send):

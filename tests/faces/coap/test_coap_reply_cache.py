@@ -28,8 +28,8 @@ from tap_emulator.app import Emulator, Endpoint, ServeOptions, open_device
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
 from tap_emulator.codec.coap import ACK, CON, NON, CoapMessage, encode, uint_bytes
 from tap_emulator.config import SecurityMode, load_profile
-from tap_emulator.faces.coap import fast_path as fast_path_module
 from tap_emulator.faces.coap.fast_path import FastPath
+from tap_emulator.faces.coap.limits import CoapLimits
 from tap_emulator.faces.coap.server import CoapServer, start_coap_server
 from tap_emulator.state import StateError
 from tap_emulator.tree import DeviceTree
@@ -296,8 +296,8 @@ async def test_a_running_value_source_is_read_as_it_advances(tmp_path: Path) -> 
         await emulator.stop()
 
 
-async def test_the_shapes_kept_are_bounded(device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_path_module, "SHAPES", 3)
+async def test_the_shapes_kept_are_bounded(device: Device) -> None:
+    device.server.face.limits = CoapLimits(kept_replies=3)
     for accept in range(5):  # five shapes (Accept 1 to 4 are refused, 4.06: plain requests all the same)
         options = (*path_options(NAME), (ACCEPT, uint_bytes(accept)))
         device.client.send(encode(CoapMessage(CON, GET, device.next_mid(), b"s", options)))
