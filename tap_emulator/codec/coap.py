@@ -26,6 +26,8 @@ __all__ = [
     "encode",
     "encode_options",
     "encode_parts",
+    "encode_tail",
+    "encode_with_tail",
     "is_critical",
     "uint_bytes",
     "uint_value",
@@ -183,12 +185,21 @@ def encode_parts(
     mtype: int, code: int, mid: int, token: bytes, options: Sequence[tuple[int, bytes]], payload: bytes
 ) -> bytes:
     """``encode`` without building a CoapMessage first (the fast path's replies)."""
+    return encode_with_tail(mtype, code, mid, token, encode_tail(options, payload))
+
+
+def encode_tail(options: Sequence[tuple[int, bytes]], payload: bytes) -> bytes:
+    """What follows the token: the options, then the payload marker and payload if there is one. It
+    does not depend on the header, so a reply rendered once can go out again under other message ids
+    and tokens (``encode_with_tail``)."""
+    body = encode_options(options) if options else b""
+    return body + b"\xff" + payload if payload else body
+
+
+def encode_with_tail(mtype: int, code: int, mid: int, token: bytes, tail: bytes) -> bytes:
+    """The datagram of a header, a token and an encoded tail (``encode_tail``)."""
     if not 0 <= mtype <= 3 or not 0 <= code <= 0xFF or not 0 <= mid <= 0xFFFF:
         raise ValueError("type, code or message id out of range")
     if len(token) > MAX_TOKEN_LENGTH:
         raise ValueError(f"a token has at most {MAX_TOKEN_LENGTH} bytes")
-    header = bytes([VERSION << 6 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF])
-    body = encode_options(options) if options else b""
-    if payload:
-        return header + token + body + b"\xff" + payload
-    return header + token + body
+    return bytes((VERSION << 6 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF)) + token + tail

@@ -57,6 +57,7 @@ class TargetMemory:
 
     def load(self, pages: Mapping[int, bytes]) -> None:
         """Replace the contents by stored pages (page number -> its bytes)."""
+        self.generation += 1
         self._pages = {
             number: bytearray(data.ljust(PAGE_SIZE, b"\0")[:PAGE_SIZE]) for number, data in pages.items()
         }

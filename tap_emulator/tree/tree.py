@@ -159,6 +159,7 @@ class DeviceTree:
         self._state = state
         self._clock_ms = clock_ms
         self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._changes = 0  # grows with every in-memory change of values or instances (``generation``)
         # What a reboot or factory-reset request sets in motion (the running app); None: refused (5.03).
         self.lifecycle: Lifecycle | None = None
         self._device_values: dict[tuple[int, int], Any] = {}
@@ -186,8 +187,20 @@ class DeviceTree:
 
     # ------------------------------------------------------------------ loading
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever anything a read can observe changes: a stored value or
+        instance (at once in memory, before it is durable, and again if it is rolled back), a reload,
+        or the target memory (a write, a value source's sample). A rendering of a read is valid for as
+        long as it holds, which is what the CoAP fast path's reply cache checks. Change events are not
+        enough for that: they are announced after the commit, while reads see the change from the
+        moment it is applied. Every handler's read is a function of this state and the caller (none
+        reads a clock or draws randomness); one that did would have to be kept out of such caches."""
+        return self._changes + self.memory.generation
+
     def reload(self) -> None:
         """(Re)read everything from the state store."""
+        self._changes += 1
         snapshot = self._state.load()
         self._device_values = dict(snapshot.device_values)
         self.memory.load(snapshot.memory_pages)
@@ -501,6 +514,7 @@ class DeviceTree:
         except StateError:  # logged by the state, once per episode
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._device_values[(obj.id, resource.id)] = value
+        self._changes += 1
         self._emit(ChangeEvent(obj.id, None, frozenset({resource.id})))
         return Response(Status.CHANGED)
 
@@ -514,6 +528,7 @@ class DeviceTree:
         version = max(self._clock_ms(), previous.version + 1)
         tombstone = StoredInstance({}, None, version, deleted=True)
         instances[instance_id] = tombstone
+        self._changes += 1
         handler = self._handlers[obj.id]
         handler.loaded()
         try:
@@ -527,6 +542,7 @@ class DeviceTree:
         except StateError:
             if instances.get(instance_id) is tombstone:
                 instances[instance_id] = previous
+                self._changes += 1
                 handler.loaded()
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._emit(ChangeEvent(obj.id, instance_id, frozenset(), version, deleted=True))
@@ -576,6 +592,7 @@ class DeviceTree:
         version = max(self._clock_ms(), previous.version + 1 if previous else 1)
         current = StoredInstance(values, credential, version)
         instances[instance_id] = current
+        self._changes += 1
         handler.loaded()
         try:
             await self._state.commit(
@@ -591,6 +608,7 @@ class DeviceTree:
                     del instances[instance_id]
                 else:
                     instances[instance_id] = previous
+                self._changes += 1
                 handler.loaded()
             return Response(Status.INTERNAL_SERVER_ERROR, diagnostic="the change could not be stored")
         self._emit(ChangeEvent(obj.id, instance_id, changed, version, created=created))

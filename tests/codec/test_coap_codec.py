@@ -15,6 +15,8 @@ from tap_emulator.codec.coap import (
     decode,
     encode,
     encode_options,
+    encode_tail,
+    encode_with_tail,
     is_critical,
     uint_bytes,
     uint_value,
@@ -118,6 +120,29 @@ messages = st.builds(
 @given(messages)
 def test_round_trip(message: CoapMessage) -> None:
     assert decode(encode(message)) == message
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages, st.integers(0, 3), st.integers(0, 0xFFFF), st.binary(max_size=8))
+def test_a_tail_goes_out_again_under_another_header(
+    message: CoapMessage, mtype: int, mid: int, token: bytes
+) -> None:
+    """What the fast path's kept replies rely on: the tail does not depend on the header."""
+    tail = encode_tail(message.options, message.payload)
+    assert encode_with_tail(message.mtype, message.code, message.mid, message.token, tail) == encode(message)
+    again = CoapMessage(mtype, message.code, mid, token, message.options, message.payload)
+    assert encode_with_tail(mtype, message.code, mid, token, tail) == encode(again)
+
+
+def test_a_tail_vector_and_header_limits() -> None:
+    tail = encode_tail([(4, b"\x01"), (12, b"")], b"22.3 C")
+    assert tail == b"\x41\x01\x80\xff22.3 C"
+    assert encode_with_tail(ACK, 0x45, 0x7D34, b"\x20", b"\xff22.3 C") == RFC_CONTENT
+    assert encode_tail([], b"") == b""
+    with pytest.raises(ValueError, match="token"):
+        encode_with_tail(ACK, 0x45, 1, b"123456789", tail)
+    with pytest.raises(ValueError, match="range"):
+        encode_with_tail(4, 0x45, 1, b"", tail)
 
 
 # Options whose values aiocoap keeps as given: text (UTF-8), minimal uints, opaque and unregistered ones.

@@ -121,6 +121,7 @@ class AttributeStore:
 
     def __init__(self) -> None:
         self._set: dict[Path, Attributes] = {}
+        self.generation = 0  # grows with every change (Discover shows the attributes)
 
     def own(self, path: Path) -> Attributes:
         return self._set.get(path, Attributes())
@@ -139,6 +140,7 @@ class AttributeStore:
         updated = replace(self.own(path), **changes)  # type: ignore[arg-type]
         updated.check()
         self.effective_with(path, updated).check()
+        self.generation += 1
         if updated.empty:
             self._set.pop(path, None)
             return
@@ -159,6 +161,7 @@ class AttributeStore:
 
     def forget_instance(self, object_id: int, instance_id: int) -> None:
         """An instance was deleted: its attributes go with it."""
+        self.generation += 1
         for path in [p for p in self._set if p[0] == object_id and p[1] == instance_id]:
             del self._set[path]
 

@@ -10,6 +10,15 @@ aiocoap's ``render`` goes through ``respond`` too), and encodes the ``Reply`` it
 header, options and payload aiocoap would send. Everything else goes to aiocoap untouched: the
 datagram is handed to aiocoap's receive method as it arrived.
 
+A GET served once is remembered by its shape, the bytes after its token (its options; it has no
+payload): the parse, and the reply rendered for it with the face's ``read_generation`` then. The
+same bytes from any peer passed the datagram screen then and would again, so the screen's hook asks
+``received_known`` first; while the read generation is unchanged (nothing a read can see changed: no
+value, instance, rollback, reload, target-memory byte or Write-Attributes), the kept reply goes out
+again under the request's message id and token without rendering, and otherwise the request is
+rendered as any other. Duplicates are detected before either. Peers choose the shapes, so at most
+``CoapLimits.kept_replies`` are kept (the set is emptied when full, as the face's parsed paths are).
+
 What aiocoap's message layer does is done the same way, mostly by calling it:
 
 - duplicates: the message manager's ``DuplicateDetector`` (one cache for both paths; a repeated CON
@@ -46,7 +55,7 @@ from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.pipe import Pipe, error_to_message
 
-from tap_emulator.codec.coap import ACK, CON, NON, CoapMessage, encode_parts
+from tap_emulator.codec.coap import ACK, CON, NON, CoapMessage, encode_tail, encode_with_tail
 from tap_emulator.faces.coap.message_layer import DuplicateDetector
 from tap_emulator.faces.coap.reply import Reply
 
@@ -62,6 +71,7 @@ _OFF = frozenset({"off", "0", "no", "false"})
 
 _URI_PATH, _CONTENT_FORMAT, _ACCEPT = int(OptionNumber.URI_PATH), int(OptionNumber.CONTENT_FORMAT), 17
 _METHODS = {int(code): code for code in (Code.GET, Code.POST, Code.PUT, Code.DELETE)}
+_GET = int(Code.GET)
 _EMPTY_ACK_DELAY = TransportTuning().EMPTY_ACK_DELAY
 _WELL_KNOWN_CORE = (".well-known", "core")
 # uint options of at most two bytes (RFC 7252 table 4); a longer one is aiocoap's to judge.
@@ -139,6 +149,25 @@ def _wire_options(response: Reply | aiocoap.Message) -> list[tuple[int, bytes]]:
     return [(int(option.number), option.encode()) for option in response.opt.option_list()]
 
 
+class _Shape:
+    """A plain GET the fast path served before, by the bytes after its token (its options): their
+    parse, and the reply last rendered for it with the face's read generation then (None until
+    a rendering finishes at once with a reply that fits one datagram)."""
+
+    __slots__ = ("code", "generation", "opt", "size", "tail")
+
+    def __init__(self, opt: _PlainOptions) -> None:
+        self.opt = opt
+        self.generation: int | None = None
+        self.code = 0
+        self.tail = b""
+        self.size = 0
+
+    def keep(self, reply: Reply, tail: bytes, generation: int) -> None:
+        self.code, self.tail, self.size = int(reply.code), tail, len(reply.payload)
+        self.generation = generation
+
+
 class FastPath:
     """The fast path of one UDP transport (see the module docstring)."""
 
@@ -151,9 +180,11 @@ class FastPath:
         # Predicates that make every datagram take aiocoap's path while one is true (trace, faults).
         self.step_aside_when: list[Callable[[], bool]] = []
         self.served = 0  # requests answered here
+        self.replayed = 0  # of which answered from a shape's kept reply, without rendering
         self.handed_over = 0  # datagrams passed to aiocoap
         self._aiocoap_received: Callable[[Any, bytes], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._shapes: dict[bytes, _Shape] = {}
 
     def install(self, message_interface: Any) -> bool:
         """Learn where aiocoap takes the transport's datagrams (``received`` hands them there); False if
@@ -179,16 +210,74 @@ class FastPath:
             assert self._aiocoap_received is not None
             self._aiocoap_received(address, datagram)
             return
+        shape = None
+        if message.code == _GET and not message.payload:
+            shapes = self._shapes
+            if len(shapes) >= self.face.limits.kept_replies:
+                shapes.clear()
+            shape = shapes[datagram[4 + len(message.token) :]] = _Shape(request.opt)
         if self.detector.duplicate(address, request.mid, request.mtype == CON, address.send):
             return
         self.served += 1
+        self._serve(request, datagram, shape)
+
+    def received_known(self, address: Any, datagram: bytes) -> bool:
+        """Serve a GET whose bytes after the token are a shape served before (``received`` remembered
+        it: it passed the datagram screen and ``plain_request`` then, and its parse is kept); False
+        for any other datagram, which then takes the usual way (screen, ``received``).
+
+        The shape's kept reply is sent again, under this request's message id and token, while the
+        face's ``read_generation`` is the one it was rendered at (nothing a read can see has changed);
+        otherwise the request is rendered as any other. Duplicates are detected first, as always."""
+        if len(datagram) < 4 or datagram[1] != _GET:
+            return False
+        first = datagram[0]
+        start = 4 + (first & 0x0F)
+        # Version 1, type CON or NON (bits 01 0x), a token length RFC 7252 allows.
+        if first & 0xE0 != 0x40 or start > 12 or len(datagram) < start:
+            return False
+        shape = self._shapes.get(datagram[start:])
+        if shape is None or not self.enabled or any(check() for check in self.step_aside_when):
+            return False
+        token = datagram[4:start]
+        if (token, address) in self.manager.token_manager.incoming_requests:
+            return False
+        mid = datagram[2] << 8 | datagram[3]
+        confirmable = first & 0x30 == 0
+        if self.detector.duplicate(address, mid, confirmable, address.send):
+            return True
+        self.served += 1
+        if shape.generation == self.face.read_generation and shape.size <= address.maximum_payload_size:
+            self.replayed += 1
+            if confirmable:
+                reply = encode_with_tail(ACK, shape.code, mid, token, shape.tail)
+                address.send(reply)
+                self.detector.remember_reply(address, mid, reply)
+            else:
+                address.send(
+                    encode_with_tail(NON, shape.code, self.manager._next_message_id(), token, shape.tail)
+                )
+            return True
+        request = PlainRequest(Code.GET, CON if confirmable else NON, mid, token, shape.opt, b"", address)
+        self._serve(request, datagram, shape)
+        return True
+
+    def _serve(self, request: PlainRequest, datagram: bytes, shape: _Shape | None) -> None:
+        """Render and answer a request; a GET's reply is kept in its shape if nothing changed meanwhile."""
+        generation = self.face.read_generation
         # Run the rendering at once, as an eager task would (Python 3.12's eager_task_factory): most
         # requests finish without suspending, and need no task, no timer and no further loop turn.
         rendering = self._render(request, datagram)
         try:
             suspended_on = rendering.send(None)
         except StopIteration as done:
-            self._send(request, done.value, late=False)
+            response = done.value
+            tail = None
+            if isinstance(response, Reply):
+                tail = encode_tail(response.opt.wire_options(), response.payload)
+                if shape is not None and generation == self.face.read_generation:
+                    shape.keep(response, tail, generation)
+            self._send(request, response, late=False, tail=tail)
             return
         task = self.manager.loop.create_task(
             self._finish(request, _Resumed(rendering, suspended_on)), name=self.task_name
@@ -244,12 +333,20 @@ class FastPath:
                 timer.cancel()
         self._send(request, response, late=bool(late))
 
-    def _send(self, request: PlainRequest, response: Reply | aiocoap.Message, *, late: bool) -> None:
+    def _send(
+        self,
+        request: PlainRequest,
+        response: Reply | aiocoap.Message,
+        *,
+        late: bool,
+        tail: bytes | None = None,
+    ) -> None:
         address, token = request.remote, request.token
+        if tail is None and not late:
+            tail = encode_tail(_wire_options(response), response.payload)
         if request.mtype == CON and not late:
-            reply = encode_parts(
-                ACK, int(response.code), request.mid, token, _wire_options(response), response.payload
-            )
+            assert tail is not None
+            reply = encode_with_tail(ACK, int(response.code), request.mid, token, tail)
             address.send(reply)
             self.detector.remember_reply(address, request.mid, reply)
         elif request.mtype == CON:
@@ -261,9 +358,8 @@ class FastPath:
             self.manager.send_message(response, lambda: None)
         else:
             mid = self.manager._next_message_id()
-            address.send(
-                encode_parts(NON, int(response.code), mid, token, _wire_options(response), response.payload)
-            )
+            assert tail is not None
+            address.send(encode_with_tail(NON, int(response.code), mid, token, tail))
 
     def _empty_ack(self, request: PlainRequest, late: list[bool]) -> None:
         late.append(True)

@@ -29,7 +29,9 @@ class CoapLimits:
     A peer is one CoAP endpoint (address and port). Past an observer cap a GET is answered normally,
     without registering (RFC 7641 section 4.1). Block-wise state lives at most ``block_lifetime``
     seconds (aiocoap's MAX_TRANSMIT_WAIT); the block2 store also keeps at most ``block2_bytes`` of
-    response payloads, so the largest response (every group, SenML) still fits a few times over.
+    response payloads, so the largest response (every group, SenML) still fits a few times over. The
+    fast path keeps at most ``kept_replies`` GET shapes with their replies (one datagram each: 2 MB
+    at most with the default).
     """
 
     max_observers: int = 8192
@@ -38,6 +40,7 @@ class CoapLimits:
     block2_responses: int = 256
     block2_bytes: int = 32 << 20  # 32 MiB
     block_lifetime: float = TransportTuning().MAX_TRANSMIT_WAIT
+    kept_replies: int = 2048
 
 
 class _NotificationTuning(TransportTuning):  # type: ignore[misc]

@@ -107,6 +107,37 @@ class DuplicateCache:
             current.size += 1
             self._size += 1
 
+    def seen(self, remote: Hashable, mid: int, now: float) -> object:
+        """``lookup``, and ``add`` if absent (then ``_ABSENT`` is returned), with one expiry pass: what
+        every received message asks."""
+        self._expire(now)
+        generations = self._generations
+        for generation in reversed(generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                return peer[mid]
+        if not generations or now - generations[-1].started >= self._span or self._size >= self.capacity:
+            generations.append(_Generation(now))
+        while self._size >= self.capacity and len(generations) > 1:
+            self._size -= generations.popleft().size
+        current = generations[-1]
+        peer = current.peers.get(remote)
+        if peer is None:
+            peer = current.peers[remote] = {}
+        peer[mid] = None
+        current.size += 1
+        self._size += 1
+        return _ABSENT
+
+    def reply_to_pending(self, remote: Hashable, mid: int, reply: bytes) -> None:
+        """``set_reply`` if the message is remembered without a reply (``expects_reply``), in one pass."""
+        for generation in reversed(self._generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                if peer[mid] is None:
+                    peer[mid] = reply
+                return
+
     def expects_reply(self, remote: Hashable, mid: int) -> bool:
         for generation in reversed(self._generations):
             peer = generation.peers.get(remote)
@@ -143,10 +174,8 @@ class DuplicateDetector:
     ) -> bool:
         """True if (remote, mid) was seen (``resend`` then got the stored reply if it is a CON and one is
         known); otherwise the message is remembered and False returned."""
-        now = self.manager.loop.time()
-        stored = self.cache.lookup(remote, mid, now)
+        stored = self.cache.seen(remote, mid, self.manager.loop.time())
         if stored is _ABSENT:
-            self.cache.add(remote, mid, now)
             return False
         if confirmable and isinstance(stored, bytes):
             resend(stored)
@@ -154,8 +183,7 @@ class DuplicateDetector:
 
     def remember_reply(self, remote: Hashable, mid: int, reply: bytes) -> None:
         """Store the encoded reply to a remembered message (a piggybacked response or an empty ACK)."""
-        if self.cache.expects_reply(remote, mid):
-            self.cache.set_reply(remote, mid, reply)
+        self.cache.reply_to_pending(remote, mid, reply)
 
     def deduplicate(self, message: aiocoap.Message) -> bool:
         def resend(stored: bytes) -> None:
@@ -166,7 +194,7 @@ class DuplicateDetector:
         return self.duplicate(message.remote, message.mid, message.mtype is Type.CON, resend)
 
     def store_response(self, message: aiocoap.Message) -> None:
-        if self.cache.expects_reply(message.remote, message.mid):
+        if self.cache.expects_reply(message.remote, message.mid):  # encoded only if it is kept
             self.cache.set_reply(message.remote, message.mid, message.encode())
 
 
@@ -236,6 +264,8 @@ class FastReceiver(Protocol):
 
     def received(self, address: Any, datagram: bytes, message: CoapMessage) -> None: ...
 
+    def received_known(self, address: Any, datagram: bytes) -> bool: ...
+
 
 class _DatagramScreen:
     """Runs ``coap_screen.screen`` on each datagram of one UDP transport before aiocoap parses it.
@@ -272,6 +302,10 @@ class _DatagramScreen:
         if received is not None and fast_path is not None:  # simplesocketserver, with the fast path
 
             def received_datagram(address: Any, data: bytes) -> None:
+                # A request whose bytes after the token the fast path served before passed this screen
+                # then, and would again: the verdict depends on those bytes and the header alone.
+                if fast_path.received_known(address, data):
+                    return
                 message = self.passed(data, address.address, address.send)
                 if message is not None:
                     fast_path.received(address, data, message)

@@ -84,6 +84,7 @@ from tap_emulator.faces.coap.message_layer import (
     install_duplicate_cache,
     install_notification_resets,
 )
+from tap_emulator.faces.coap.receiver import drain_datagrams
 from tap_emulator.faces.coap.reply import Reply
 from tap_emulator.faults import FaultInjector
 from tap_emulator.logsafety import RateLimitedLog
@@ -335,6 +336,15 @@ class CoapFace(aiocoap.resource.Resource, aiocoap.interfaces.ObservableResource)
             # without reassembling the rest.
             return await self.respond(request)
         return refusal
+
+    @property
+    def read_generation(self) -> int:
+        """Changes whenever the answer to a GET may change: the tree's ``generation`` (every value,
+        instance and target-memory byte) and this face's own Write-Attributes (a Discover shows them).
+        The fast path replays a GET's kept reply while it holds; no other state of the face enters a
+        GET's answer (the caller is the face's; ``/.well-known/core`` and ``/bs`` never reach the fast
+        path)."""
+        return self.tree.generation + self.attributes.generation
 
     def resolves(self, path: tuple[str, ...]) -> bool:
         """Whether the model names a target at ``path`` (the fast path serves only those)."""
@@ -1245,4 +1255,15 @@ async def start_coap_server(
         await server.close()
         raise RuntimeError("the CoAP transport has no receive hook to screen datagrams")
     install_fault_layer(context, face.faults)
+    _drain_simple_transports(context)
     return server
+
+
+def _drain_simple_transports(context: aiocoap.Context) -> None:
+    """Read every ``simplesocketserver`` transport's datagrams in batches (``receiver``); ``udp6``
+    reads through aiocoap's own recvmsg reader and keeps it."""
+    for interface in context.request_interfaces:
+        message_interface = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        datagrams = getattr(getattr(message_interface, "_pool", None), "_transport", None)
+        if datagrams is not None:
+            drain_datagrams(datagrams)

@@ -111,6 +111,25 @@ def test_a_duplicate_is_known_with_its_reply_for_the_whole_window() -> None:
     assert cache.lookup("another peer", 7, now=59.9) is _ABSENT
 
 
+def test_seen_is_lookup_then_add_and_a_reply_goes_only_to_a_pending_entry() -> None:
+    cache = DuplicateCache(window=60.0, capacity=1000)
+    assert cache.seen("peer", 7, now=0.0) is _ABSENT  # new: remembered
+    assert cache.seen("peer", 7, now=1.0) is None  # seen, no reply yet
+    cache.reply_to_pending("peer", 7, b"reply")
+    cache.reply_to_pending("peer", 7, b"another")  # the first reply stays
+    cache.reply_to_pending("peer", 8, b"unknown")  # never seen: nothing stored
+    assert cache.seen("peer", 7, now=30.0) == b"reply"
+    assert cache.lookup("peer", 8, now=30.0) is _ABSENT
+    assert len(cache) == 1
+    assert cache.seen("peer", 7, now=75.0) is _ABSENT  # expired: new again
+    for mid in range(300):
+        cache.seen("burst", mid, now=76.0)
+    small = DuplicateCache(window=60.0, capacity=100)
+    for mid in range(1000):
+        small.seen("peer", mid, now=mid / 1000)
+        assert len(small) <= 100
+
+
 def test_entries_are_dropped_after_the_window_and_a_quarter() -> None:
     cache = DuplicateCache(window=60.0, capacity=1000)
     cache.add("peer", 1, now=0.0)
