@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from tap_emulator.model import DeviceModel, default_model
 from tap_emulator.state import StateError
-from tap_emulator.store import ManagementStore, StoreError, StoreRejected
+from tap_emulator.store import ManagementStore, StoreRejected
 from tap_emulator.tree import ChangeEvent
 from tap_emulator.tree.handlers.group import GroupHandler
 
@@ -38,10 +38,10 @@ from .device import (
     DeviceSync,
     Outgoing,
     SyncSettings,
-    SyncStats,
     kill_hook_from_environment,
     push,
 )
+from .loop import StoreLoop
 from .subject import SyncSubject
 
 __all__ = ["HEARTBEAT_SLACK", "FleetSync"]
@@ -67,8 +67,10 @@ class _Member:
     retry_at: float = 0.0
 
 
-class FleetSync:
+class FleetSync(StoreLoop):
     """Pushes every added device's group changes to one management store; `start`, `add`, `stop`."""
+
+    task_name = "fleet sync task"
 
     def __init__(
         self,
@@ -81,11 +83,7 @@ class FleetSync:
         model: DeviceModel | None = None,
         after_acknowledged: Callable[[], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.stats = SyncStats()
-        self._open_store = open_store
-        self._clock = clock
-        self._draw = draw
+        super().__init__(open_store, settings=settings, clock=clock, draw=draw)
         self._device_groups = tuple(device_groups)
         self._after_acknowledged = after_acknowledged or kill_hook_from_environment()
         group_object = (model or default_model()).object_by_alias(GroupHandler.alias)
@@ -101,12 +99,7 @@ class FleetSync:
         self._dirty: dict[str, None] = {}
         self._backing_off: dict[str, float] = {}  # serial -> retry_at, devices whose state failed
         self._heartbeats: list[tuple[float, str]] = []  # heap; an entry is stale unless it is the due
-        self._store: ManagementStore | None = None
         self._store_error: str | None = None
-        self._failures = 0
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ devices
 
@@ -156,68 +149,26 @@ class FleetSync:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("the fleet sync is already started")
-        self._task = asyncio.create_task(self._run(), name="sync:fleet")
+        self._start_task("sync:fleet")
 
-    async def stop(self) -> None:
-        """Give the backlog `stop_drain_timeout` to drain, then stop and close the store."""
+    def _unsubscribe_all(self) -> None:
         for member in self._members.values():
             member.unsubscribe()
-        task, self._task = self._task, None
-        if task is not None:
-            self._stop_requested.set()
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.settings.stop_drain_timeout)
-            except TimeoutError:
-                pass
-            except Exception:
-                log.exception("the fleet sync task failed")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        store, self._store = self._store, None
-        if store is not None:
-            with contextlib.suppress(Exception):
-                await store.close()
 
-    # ------------------------------------------------------------------ main loop
+    # ------------------------------------------------------------------ one attempt (StoreLoop)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                store = await self._connected_store()
-                more = await self._round(store)
-                if self._failures:
-                    log.warning("management store reachable again after %d failed attempt(s)", self._failures)
-                self._failures = 0
-                self._store_error = None
-            except Exception as error:
-                if self._stop_requested.is_set():
-                    return
-                if isinstance(error, StoreError):
-                    reason = str(error)
-                    # The store may have lost what it held (a file replaced, a restored database):
-                    # every device compares versions again before its next push.
-                    for serial, member in self._members.items():
-                        member.sync.needs_reconcile = True
-                        self._unreconciled[serial] = None
-                else:  # keep the task alive, the rows stay pending
-                    log.exception("the fleet sync task failed; retrying")
-                    reason = f"internal error: {type(error).__name__}"
-                await self._back_off(reason)
-                continue
-            if more:
-                continue
-            if self._stop_requested.is_set():
-                return
-            await self._wait_for_work()
+    async def _attempt(self, store: ManagementStore) -> bool:
+        return await self._round(store)
 
-    async def _connected_store(self) -> ManagementStore:
-        if self._store is None:
-            self._store = await self._open_store()
-        return self._store
+    def _store_lost(self) -> None:
+        # The store may have lost what it held (a file replaced, a restored database): every device
+        # compares versions again before its next push.
+        for serial, member in self._members.items():
+            member.sync.needs_reconcile = True
+            self._unreconciled[serial] = None
+
+    def _set_store_error(self, error: str | None) -> None:
+        self._store_error = error
 
     async def _round(self, store: ManagementStore) -> bool:
         """One batch of each kind of work; True when more may be waiting now."""
@@ -255,16 +206,7 @@ class FleetSync:
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
 
-    async def _back_off(self, error: str) -> None:
-        delay = backoff_delay(
-            self._failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap, draw=self._draw
-        )
-        self._failures += 1
-        self.stats.failures += 1
-        self._store_error = error
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
-        log.log(level, "management store unavailable (%s); retrying in %.2f s", error, delay)
-        next_attempt_at = self._clock() + delay
+    async def _record_failure(self, error: str, next_attempt_at: float) -> None:
         # The rows that waited on this attempt: those of the push in flight, else the pending rows of
         # the oldest dirty devices, as many as one batch (a bounded cost however large the fleet).
         in_flight = [m.sync for m in self._members.values() if m.sync.attempted]
@@ -272,16 +214,14 @@ class FleetSync:
             await asyncio.gather(
                 *(sync.record_failure(error, next_attempt_at, self.settings.batch_rows) for sync in in_flight)
             )
-        else:
-            budget = self.settings.batch_rows
-            for serial in list(self._dirty):
-                member = self._members.get(serial)
-                if member is not None and budget > 0:
-                    budget -= await member.sync.record_failure(error, next_attempt_at, budget)
-                if budget <= 0:
-                    break
-        with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
+            return
+        budget = self.settings.batch_rows
+        for serial in list(self._dirty):
+            member = self._members.get(serial)
+            if member is not None and budget > 0:
+                budget -= await member.sync.record_failure(error, next_attempt_at, budget)
+            if budget <= 0:
+                break
 
     def _device_failed(self, member: _Member, error: Exception) -> None:
         """One device's own state failed: that device backs off alone, the others go on."""

@@ -11,7 +11,8 @@ what the device must overwrite (pull before push), so a lost state file or a clo
 cannot make new changes look stale.
 
 This module is the schedule of one device (its own asyncio task and heartbeat timer); the steps
-themselves are `device.DeviceSync`'s, shared with the fleet's `FleetSync`.
+themselves are `device.DeviceSync`'s and the retry loop `loop.StoreLoop`'s, both shared with the
+fleet's `FleetSync`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from tap_emulator.state import StateError
-from tap_emulator.store import ManagementStore, StoreError, StoreRejected
+from tap_emulator.store import ManagementStore, StoreRejected
 from tap_emulator.tree import ChangeEvent, DeviceTree
 
-from .core import backoff_delay
 from .device import (
     DEFAULT_SETTINGS,
     KILL_AFTER_ACK_ENV,
@@ -38,13 +37,14 @@ from .device import (
     kill_hook_from_environment,
     push,
 )
+from .loop import StoreLoop
 
 __all__ = ["KILL_AFTER_ACK_ENV", "SyncSettings", "SyncStats", "SyncTask"]
 
 log = logging.getLogger(__name__)
 
 
-class SyncTask:
+class SyncTask(StoreLoop):
     """Pushes one device's group changes to a management store; `start` it, then `stop` it."""
 
     def __init__(
@@ -58,12 +58,8 @@ class SyncTask:
         after_acknowledged: Callable[[], None] | None = None,
         device_groups: Sequence[str] = (),
     ) -> None:
+        super().__init__(open_store, settings=settings, clock=clock, draw=draw)
         self.tree = tree
-        self.settings = settings
-        self.stats = SyncStats()
-        self._open_store = open_store
-        self._clock = clock
-        self._draw = draw
         self._after_acknowledged = after_acknowledged or kill_hook_from_environment()
         self._object_id = tree.group_object.id
         self._serial = tree.serial_number
@@ -71,11 +67,6 @@ class SyncTask:
             tree, tree.group_object, stats=self.stats, clock=clock, join_device_groups=bool(device_groups)
         )
         self._device_groups = tuple(device_groups)
-        self._store: ManagementStore | None = None
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._failures = 0
-        self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
     @property
@@ -90,77 +81,38 @@ class SyncTask:
         if self._task is not None:
             raise RuntimeError("the sync task is already started")
         self._unsubscribe = self.tree.subscribe(self._on_change)
-        self._task = asyncio.create_task(self._run(), name=f"sync:{self._serial}")
+        self._start_task(f"sync:{self._serial}")
 
-    async def stop(self) -> None:
-        """Give the backlog a short chance to drain, then stop and close the store."""
+    def _unsubscribe_all(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        task, self._task = self._task, None
-        if task is not None:
-            self._stop_requested.set()
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.settings.stop_drain_timeout)
-            except TimeoutError:
-                pass
-            except Exception:
-                log.exception("the sync task failed")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        store, self._store = self._store, None
-        if store is not None:
-            with contextlib.suppress(Exception):
-                await store.close()
 
     def _on_change(self, event: ChangeEvent) -> None:
         if event.object_id == self._object_id:
             self._wake.set()
 
-    # ------------------------------------------------------------------ main loop
+    # ------------------------------------------------------------------ one attempt (StoreLoop)
 
-    async def _run(self) -> None:
+    async def _attempt(self, store: ManagementStore) -> bool:
         device = self._device
-        while True:
-            try:
-                store = await self._connected_store()
-                if device.needs_reconcile:
-                    await device.reconcile(await store.group_versions(self._serial))
-                await self._refresh_device(store)
-                more = await self._drain_once(store)
-                if self._failures:
-                    log.warning("management store reachable again after %d failed attempt(s)", self._failures)
-                self._failures = 0
-                device.last_error = None
-            except Exception as error:
-                if self._stop_requested.is_set():
-                    return
-                if isinstance(error, StoreError):
-                    reason = str(error)
-                    # The store may have lost what it held (a file deleted or replaced, a restored
-                    # database): compare versions again before the next push.
-                    device.needs_reconcile = True
-                elif isinstance(error, StateError):  # the state logs its failures, once per episode
-                    reason = f"state: {error}"
-                else:  # keep the task alive, the rows stay pending
-                    log.exception("the sync task failed; retrying")
-                    reason = f"internal error: {type(error).__name__}"
-                await self._back_off(reason)
-                continue
-            if more:
-                continue
-            if self._stop_requested.is_set():
-                return
-            await self._wait_for_change()
+        if device.needs_reconcile:
+            await device.reconcile(await store.group_versions(self._serial))
+        await self._refresh_device(store)
+        return await self._drain_once(store)
 
-    async def _connected_store(self) -> ManagementStore:
-        if self._store is None:
-            self._store = await self._open_store()
-        return self._store
+    def _store_lost(self) -> None:
+        # The store may have lost what it held (a file deleted or replaced, a restored database):
+        # compare versions again before the next push.
+        self._device.needs_reconcile = True
 
-    async def _wait_for_change(self) -> None:
+    def _set_store_error(self, error: str | None) -> None:
+        self._device.last_error = error
+
+    async def _record_failure(self, error: str, next_attempt_at: float) -> None:
+        await self._device.record_failure(error, next_attempt_at, self.settings.batch_rows)
+
+    async def _wait_for_work(self) -> None:
         timeout = self.settings.heartbeat
         sent_at = self._device.device_sent_at
         if sent_at is not None:
@@ -168,20 +120,6 @@ class SyncTask:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
-
-    async def _back_off(self, error: str) -> None:
-        delay = backoff_delay(
-            self._failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap, draw=self._draw
-        )
-        self._failures += 1
-        self.stats.failures += 1
-        self._device.last_error = error
-        # One warning per outage; the retries are debug noise until the store answers again.
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
-        log.log(level, "management store unavailable (%s); retrying in %.2f s", error, delay)
-        await self._device.record_failure(error, self._clock() + delay, self.settings.batch_rows)
-        with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     # ------------------------------------------------------------------ device record
 
