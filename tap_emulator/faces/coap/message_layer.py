@@ -93,6 +93,23 @@ class DuplicateCache:
     def add(self, remote: Hashable, mid: int, now: float) -> None:
         """Remember a new message (the caller has checked it is absent)."""
         self._expire(now)
+        self._insert(remote, mid, now)
+
+    def seen(self, remote: Hashable, mid: int, now: float) -> object:
+        """``lookup``, and ``add`` if absent (then ``_ABSENT`` is returned), with one expiry pass: what
+        every received message asks."""
+        self._expire(now)
+        generations = self._generations
+        for generation in reversed(generations):
+            peer = generation.peers.get(remote)
+            if peer is not None and mid in peer:
+                return peer[mid]
+        self._insert(remote, mid, now)
+        return _ABSENT
+
+    def _insert(self, remote: Hashable, mid: int, now: float) -> None:
+        """Put ``mid`` in the newest generation (a new one when it is old or the cache is full, dropping
+        the oldest generations past the capacity), unless that generation holds it already."""
         generations = self._generations
         if not generations or now - generations[-1].started >= self._span or self._size >= self.capacity:
             generations.append(_Generation(now))
@@ -106,28 +123,6 @@ class DuplicateCache:
             peer[mid] = None
             current.size += 1
             self._size += 1
-
-    def seen(self, remote: Hashable, mid: int, now: float) -> object:
-        """``lookup``, and ``add`` if absent (then ``_ABSENT`` is returned), with one expiry pass: what
-        every received message asks."""
-        self._expire(now)
-        generations = self._generations
-        for generation in reversed(generations):
-            peer = generation.peers.get(remote)
-            if peer is not None and mid in peer:
-                return peer[mid]
-        if not generations or now - generations[-1].started >= self._span or self._size >= self.capacity:
-            generations.append(_Generation(now))
-        while self._size >= self.capacity and len(generations) > 1:
-            self._size -= generations.popleft().size
-        current = generations[-1]
-        peer = current.peers.get(remote)
-        if peer is None:
-            peer = current.peers[remote] = {}
-        peer[mid] = None
-        current.size += 1
-        self._size += 1
-        return _ABSENT
 
     def reply_to_pending(self, remote: Hashable, mid: int, reply: bytes) -> None:
         """``set_reply`` if the message is remembered without a reply (``expects_reply``), in one pass."""
