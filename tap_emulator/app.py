@@ -301,6 +301,11 @@ class DeviceRuntime:
     def _tap_face(self, tree: DeviceTree) -> TapFace:
         return build_tap_face(tree, self.profile, trace=self.trace, faults=self.faults)
 
+    def cancel_lifecycle_tasks(self) -> None:
+        """A reboot still pending when the device stops does not happen."""
+        for task in list(self._lifecycle_tasks):
+            task.cancel()
+
     # ------------------------------------------------------------------ lifecycle (object 3's hook)
 
     async def reboot(self) -> None:
@@ -608,8 +613,7 @@ class Emulator(DeviceRuntime):
     async def stop(self) -> None:
         if self.control is not None:
             self.control.close()  # the live page's event streams end before the HTTP server stops
-        for task in list(self._lifecycle_tasks):
-            task.cancel()
+        self.cancel_lifecycle_tasks()
         while self._closers:
             closer = self._closers.pop()
             try:
