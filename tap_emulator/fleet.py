@@ -389,13 +389,16 @@ class Fleet:
             await self.stop()
             raise
         self.timings["total"] = time.perf_counter() - started
+        # Announced once everything is up, the relay's line last (a script waits for that one).
+        for serial, bound in self.servers.items():
+            where = " ".join(f"{kind} {format_address(address)}" for kind, address in bound)
+            self.announce(f"listening device {serial} {where}")
         if self.relay is not None and self.broker is not None:
             from tap_emulator.faces.mqtt import broker_url
 
             self.announce(f"listening mqtt {len(self.devices)}-devices {broker_url(*self.broker)}")
-        for serial, bound in self.servers.items():
-            where = " ".join(f"{kind} {format_address(address)}" for kind, address in bound)
-            self.announce(f"listening device {serial} {where}")
+        else:
+            self.announce(f"listening fleet {len(self.devices)}-devices (relay off)")
         log.info(
             "fleet of %d devices up in %.1f s (%d seeded, %d relay keys derived; state %s)",
             len(self.devices),
