@@ -18,7 +18,11 @@ from pathlib import Path
 import aiocoap
 import pytest
 from bench.fleet_relay import RelayApp
-from conftest import (
+
+from tap_emulator.cli import main
+from tap_emulator.codec.apdu import Method, TapRequest, encode_request
+
+from .conftest import (
     BROKER_URL,
     FleetSpawner,
     free_port_range,
@@ -28,9 +32,6 @@ from conftest import (
     unique_format,
     wait_for_store,
 )
-
-from tap_emulator.cli import main
-from tap_emulator.codec.apdu import Method, TapRequest, encode_request
 
 pytestmark = pytest.mark.timeout(300)
 
