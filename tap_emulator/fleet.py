@@ -49,7 +49,7 @@ from tap_emulator.app import (
 from tap_emulator.config import ConfigError, Profile, SecurityMode, parse_broker_url
 from tap_emulator.faces.tap.connections import ConnectionLimits, fit_to_file_limit
 from tap_emulator.faults import FaultInjector
-from tap_emulator.model import DeviceModel, ValueError_, default_model
+from tap_emulator.model import DeviceModel, Form, ValueError_, default_model
 from tap_emulator.security import SharedSeedCredentials
 from tap_emulator.security.worker import DerivationWorker
 from tap_emulator.state import MEMORY, DeviceState
@@ -165,7 +165,7 @@ def fleet_serials(serial_format: str, first: int, count: int, model: DeviceModel
     return serials
 
 
-def _serial_form(model: DeviceModel) -> object:
+def _serial_form(model: DeviceModel) -> Form:
     device = model.object_by_alias("device")
     if device is None:
         raise ConfigError("the model has no device object (3)")
