@@ -558,12 +558,12 @@ class Fleet:
             )
 
     def _start_sync(self) -> None:
-        from tap_emulator.store import open_store, redact_url
-        from tap_emulator.sync import FleetSync
-
         url = self.store_url
         if url is None:
             return
+        from tap_emulator.store import open_store, redact_url
+        from tap_emulator.sync import FleetSync
+
         if url.lower().startswith("sqlite://"):
             from tap_emulator.store.urls import sqlite_path
 
