@@ -85,6 +85,7 @@ class FleetSpawner:
         fleet = FleetProcess(process, [], log, args)
         assert process.stdout is not None
         deadline = time.monotonic() + timeout
+        buffered = b""
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             while len(fleet.lines) < expect:
@@ -93,10 +94,12 @@ class FleetSpawner:
                     process.kill()
                     process.wait(10)
                     raise AssertionError(f"the fleet did not start: {fleet.lines} {fleet.stderr()[-3000:]}")
-                if selector.select(min(left, 0.5)):
-                    line = process.stdout.readline()
-                    if line.startswith("listening"):
-                        fleet.lines.append(line.strip())
+                if not selector.select(min(left, 0.5)):
+                    continue
+                # Raw reads: a buffered readline could keep lines the selector no longer reports.
+                buffered += os.read(process.stdout.fileno(), 65536)
+                *lines, buffered = buffered.split(b"\n")
+                fleet.lines += [line.decode() for line in lines if line.startswith(b"listening")]
         return fleet
 
     def close(self) -> None:
