@@ -604,7 +604,7 @@ class Fleet:
         )
         relay = FleetRelay(settings, clock=time.monotonic)
         relay.add_many(self.devices.values())
-        await relay.start()
+        await relay.start(timeout=30 + len(self.devices) / 200)  # subscriptions go out in batches
         self.relay = relay
         self._closers.append(relay.stop)
         self.timings["subscribe"] = time.perf_counter() - t
@@ -636,6 +636,13 @@ class Fleet:
         if self.relay is not None and self.relay.remove(device.serial_number):
             self.relay.add(device)
         log.info("fleet: relay settings of %s changed; its topic moved", device.serial_number)
+
+    async def settled(self) -> None:
+        """Until every device moved by a relay settings change is on its new topic."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.settled()
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -95,11 +95,15 @@ async def test_the_sdk_logs_in_renames_and_moves_a_net_key_on_random_devices_of_
             read = await sdk(serial, [call("group.getName", SUPERVISOR), call("device.getSerialNumber")])
             assert [ok(r) for r in read] == ["supervisor", serial]
         assert sorted(fleet.built_devices()) == sorted([chosen, *others])
+        await fleet.settled()
         moved = await sdk(chosen, [call("group.getName", SUPERVISOR)], netkey="othernetkey")
         assert ok(moved[0]) == "night-shift"
         state_file = fleet.state_file
         assert state_file is not None
         cached = state_file.meta_of_all_sync(RELAY_KEY_META)
-        assert cached[chosen] != cached[others[0]] and cached[chosen].split(":")[1] == fleet.devices[chosen].relay_key
+        assert (
+            cached[chosen] != cached[others[0]]
+            and cached[chosen].split(":")[1] == fleet.devices[chosen].relay_key
+        )
     finally:
         await fleet.stop()
