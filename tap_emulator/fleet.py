@@ -400,12 +400,13 @@ class Fleet:
         else:
             self.announce(f"listening fleet {len(self.devices)}-devices (relay off)")
         log.info(
-            "fleet of %d devices up in %.1f s (%d seeded, %d relay keys derived; state %s)",
+            "fleet of %d devices up in %.1f s (%d seeded, %d relay keys derived; state %s; steps %s)",
             len(self.devices),
             self.timings["total"],
             self.seeded,
             self.keys_derived,
             "in memory" if self.state_path == MEMORY else self.state_path,
+            " ".join(f"{step} {seconds:.2f}" for step, seconds in self.timings.items()),
         )
 
     async def _open_state(self) -> None:
