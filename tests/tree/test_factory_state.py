@@ -92,7 +92,7 @@ async def test_a_password_changed_on_one_device_derives_its_own_salt(trees: list
     first.seed(profile.with_serial_number("EMUA"))
     second.seed(profile.with_serial_number("EMUB"))
     response = await first.handle(
-        Request(Operation.WRITE, GROUP, SUPERVISOR, PASSWORD, "supervisor", caller=MAINTENANCE)
+        Request(Operation.EXECUTE, GROUP, SUPERVISOR, PASSWORD, "supervisor", caller=MAINTENANCE)
     )
     assert response.status.is_success
     changed, untouched = first.account(SUPERVISOR), second.account(SUPERVISOR)
