@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import resource
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiocoap
 import pytest
-from bench.fleet_relay import RelayApp
 
+from bench.fleet_relay import RelayApp
 from tap_emulator.cli import main
 from tap_emulator.codec.apdu import Method, TapRequest, encode_request
 
 from .conftest import (
     BROKER_URL,
+    REPO,
     FleetSpawner,
     free_port_range,
     require_broker,
@@ -181,3 +186,23 @@ def test_two_processes_of_2000_devices_share_one_postgresql_store(
     assert store_show(pg_url, capsys) == set(serials_of(fmt, 0, 4000))
     assert first.stop() == 0
     assert second.stop() == 0
+
+
+def test_ports_beyond_the_file_limit_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    def low_limit() -> None:  # in the child: a hard limit the fleet cannot raise
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tap_emulator", "fleet", "--count", "300", "--coap-ports", "20000-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=low_limit,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "file descriptors" in done.stderr and "ulimit -n" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "state").exists()  # refused before the state file was made
