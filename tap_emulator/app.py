@@ -59,6 +59,7 @@ __all__ = [
     "load_device_profile",
     "open_device",
     "parse_endpoint",
+    "say_api_access",
     "warn_coap_access",
 ]
 
@@ -577,7 +578,7 @@ class Emulator(DeviceRuntime):
         )
         self._closers.append(cloud.close)
         self.http_address = cloud.address
-        _say_api_access(host, self.cloud_config)
+        say_api_access(host, self.cloud_config)
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
@@ -625,7 +626,7 @@ class Emulator(DeviceRuntime):
         self.trace.close()
 
 
-def _say_api_access(host: str, config: CloudConfig) -> None:
+def say_api_access(host: str, config: CloudConfig) -> None:
     """Say at start who may use the control and native APIs (open only on a loopback bind)."""
     if is_loopback(host):
         log.info("HTTP on %s: the control and native APIs are open (a loopback bind)", host)
@@ -687,7 +688,7 @@ class CloudOnly:
             self.config,
             token_required=not is_loopback(self.http.host),
         )
-        _say_api_access(self.http.host, self.config)
+        say_api_access(self.http.host, self.config)
         self._close = cloud.close
         self.http_address = cloud.address
         self.announce(f"listening http {format_address(cloud.address)}")

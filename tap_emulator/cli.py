@@ -436,6 +436,20 @@ def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="login mode of every device (overrides the profile's and the stored one)",
     )
+    fleet.add_argument(
+        "--http",
+        type=_endpoint(HTTP_PORT),
+        default=None,
+        metavar="HOST:PORT",
+        help="the emulated cloud's HTTP faces over the fleet's store (native API and seed faces, no "
+        "control API; default off; port 0 picks one)",
+    )
+    fleet.add_argument(
+        "--cloud-config",
+        default=None,
+        metavar="PATH",
+        help="credentials and tenants of the seed faces (default: resources/cloud/default.toml)",
+    )
     fleet.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
     fleet.add_argument("-q", "--quiet", action="store_true", help="only errors")
 
@@ -701,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     host=args.host,
                     coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),
                     security=None if args.security is None else SecurityMode(args.security),
+                    http=args.http,
+                    cloud_config=args.cloud_config,
                 ),
                 announce=lambda line: print(line, flush=True),
             )

@@ -42,8 +42,11 @@ from typing import TYPE_CHECKING, Final
 from tap_emulator.app import (
     CoapAccess,
     DeviceRuntime,
+    Endpoint,
     format_address,
+    is_loopback,
     load_device_profile,
+    say_api_access,
     warn_coap_access,
 )
 from tap_emulator.config import ConfigError, Profile, SecurityMode, parse_broker_url
@@ -59,6 +62,7 @@ from tap_emulator.tree import ChangeEvent, DeviceTree
 from tap_emulator.tree.handlers.device import IDENTITY
 
 if TYPE_CHECKING:
+    from tap_emulator.faces.http.cloud_config import CloudConfig
     from tap_emulator.faces.mqtt import FleetRelay
     from tap_emulator.faces.tap import TapServer
     from tap_emulator.faces.tap.session import TapFace
@@ -201,6 +205,8 @@ class FleetOptions:
     security: SecurityMode | None = None  # overrides the profile's (and every stored device's) mode
     sync: SyncSettings = field(default_factory=SyncSettings)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # per device's TCP face
+    http: Endpoint | None = None  # the emulated cloud's HTTP faces over the fleet's store (no control API)
+    cloud_config: str | None = None  # credentials of the seed faces; None: resources/cloud/default.toml
 
 
 class FleetDevice(DeviceRuntime):
@@ -302,6 +308,12 @@ class Fleet:
         self.sync: FleetSync | None = None
         self.relay: FleetRelay | None = None
         self.servers: dict[str, list[tuple[str, tuple[str, int]]]] = {}  # serial -> (kind, address)
+        self.http_address: tuple[str, int] | None = None
+        self.cloud_config: CloudConfig | None = None
+        if options.http is not None:
+            from tap_emulator.faces.http import load_cloud_config
+
+            self.cloud_config = load_cloud_config(options.cloud_config)
         self.timings: dict[str, float] = {}  # seconds each start-up step took (for the bench and logs)
         self.seeded = 0  # fresh devices seeded at the last start
         self.keys_derived = 0  # relay keys derived at the last start (the others came from the meta)
@@ -384,6 +396,7 @@ class Fleet:
             await self._apply_security_override()
             await self._start_ports()
             self._start_sync()
+            await self._start_http()
             await self._start_relay()
         except BaseException:
             await self.stop()
@@ -393,6 +406,8 @@ class Fleet:
         for serial, bound in self.servers.items():
             where = " ".join(f"{kind} {format_address(address)}" for kind, address in bound)
             self.announce(f"listening device {serial} {where}")
+        if self.http_address is not None:
+            self.announce(f"listening http {format_address(self.http_address)}")
         if self.relay is not None and self.broker is not None:
             from tap_emulator.faces.mqtt import broker_url
 
@@ -584,6 +599,26 @@ class Fleet:
         self.sync = sync
         self._closers.append(sync.stop)
         log.info("fleet: syncing %d devices to the management store %s", len(self.devices), redact_url(url))
+
+    async def _start_http(self) -> None:
+        """The emulated cloud over the fleet's store (``--http``): native API and seed faces, each
+        device's sync backlog from its state; no control API (it steers one device)."""
+        endpoint = self.options.http
+        if endpoint is None or self.cloud_config is None:
+            return
+        from tap_emulator.faces.http import start_cloud
+
+        cloud = await start_cloud(
+            self.store_url,
+            endpoint.host,
+            endpoint.port,
+            self.cloud_config,
+            local_devices={serial: device.state for serial, device in self.devices.items()},
+            token_required=not is_loopback(endpoint.host),
+        )
+        self._closers.append(cloud.close)
+        self.http_address = cloud.address
+        say_api_access(endpoint.host, self.cloud_config)
 
     async def _start_relay(self) -> None:
         if self.broker is None:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import aiocoap
+import httpx
 import pytest
 
 from bench.fleet_relay import RelayApp
@@ -161,14 +162,24 @@ def store_show(url: str, capsys: pytest.CaptureFixture[str]) -> set[str]:
     return {device["serial"] for device in shown}
 
 
-def test_2000_devices_sync_into_sqlite(
+def test_2000_devices_sync_into_sqlite_and_the_cloud_shows_each_ones_backlog(
     spawn_fleet: FleetSpawner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fmt = unique_format()
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    fleet = spawn_fleet("--count", "2000", "--serial-format", fmt, "--mqtt", "off", "--store", url)
+    fleet = spawn_fleet(
+        *("--count", "2000", "--serial-format", fmt, "--mqtt", "off", "--store", url),
+        *("--http", "127.0.0.1:0"),
+        expect=2,
+    )
+    http = fleet.lines[0].removeprefix("listening http ")
+    assert fleet.lines[1] == "listening fleet 2000-devices (relay off)"
     wait_for_store(url, 2000, 3 * 2000)
     assert store_show(url, capsys) == set(serials_of(fmt, 0, 2000))
+    serial = fmt.format(1234)
+    sync = httpx.get(f"http://{http}/api/v1/devices/{serial}/sync", timeout=10).json()
+    assert sync["serial"] == serial and sync["access_groups"] == 3
+    assert sync["backlog"]["pending"] == 0 and sync["backlog"]["delivered"] >= 3
     assert fleet.stop() == 0
 
 
