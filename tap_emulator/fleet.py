@@ -55,7 +55,7 @@ from tap_emulator.faults import FaultInjector
 from tap_emulator.model import DeviceModel, Form, ValueError_, default_model
 from tap_emulator.security import SharedSeedCredentials
 from tap_emulator.security.worker import DerivationWorker
-from tap_emulator.state import MEMORY, DeviceState
+from tap_emulator.state import MEMORY, Change, DeviceState
 from tap_emulator.sync import SyncSettings, store_url_for
 from tap_emulator.trace import Trace
 from tap_emulator.tree import ChangeEvent, DeviceTree
@@ -464,31 +464,28 @@ class Fleet:
                 stale.append(serial)
         self.timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
-        derived = await relay_keys(net_key, [*fresh, *stale]) if self.broker is not None else {}
+        # The keys derive on their threads (hashlib releases the GIL) while this thread computes the
+        # factory states: the two overlap instead of adding up.
+        keys_job = asyncio.ensure_future(
+            relay_keys(net_key, [*fresh, *stale] if self.broker is not None else [])
+        )
+        try:
+            await asyncio.sleep(0)  # the derivations are handed to their threads
+            factories = self._factory_states(fresh)
+            self.timings["factory"] = time.perf_counter() - t
+            derived = await keys_job
+        except BaseException:
+            keys_job.cancel()
+            raise
         self.keys_derived = len(derived)
         self.timings["relay_keys"] = time.perf_counter() - t
         t = time.perf_counter()
-        if fresh:
-            template_state = DeviceState(MEMORY, clock=time.time)
-            try:
-                template = DeviceTree(
-                    self.model,
-                    template_state,
-                    access=self.profile.access,
-                    random_bytes=os.urandom,
-                    clock_ms=lambda: time.time_ns() // 1_000_000,
-                    memory=self.profile.memory,
-                    seed_credentials=self.seed_credentials,
-                )
-                seeds = []
-                for serial in fresh:
-                    factory = template.factory_state(self.profile.with_serial_number(serial))
-                    meta = dict(factory.meta)
-                    if serial in derived:
-                        meta[RELAY_KEY_META] = f"{digest}:{derived[serial]}"
-                    seeds.append(DeviceSeed(serial, factory.changes, meta))
-            finally:
-                template_state.close()
+        seeds = []
+        for serial, (changes, meta) in zip(fresh, factories, strict=True):
+            if serial in derived:
+                meta[RELAY_KEY_META] = f"{digest}:{derived[serial]}"
+            seeds.append(DeviceSeed(serial, changes, meta))
+        if seeds:
             await asyncio.to_thread(state_file.seed_many_sync, seeds)
         restored = [(serial, derived[serial]) for serial in stale if serial in derived]
         if restored:  # rare: devices stored while the relay was off
@@ -501,6 +498,30 @@ class Fleet:
         self.keys.update((serial, (key, digest)) for serial, key in derived.items())
         self.seeded = len(fresh)
         self.timings["seed"] = time.perf_counter() - t
+
+    def _factory_states(self, serials: Sequence[str]) -> list[tuple[Sequence[Change], dict[str, str]]]:
+        """Each fresh device's factory changes and meta, computed on one template tree (written nowhere)
+        with the fleet's shared seed credentials."""
+        if not serials:
+            return []
+        template_state = DeviceState(MEMORY, clock=time.time)
+        try:
+            template = DeviceTree(
+                self.model,
+                template_state,
+                access=self.profile.access,
+                random_bytes=os.urandom,
+                clock_ms=lambda: time.time_ns() // 1_000_000,
+                memory=self.profile.memory,
+                seed_credentials=self.seed_credentials,
+            )
+            states: list[tuple[Sequence[Change], dict[str, str]]] = []
+            for serial in serials:
+                factory = template.factory_state(self.profile.with_serial_number(serial))
+                states.append((factory.changes, dict(factory.meta)))
+            return states
+        finally:
+            template_state.close()
 
     def _make_devices(self) -> None:
         state_file = self.state_file
