@@ -91,6 +91,7 @@ _TOPIC_FORBIDDEN: Final = frozenset("+#\0")  # MQTT wildcards and NUL cannot be 
 # Descriptors a fleet needs besides its per-device sockets: the state file, the broker, the store, the
 # derivation worker's pipes, stdio, a few connections.
 _RESERVED_DESCRIPTORS: Final = 64
+_SECURITY_CHUNK: Final = 500  # stored devices whose trees exist at once while --security rewrites them
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,19 +535,21 @@ class Fleet:
 
     async def _apply_security_override(self) -> None:
         """``--security`` over devices already in the file: each one's mode is set through its tree
-        (fresh devices were seeded with it). Their writes are group-committed together."""
+        (fresh devices were seeded with it), a chunk of trees at a time (bounded memory; the writes of a
+        chunk are group-committed together); an idle device's tree is dropped again after."""
         mode = self.options.security
         if mode is None or self.seeded == len(self.devices):
             return
-        assert self.state_file is not None
         changed = 0
-        writes = []
-        for device in self.devices.values():
-            tree = device.tree or self.open_tree(device.state, device.profile)
-            if tree.security_mode is not mode:
-                writes.append(tree.set_security_mode(mode))
-                changed += 1
-        await asyncio.gather(*writes)
+        devices = list(self.devices.values())
+        for start in range(0, len(devices), _SECURITY_CHUNK):
+            writes = []
+            for device in devices[start : start + _SECURITY_CHUNK]:
+                tree = device.tree or self.open_tree(device.state, device.profile)
+                if tree.security_mode is not mode:
+                    writes.append(tree.set_security_mode(mode))
+            await asyncio.gather(*writes)
+            changed += len(writes)
         if changed:
             log.info("--security %s: %d stored devices switched", mode.value, changed)
 
