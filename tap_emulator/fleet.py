@@ -671,7 +671,9 @@ class Fleet:
 
     def relay_settings_changed(self, device: FleetDevice) -> None:
         """A built device's relay settings changed (its net key, by a write or a factory reset): derive
-        its K again and move it to its new topic."""
+        its K again and move it to its new topic. Nothing to do with the relay off."""
+        if self.broker is None:
+            return
         task = asyncio.get_running_loop().create_task(self._rekey(device))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
