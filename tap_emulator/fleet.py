@@ -241,7 +241,8 @@ class FleetDevice(DeviceRuntime):
             self.tree = tree
             self.tap_face = self._tap_face(tree)
             log.debug("fleet: device %s built", self.serial_number)
-            if net_key_digest(tree.interface.relay_settings().net_key) != self.relay_key_digest:
+            net_key = tree.interface.relay_settings().net_key
+            if self.fleet.broker is not None and net_key_digest(net_key) != self.relay_key_digest:
                 self.fleet.relay_settings_changed(self)  # K was cached for another net key
         return self.tree
 
@@ -441,7 +442,6 @@ class Fleet:
     async def _seed_and_key(self) -> None:
         """Seed the fresh devices in one transaction, their K with them; K of older devices from the
         meta (derived again, in one batch, where it is missing or was derived from another net key)."""
-        from tap_emulator.faces.mqtt import relay_keys
         from tap_emulator.state import DeviceSeed
 
         state_file = self.state_file
@@ -463,13 +463,18 @@ class Fleet:
                 self.keys[serial] = (key, digests.setdefault(recorded, recorded))
             else:
                 stale.append(serial)
+        # Devices stored while the relay was off have no K: each one's own net key (it may have
+        # changed it) is read from its state, through a tree made for that and dropped.
+        by_net_key: dict[str, list[str]] = {net_key: list(fresh)} if self.broker is not None else {}
+        if self.broker is not None:
+            for serial in stale:
+                tree = self.open_tree(state_file.device(serial), self.profile)
+                by_net_key.setdefault(tree.interface.relay_settings().net_key, []).append(serial)
         self.timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
         # The keys derive on their threads (hashlib releases the GIL) while this thread computes the
         # factory states: the two overlap instead of adding up.
-        keys_job = asyncio.ensure_future(
-            relay_keys(net_key, [*fresh, *stale] if self.broker is not None else [])
-        )
+        keys_job = asyncio.ensure_future(self._derive_keys(by_net_key))
         try:
             await asyncio.sleep(0)  # the derivations are handed to their threads
             factories = self._factory_states(fresh)
@@ -484,7 +489,8 @@ class Fleet:
         seeds = []
         for serial, (changes, meta) in zip(fresh, factories, strict=True):
             if serial in derived:
-                meta[RELAY_KEY_META] = f"{digest}:{derived[serial]}"
+                key, key_digest = derived[serial]
+                meta[RELAY_KEY_META] = f"{key_digest}:{key}"
             seeds.append(DeviceSeed(serial, changes, meta))
         if seeds:
             await asyncio.to_thread(state_file.seed_many_sync, seeds)
@@ -492,13 +498,26 @@ class Fleet:
         if restored:  # rare: devices stored while the relay was off
 
             def record() -> None:
-                for serial, key in restored:
-                    state_file.device(serial).set_meta_sync({RELAY_KEY_META: f"{digest}:{key}"})
+                for serial, (key, key_digest) in restored:
+                    state_file.device(serial).set_meta_sync({RELAY_KEY_META: f"{key_digest}:{key}"})
 
             await asyncio.to_thread(record)
-        self.keys.update((serial, (key, digest)) for serial, key in derived.items())
+        self.keys.update(derived)
         self.seeded = len(fresh)
         self.timings["seed"] = time.perf_counter() - t
+
+    @staticmethod
+    async def _derive_keys(by_net_key: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
+        """serial -> (K, digest of its net key), for the serials of each net key."""
+        from tap_emulator.faces.mqtt import relay_keys
+
+        derived: dict[str, tuple[str, str]] = {}
+        for net_key, serials in by_net_key.items():
+            if serials:
+                digest = net_key_digest(net_key)
+                keys = await relay_keys(net_key, serials)
+                derived.update((serial, (key, digest)) for serial, key in keys.items())
+        return derived
 
     def _factory_states(self, serials: Sequence[str]) -> list[tuple[Sequence[Change], dict[str, str]]]:
         """Each fresh device's factory changes and meta, computed on one template tree (written nowhere)
@@ -671,9 +690,8 @@ class Fleet:
 
     def relay_settings_changed(self, device: FleetDevice) -> None:
         """A built device's relay settings changed (its net key, by a write or a factory reset): derive
-        its K again and move it to its new topic. Nothing to do with the relay off."""
-        if self.broker is None:
-            return
+        its K again, record it, and move the device to its new topic (with the relay on). With the
+        relay off the K is still recorded, so the cache never outlives a net key."""
         task = asyncio.get_running_loop().create_task(self._rekey(device))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

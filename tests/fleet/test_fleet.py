@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tap_emulator.codec.mqtt_relay import relay_key, relay_topics
 from tap_emulator.config import SecurityMode
 from tap_emulator.fleet import RELAY_KEY_META, Fleet, FleetOptions, net_key_digest
 from tap_emulator.model import Operation
@@ -13,6 +14,7 @@ from tap_emulator.tree import MAINTENANCE, Request
 from .conftest import BROKER_URL, require_broker, unique_format
 
 GROUP, SUPERVISOR, NAME = 1025, 0xFFFE, 0
+INTERFACE, NET_KEY = 1024, 55  # /1024//55: the relay's net key
 
 
 def options(tmp_path: Path, fmt: str, count: int, **given: object) -> FleetOptions:
@@ -96,5 +98,30 @@ async def test_a_factory_reset_resets_its_own_device_only(tmp_path: Path) -> Non
         ]
         assert names == ["supervisor", "renamed"]
         assert first.build().serial_number == fleet.serials[0]  # its own serial, not the profile's
+    finally:
+        await fleet.stop()
+
+
+async def test_a_net_key_changed_while_the_relay_is_off_moves_the_device_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    require_broker()
+    fmt = unique_format()
+    fleet = await started(options(tmp_path, fmt, 3))
+    try:
+        changed = fleet.serials[0]
+        tree = fleet.devices[changed].build()
+        write = Request(Operation.WRITE, INTERFACE, None, NET_KEY, "othernetkey", caller=MAINTENANCE)
+        assert (await tree.handle(write)).status.is_success
+        await fleet.settled()
+    finally:
+        await fleet.stop()
+    fleet = await started(options(tmp_path, fmt, 3, mqtt=BROKER_URL))
+    try:
+        assert fleet.keys_derived == 2  # the two devices stored with the relay off; the changed one's K
+        assert fleet.relay is not None  # was recorded when its net key changed
+        for serial in fleet.serials:
+            net_key = "othernetkey" if serial == changed else "testnetkey"
+            assert fleet.relay.topics(serial)[0] == relay_topics(serial, relay_key(net_key, serial)).command
     finally:
         await fleet.stop()
