@@ -1,5 +1,6 @@
-"""`Fleet` in process: lazy devices, the relay keys cached in the state file, a fleet that grows, the
-``--security`` override of stored devices, and one device's factory reset leaving the others alone."""
+"""`Fleet` in process: lazy devices, the relay keys cached in the state file (following each device's
+own net key), a fleet that grows, the ``--security`` override of stored devices, and one device's factory
+reset leaving the others alone."""
 
 from __future__ import annotations
 

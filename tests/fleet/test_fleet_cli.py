@@ -3,7 +3,8 @@
 Covered: 200 devices on the relay answer getName and their own identity on random devices; a restart
 keeps every device's state (a rename on one device survives, the others keep theirs); per-device CoAP
 and Tap TCP ports; a 2,000-device fleet synced into SQLite and into PostgreSQL, and a second process
-(``--first 2000``) adding 2,000 more to the same PostgreSQL store, all listed by ``store show``.
+(``--first 2000``) adding 2,000 more to the same PostgreSQL store, all listed by ``store show``; the
+HTTP faces over the fleet's store; ports past the file limit refused before anything is made.
 """
 
 from __future__ import annotations
