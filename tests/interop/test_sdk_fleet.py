@@ -1,13 +1,15 @@
 """The real SDK's MQTT relay (`@iotize/device-com-mqtt.js`) against a 200-device `Fleet` (what
 ``tap-emulator fleet`` runs) through Mosquitto on 127.0.0.1:1883.
 
-Covered: SCRAM login (encrypted channel), a rename and the identity on one random device, anonymous
-reads on two others (each device its own groups), only the commanded devices built, and a net key
-written through the SDK moving that device (alone) to its new topics, its K cached for the next start.
+Covered: every GroupService call with SCRAM login and the identity on three random devices at once
+(test_sdk_mqtt's scenario, as for one device); a rename, anonymous reads on two others (each device its
+own groups), only the commanded devices built, and a net key written through the SDK moving that device
+(alone) to its new topics, its K cached for the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from sdk import require_sdk, run_sdk_async
+from test_sdk_mqtt import every_group_service_call
 
 from tap_emulator.fleet import RELAY_KEY_META, Fleet, FleetOptions
 
@@ -105,5 +108,25 @@ async def test_the_sdk_logs_in_renames_and_moves_a_net_key_on_random_devices_of_
             cached[chosen] != cached[others[0]]
             and cached[chosen].split(":")[1] == fleet.devices[chosen].relay_key
         )
+    finally:
+        await fleet.stop()
+
+
+async def test_every_group_service_call_on_three_random_devices_of_a_200_device_fleet(tmp_path: Path) -> None:
+    require_sdk()
+    require_broker()
+    fmt = "EMUS" + uuid.uuid4().hex[:6].upper() + "{:05d}"
+    fleet = Fleet(
+        FleetOptions(
+            count=200, serial_format=fmt, state=str(tmp_path / "f.sqlite3"), store="off", mqtt=BROKER_URL
+        ),
+        announce=lambda _line: None,
+    )
+    await fleet.start()
+    try:
+        chosen = random.sample(fleet.serials, 3)
+        await asyncio.gather(*(every_group_service_call(serial) for serial in chosen))
+        assert sorted(fleet.built_devices()) == sorted(chosen)
+        assert fleet.relay is not None and fleet.relay.relay.connections == 1
     finally:
         await fleet.stop()
