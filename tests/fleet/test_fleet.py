@@ -4,6 +4,7 @@ reset leaving the others alone."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tap_emulator.codec.mqtt_relay import relay_key, relay_topics
@@ -12,7 +13,7 @@ from tap_emulator.fleet import RELAY_KEY_META, Fleet, FleetOptions, net_key_dige
 from tap_emulator.model import Operation
 from tap_emulator.tree import MAINTENANCE, Request
 
-from .conftest import BROKER_URL, require_broker, unique_format
+from .conftest import BROKER_URL, require_broker, unique_format, wait_for_store
 
 GROUP, SUPERVISOR, NAME = 1025, 0xFFFE, 0
 INTERFACE, NET_KEY = 1024, 55  # /1024//55: the relay's net key
@@ -124,5 +125,16 @@ async def test_a_net_key_changed_while_the_relay_is_off_moves_the_device_at_the_
         for serial in fleet.serials:
             net_key = "othernetkey" if serial == changed else "testnetkey"
             assert fleet.relay.topics(serial)[0] == relay_topics(serial, relay_key(net_key, serial)).command
+    finally:
+        await fleet.stop()
+
+
+async def test_syncing_every_device_builds_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    fleet = await started(options(tmp_path, unique_format(), 300, store=url))
+    try:
+        await asyncio.to_thread(wait_for_store, url, 300, 3 * 300)
+        assert fleet.built_devices() == []  # reconciles read versions from the state; nothing to rewrite
+        assert fleet.sync is not None and fleet.sync.stats.applied >= 3 * 300
     finally:
         await fleet.stop()
