@@ -41,14 +41,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Benchmark]] = {
     "coap_rss_observers": (("coap_rss_observers_ratio",), _one(coap_bench.coap_rss_observers)),
     "sync_lag": (("sync_lag_ratio",), _one(sync_bench.sync_lag)),
     "http_lists": (("http_native_devices_ratio", "http_seed_list_ratio"), http_bench.http_lists),
-    "fleet": (
-        tuple(
-            f"fleet_{n}_{metric}"
-            for n in (1_000, 10_000)
-            for metric in ("startup_s", "warm_startup_s", "rss_per_device_kb", "getname_ratio")
-        ),
-        fleet_bench.fleet,
-    ),
+    "fleet": (fleet_bench.METRICS, fleet_bench.fleet),
 }
 
 DEFAULT_OUT = REPO / "bench" / "results.json"

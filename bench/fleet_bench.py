@@ -67,6 +67,12 @@ def _start(name: str, count: int, serial_format: str, state: Path, cwd: Path) ->
 
 
 GROUPS_PER_DEVICE = 3  # the default profile's
+COUNTS = (1_000, 10_000)
+METRICS = tuple(
+    f"fleet_{count}_{metric}"
+    for count in COUNTS
+    for metric in ("startup_s", "warm_startup_s", "rss_per_device_kb", "getname_ratio")
+)
 
 
 def _wait_synced(store: Path, count: int, timeout: float = 300.0) -> None:
@@ -114,7 +120,7 @@ async def _getname(single: str, serials: list[str], samples: int, rounds: int) -
 
 def fleet(settings: Settings) -> list[MetricResult]:
     """``fleet_{N}_startup_s``, ``fleet_{N}_warm_startup_s``, ``fleet_{N}_rss_per_device_kb`` and
-    ``fleet_{N}_getname_ratio`` for N = 1,000 and 10,000 (200 and 1,000 with --quick)."""
+    ``fleet_{N}_getname_ratio`` for N = 1,000 and 10,000 (--quick takes fewer getName samples)."""
     results: list[MetricResult] = []
     run = uuid.uuid4().hex[:4].upper()  # serials of this run's own: the broker is shared
     work = settings.work / f"fleet-{run}"
@@ -124,7 +130,7 @@ def fleet(settings: Settings) -> list[MetricResult]:
     try:
         _wait_synced(work / "one" / "management-store.sqlite3", 1)
         one_rss = one.rss_mb()
-        for count in (200, 1000) if settings.small else (1_000, 10_000):
+        for count in COUNTS:
             results += _measure(settings, work, run, count, one_format.format(0), one_start, one_rss)
     finally:
         one.stop()
