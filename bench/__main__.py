@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import coap_bench, http_bench, sync_bench, tap_bench
+from bench import coap_bench, fleet_bench, http_bench, sync_bench, tap_bench
 from bench.procs import REPO, ServerError
 from bench.results import MetricResult, format_table, write_json
 from bench.runner import Settings
@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], Benchmark]] = {
     "coap_rss_observers": (("coap_rss_observers_ratio",), _one(coap_bench.coap_rss_observers)),
     "sync_lag": (("sync_lag_ratio",), _one(sync_bench.sync_lag)),
     "http_lists": (("http_native_devices_ratio", "http_seed_list_ratio"), http_bench.http_lists),
+    "fleet": (fleet_bench.METRICS, fleet_bench.fleet),
 }
 
 DEFAULT_OUT = REPO / "bench" / "results.json"

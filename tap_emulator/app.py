@@ -48,14 +48,19 @@ if TYPE_CHECKING:
 __all__ = [
     "CloudOnly",
     "CoapAccess",
+    "DeviceRuntime",
     "Emulator",
     "Endpoint",
     "ServeOptions",
+    "build_tap_face",
     "default_state_path",
     "format_address",
     "is_loopback",
+    "load_device_profile",
     "open_device",
     "parse_endpoint",
+    "say_api_access",
+    "warn_coap_access",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,6 +165,21 @@ _ACCESS_MEANS = {
 }
 
 
+def warn_coap_access(
+    where: str, host: str, access: CoapAccess, *, chosen: bool, oscore: bool = False
+) -> None:
+    """Say at start who a CoAP face lets in (it has no login): ``where`` is its address (or range)."""
+    how = "chosen" if chosen else f"the default for a {'' if is_loopback(host) else 'non-'}loopback bind"
+    log.warning(
+        "CoAP on %s: --coap-access %s (%s): %s%s",
+        where,
+        access.value,
+        how,
+        _ACCESS_MEANS[access],
+        "; requests an OSCORE context of --coap-oscore authenticates act as maintenance" if oscore else "",
+    )
+
+
 def default_state_path(profile: Profile) -> Path:
     """One state file per device under the working directory: ``state/{serial}.sqlite3``."""
     return Path("state") / f"{profile.device.serial_number}.sqlite3"
@@ -226,50 +246,163 @@ def open_device(
     return tree
 
 
-class Emulator:
+def load_device_profile(
+    name: str, *, tap_config: str | None = None, security: SecurityMode | None = None
+) -> Profile:
+    """The profile a device runs: ``name`` (a profile name or path), a tap-config.json over it, then
+    the ``--security`` override. ConfigError naming what is wrong."""
+    profile = load_profile(name)
+    if tap_config is not None:
+        from tap_emulator.tapconfig import load_tap_config
+
+        profile = load_tap_config(tap_config, profile)
+    if security is not None:
+        profile = profile.with_security_mode(security)
+    return profile
+
+
+def build_tap_face(tree: DeviceTree, profile: Profile, *, trace: Trace, faults: FaultInjector) -> TapFace:
+    """What the Tap faces of one device (TCP, WebSocket, MQTT relay) share: its sessions and its one
+    login limiter (so login lockouts are per device)."""
+    from tap_emulator.faces.tap import TapFace
+    from tap_emulator.security.lockout import LoginLimiter
+
+    security = profile.security
+    return TapFace(
+        tree,
+        limiter=LoginLimiter(security.lockout),
+        clock=time.monotonic,
+        random_bytes=os.urandom,
+        lifetime_unit_seconds=security.session_lifetime_unit_seconds,
+        handshake_seconds=security.scram_handshake_seconds,
+        trace=trace,
+        faults=faults,
+    )
+
+
+class DeviceRuntime:
+    """One running device's tree and faces, and what a reboot or factory reset does to them.
+
+    Shared by ``serve`` (`Emulator`) and by each built device of a fleet (``tap_emulator.fleet``), so
+    the life cycle of a device (object 3's reboot and factory reset) is written once.
+    """
+
+    def __init__(self, profile: Profile, *, trace: Trace, faults: FaultInjector) -> None:
+        self.profile = profile
+        self.trace = trace
+        self.faults = faults
+        self.tree: DeviceTree | None = None
+        self.tap_face: TapFace | None = None
+        self.coap: CoapServer | None = None
+        # Called after every reboot and factory reset, once the tree holds its new state (the value
+        # sources' runner restarts here); each may return an awaitable.
+        self.restart_hooks: list[Callable[[], object]] = []
+        self._lifecycle_tasks: set[asyncio.Task[None]] = set()
+
+    def _tap_face(self, tree: DeviceTree) -> TapFace:
+        return build_tap_face(tree, self.profile, trace=self.trace, faults=self.faults)
+
+    def cancel_lifecycle_tasks(self) -> None:
+        """A reboot still pending when the device stops does not happen."""
+        for task in list(self._lifecycle_tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ lifecycle (object 3's hook)
+
+    async def reboot(self) -> None:
+        """As a Tap reboots: every Tap session ends (connections closed), CoAP observations end, the tree
+        reloads from durable state, value sources restart; the device keeps its state."""
+        tree = self._running_tree()
+        if self.tap_face is not None:
+            self.tap_face.end_sessions()
+        if self.coap is not None:
+            self.coap.face.end_observations("the device rebooted")
+        await tree.settle()  # what was accepted before the reboot is in the state it reloads
+        tree.reload()
+        await self._restarted()
+        log.info("device %s rebooted", tree.serial_number)
+
+    async def factory_reset(self, *, keep_session: object | None = None) -> None:
+        """Back to the profile (tree.seed(reset=True)): observers are told, the outbox gets the rows so the
+        store hears of it. Every session ends except ``keep_session`` (the SDK configurator's own
+        connection, which stays usable with its rights, as the configurator expects)."""
+        tree = self._running_tree()
+        await tree.settle()
+        tree.seed(self.profile, reset=True)  # a StateError leaves the device as it was, sessions included
+        if self.tap_face is not None:
+            self.tap_face.end_sessions(keep=keep_session)
+        await self._restarted()
+        log.info("device %s reset to its profile %s", tree.serial_number, self.profile.name)
+
+    async def reload_config(self) -> None:
+        tree = self._running_tree()
+        await tree.settle()
+        tree.reload()
+        await self._restarted()
+        log.info("device %s reloaded its configuration", tree.serial_number)
+
+    def reboot_soon(self) -> None:
+        """A reboot request: reboot once the answer is written. The answer leaves in the same turn of
+        the event loop as the handler returns (both transports write before they await), and this task
+        starts at the loop's next turn."""
+        task = asyncio.get_running_loop().create_task(self._reboot_logged())
+        self._lifecycle_tasks.add(task)
+        task.add_done_callback(self._lifecycle_tasks.discard)
+
+    async def _reboot_logged(self) -> None:
+        try:
+            await self.reboot()
+        except StateError as exc:  # the answer is gone already: say it in the log, once
+            log.error("reboot failed: %s", exc)
+
+    def _running_tree(self) -> DeviceTree:
+        if self.tree is None:
+            raise RuntimeError("the device is not running")
+        return self.tree
+
+    async def _restarted(self) -> None:
+        for hook in list(self.restart_hooks):
+            try:
+                result = hook()
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                log.exception("a restart hook failed")
+
+
+class Emulator(DeviceRuntime):
     """A running device. ``start`` binds every endpoint or fails with nothing left open."""
 
     def __init__(self, options: ServeOptions, *, announce: Callable[[str], None] = print) -> None:
         self.options = options
         self.announce = announce
-        profile = load_profile(options.profile)
-        if options.tap_config is not None:
-            from tap_emulator.tapconfig import load_tap_config
-
-            profile = load_tap_config(options.tap_config, profile)
-        if options.security is not None:
-            profile = profile.with_security_mode(options.security)
-        self.profile = profile
+        profile = load_device_profile(
+            options.profile, tap_config=options.tap_config, security=options.security
+        )
         trace_path = options.trace if isinstance(options.trace, str) else None
         try:
-            self.trace = Trace(trace_path, to_log=options.trace is True)
+            trace = Trace(trace_path, to_log=options.trace is True)
         except OSError as exc:
             raise ConfigError(f"--trace {trace_path}: {exc.strerror or exc}") from None
-        self.faults = FaultInjector(time.monotonic)
+        faults = FaultInjector(time.monotonic)
         if options.faults is not None:
-            self.faults.set_plan(load_fault_plan(options.faults))
+            faults.set_plan(load_fault_plan(options.faults))
+        super().__init__(profile, trace=trace, faults=faults)
         self.cloud_config: CloudConfig | None = None
         if options.http is not None:
             from tap_emulator.faces.http import load_cloud_config
 
             self.cloud_config = load_cloud_config(options.cloud_config)
-        self.tree: DeviceTree | None = None
         self.coap_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
         self.mqtt: DeviceRelay | None = None
         self.http_address: tuple[str, int] | None = None
         self.sync: SyncTask | None = None
-        self.tap_face: TapFace | None = None
         self.control: DeviceControl | None = None  # the control API's view, when HTTP is on
-        self.coap: CoapServer | None = None
-        # Called after every reboot and factory reset, once the tree holds its new state (the value
-        # sources' runner restarts here); each may return an awaitable.
-        self.restart_hooks: list[Callable[[], object]] = []
         self.registrations: list[Registration] = []
         self.sources: SourceRunner | None = None
         self._closers: list[Callable[[], object]] = []
-        self._lifecycle_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         state_path = self.options.state or str(default_state_path(self.profile))
@@ -336,19 +469,12 @@ class Emulator:
         self.coap = coap
         self.coap_address = coap.address
         await self._start_registrations(tree, coap)
-        if self.options.coap_access is not None:
-            how = "chosen"
-        else:
-            how = f"the default for a {'' if is_loopback(endpoint.host) else 'non-'}loopback bind"
-        log.warning(
-            "CoAP on %s: --coap-access %s (%s): %s%s",
+        warn_coap_access(
             format_address(coap.address),
-            access.value,
-            how,
-            _ACCESS_MEANS[access],
-            ""
-            if oscore is None
-            else "; requests an OSCORE context of --coap-oscore authenticates act as maintenance",
+            endpoint.host,
+            access,
+            chosen=self.options.coap_access is not None,
+            oscore=oscore is not None,
         )
 
     async def _start_registrations(self, tree: DeviceTree, coap: CoapServer) -> None:
@@ -386,23 +512,6 @@ class Emulator:
             registration.start()
             self.registrations.append(registration)
             self._closers.append(registration.close)
-
-    def _tap_face(self, tree: DeviceTree) -> TapFace:
-        """What the Tap faces (TCP, WebSocket, MQTT relay) share: sessions, one login limiter."""
-        from tap_emulator.faces.tap import TapFace
-        from tap_emulator.security.lockout import LoginLimiter
-
-        security = self.profile.security
-        return TapFace(
-            tree,
-            limiter=LoginLimiter(security.lockout),
-            clock=time.monotonic,
-            random_bytes=os.urandom,
-            lifetime_unit_seconds=security.session_lifetime_unit_seconds,
-            handshake_seconds=security.scram_handshake_seconds,
-            trace=self.trace,
-            faults=self.faults,
-        )
 
     async def _start_tap_faces(self, tree: DeviceTree) -> None:
         """The Tap-native face over TCP, WebSocket and the MQTT relay; its sessions share one face."""
@@ -469,7 +578,7 @@ class Emulator:
         )
         self._closers.append(cloud.close)
         self.http_address = cloud.address
-        _say_api_access(host, self.cloud_config)
+        say_api_access(host, self.cloud_config)
 
     def _start_sync(self, tree: DeviceTree, state_path: str) -> None:
         """Start pushing group changes to the management store, unless the store is off."""
@@ -502,73 +611,10 @@ class Emulator:
         self.restart_hooks.append(self.sources.restart)
         log.info("%d value source(s) running", len(self.profile.sources))
 
-    # ------------------------------------------------------------------ lifecycle (object 3's hook)
-
-    async def reboot(self) -> None:
-        """As a Tap reboots: every Tap session ends (connections closed), CoAP observations end, the tree
-        reloads from durable state, value sources restart; the device keeps its state."""
-        tree = self._running_tree()
-        if self.tap_face is not None:
-            self.tap_face.end_sessions()
-        if self.coap is not None:
-            self.coap.face.end_observations("the device rebooted")
-        await tree.settle()  # what was accepted before the reboot is in the state it reloads
-        tree.reload()
-        await self._restarted()
-        log.info("device %s rebooted", tree.serial_number)
-
-    async def factory_reset(self, *, keep_session: object | None = None) -> None:
-        """Back to the profile (tree.seed(reset=True)): observers are told, the outbox gets the rows so the
-        store hears of it. Every session ends except ``keep_session`` (the SDK configurator's own
-        connection, which stays usable with its rights, as the configurator expects)."""
-        tree = self._running_tree()
-        await tree.settle()
-        tree.seed(self.profile, reset=True)  # a StateError leaves the device as it was, sessions included
-        if self.tap_face is not None:
-            self.tap_face.end_sessions(keep=keep_session)
-        await self._restarted()
-        log.info("device %s reset to its profile %s", tree.serial_number, self.profile.name)
-
-    async def reload_config(self) -> None:
-        tree = self._running_tree()
-        await tree.settle()
-        tree.reload()
-        await self._restarted()
-        log.info("device %s reloaded its configuration", tree.serial_number)
-
-    def reboot_soon(self) -> None:
-        """A reboot request: reboot once the answer is written. The answer leaves in the same turn of
-        the event loop as the handler returns (both transports write before they await), and this task
-        starts at the loop's next turn."""
-        task = asyncio.get_running_loop().create_task(self._reboot_logged())
-        self._lifecycle_tasks.add(task)
-        task.add_done_callback(self._lifecycle_tasks.discard)
-
-    async def _reboot_logged(self) -> None:
-        try:
-            await self.reboot()
-        except StateError as exc:  # the answer is gone already: say it in the log, once
-            log.error("reboot failed: %s", exc)
-
-    def _running_tree(self) -> DeviceTree:
-        if self.tree is None:
-            raise RuntimeError("the device is not running")
-        return self.tree
-
-    async def _restarted(self) -> None:
-        for hook in list(self.restart_hooks):
-            try:
-                result = hook()
-                if hasattr(result, "__await__"):
-                    await result
-            except Exception:
-                log.exception("a restart hook failed")
-
     async def stop(self) -> None:
         if self.control is not None:
             self.control.close()  # the live page's event streams end before the HTTP server stops
-        for task in list(self._lifecycle_tasks):
-            task.cancel()
+        self.cancel_lifecycle_tasks()
         while self._closers:
             closer = self._closers.pop()
             try:
@@ -580,7 +626,7 @@ class Emulator:
         self.trace.close()
 
 
-def _say_api_access(host: str, config: CloudConfig) -> None:
+def say_api_access(host: str, config: CloudConfig) -> None:
     """Say at start who may use the control and native APIs (open only on a loopback bind)."""
     if is_loopback(host):
         log.info("HTTP on %s: the control and native APIs are open (a loopback bind)", host)
@@ -642,7 +688,7 @@ class CloudOnly:
             self.config,
             token_required=not is_loopback(self.http.host),
         )
-        _say_api_access(self.http.host, self.config)
+        say_api_access(self.http.host, self.config)
         self._close = cloud.close
         self.http_address = cloud.address
         self.announce(f"listening http {format_address(cloud.address)}")

@@ -1,4 +1,4 @@
-"""Command line: ``tap-emulator serve | cloud | reset | store show | store status | ctl | trace replay``.
+"""Command line: ``tap-emulator serve | fleet | cloud | reset | store show|status | ctl | trace replay``.
 
 ``main(argv) -> int`` so tests call it in-process; every user error is one line on stderr and a
 non-zero exit (2 for bad usage or configuration, 1 for a runtime failure such as a busy port).
@@ -32,6 +32,7 @@ from tap_emulator.app import (
 )
 from tap_emulator.config import ConfigError, SecurityMode, load_profile, parse_broker_url
 from tap_emulator.faces.tap.connections import DEFAULT_MAX_CONNECTIONS, ConnectionLimits
+from tap_emulator.fleet import DEFAULT_SERIAL_FORMAT, Fleet, FleetOptions, PortRange, parse_port_range
 from tap_emulator.model import ModelError
 from tap_emulator.state import StateError
 from tap_emulator.store import StoreError
@@ -322,12 +323,135 @@ def _build_parser() -> argparse.ArgumentParser:
     cloud_options(cloud, Endpoint("127.0.0.1", HTTP_PORT))
     cloud.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
     cloud.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _add_fleet(commands)
     reset = commands.add_parser("reset", help="factory reset: restore the profile's state")
     common(reset)
     add_store_commands(commands, common)
     _add_ctl(commands)
     _add_trace(commands)
     return parser
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a device count is a whole number, 1 or more")
+    return int(text)
+
+
+def _index(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the first index is a whole number, 0 or more")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    """A host to listen on (an IP address or a name this machine resolves), without a port."""
+    try:
+        endpoint = parse_endpoint(text, 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if endpoint is None or endpoint.port != 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a host alone; the ports come from the ranges")
+    return endpoint.host
+
+
+def _port_range(text: str) -> PortRange:
+    try:
+        return parse_port_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_fleet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = commands.add_parser(
+        "fleet", help="run many devices in one process behind one MQTT broker, in one state file"
+    )
+    fleet.add_argument("--count", type=_count, required=True, metavar="N", help="devices in this process")
+    fleet.add_argument(
+        "--first",
+        type=_index,
+        default=0,
+        metavar="K",
+        help="index of the first device (default 0): shards of one fleet use disjoint ranges",
+    )
+    fleet.add_argument(
+        "--profile", default="default", help="device profile of every device: a name or a TOML path"
+    )
+    fleet.add_argument(
+        "--serial-format",
+        default=DEFAULT_SERIAL_FORMAT,
+        metavar="FMT",
+        help="Python format of the serial numbers, given the index (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--state",
+        default=None,
+        metavar="FILE",
+        help="state file of the whole fleet (default state/fleet-{first}-{count}.sqlite3; ':memory:')",
+    )
+    fleet.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="management store every device syncs to: sqlite:///PATH, postgresql://... or 'off' "
+        f"(default: {DEFAULT_STORE_NAME} beside the state file; off with --state :memory:)",
+    )
+    fleet.add_argument(
+        "--mqtt",
+        type=_broker,
+        default=None,
+        metavar="URL|off",
+        help="the broker every device's relay topics are on (default: the profile's [mqtt] broker)",
+    )
+    fleet.add_argument(
+        "--coap-ports",
+        type=_port_range,
+        default=None,
+        metavar="START-[END]",
+        help="a CoAP UDP port for each device, in serial order (off by default)",
+    )
+    fleet.add_argument(
+        "--tcp-ports",
+        type=_port_range,
+        default=None,
+        metavar="START-[END]",
+        help="a Tap TCP port for each device, in serial order (off by default)",
+    )
+    fleet.add_argument(
+        "--host",
+        type=_host,
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the per-device ports listen on (default 127.0.0.1)",
+    )
+    fleet.add_argument(
+        "--coap-access",
+        choices=[a.value for a in CoapAccess],
+        default=None,
+        help="rights of CoAP requests on the per-device ports (default as serve's)",
+    )
+    fleet.add_argument(
+        "--security",
+        choices=[m.value for m in SecurityMode],
+        default=None,
+        help="login mode of every device (overrides the profile's and the stored one)",
+    )
+    fleet.add_argument(
+        "--http",
+        type=_endpoint(HTTP_PORT),
+        default=None,
+        metavar="HOST:PORT",
+        help="the emulated cloud's HTTP faces over the fleet's store (native API and seed faces, no "
+        "control API; default off; port 0 picks one)",
+    )
+    fleet.add_argument(
+        "--cloud-config",
+        default=None,
+        metavar="PATH",
+        help="credentials and tenants of the seed faces (default: resources/cloud/default.toml)",
+    )
+    fleet.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
+    fleet.add_argument("-q", "--quiet", action="store_true", help="only errors")
 
 
 def _add_ctl(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -576,6 +700,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.store, args.http, args.cloud_config, announce=lambda line: print(line, flush=True)
             )
             return asyncio.run(_run_until_signal(cloud))
+        if args.command == "fleet":
+            fleet = Fleet(
+                FleetOptions(
+                    count=args.count,
+                    first=args.first,
+                    profile=args.profile,
+                    serial_format=args.serial_format,
+                    state=args.state,
+                    store=args.store,
+                    mqtt=args.mqtt,
+                    coap_ports=args.coap_ports,
+                    tcp_ports=args.tcp_ports,
+                    host=args.host,
+                    coap_access=None if args.coap_access is None else CoapAccess(args.coap_access),
+                    security=None if args.security is None else SecurityMode(args.security),
+                    http=args.http,
+                    cloud_config=args.cloud_config,
+                ),
+                announce=lambda line: print(line, flush=True),
+            )
+            return asyncio.run(_run_until_signal(fleet))
         if args.command == "reset":
             return _reset(args)
         if args.command == "store":

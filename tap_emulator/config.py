@@ -271,6 +271,17 @@ class Profile:
     def with_security_mode(self, mode: SecurityMode) -> Profile:
         return dataclasses.replace(self, security=dataclasses.replace(self.security, mode=mode))
 
+    def with_serial_number(self, serial_number: str) -> Profile:
+        """The same profile for another device (a fleet's devices differ by serial number only)."""
+        check_serial_number(serial_number, "serial number")
+        return dataclasses.replace(self, device=dataclasses.replace(self.device, serial_number=serial_number))
+
+
+def check_serial_number(serial: str, what: str) -> None:
+    """ConfigError unless ``serial`` can name a device: non-empty printable text without '/'."""
+    if not serial or not serial.isprintable() or "/" in serial:
+        raise ConfigError(f"{what} must be non-empty printable text without '/' (got {serial[:40]!r})")
+
 
 def _get(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
     if key not in table:
@@ -315,8 +326,7 @@ def load_profile(name_or_path: str = "default") -> Profile:
         serial_number=_get(device_t, "serial_number", str, f"{where} [device]"),
         firmware_version=_get(device_t, "firmware_version", str, f"{where} [device]"),
     )
-    if not device.serial_number or not device.serial_number.isprintable() or "/" in device.serial_number:
-        raise ConfigError(f"{where} [device]: serial_number must be non-empty printable text without '/'")
+    check_serial_number(device.serial_number, f"{where} [device]: serial_number")
     sec_t = _get(data, "security", dict, where, {})
     sw = f"{where} [security]"
     try:

@@ -341,6 +341,36 @@ def draw_user_salt(random_bytes: Callable[[int], bytes]) -> bytes:
     return bytes([drawn[0] or 1]) + drawn[1:]
 
 
+SeedCredentials = Callable[[str, int], Credential]
+"""(password, iterations) -> the credential a factory-fresh group holds for that password."""
+
+
+class SharedSeedCredentials:
+    """Factory credentials shared by every device seeded from one profile (a fleet).
+
+    A fleet of 10,000 devices seeded one derivation per group each would run 30,000 pairs of PBKDF2
+    (minutes of CPU). Instead one salt is drawn and one derivation runs per (password, iterations), and
+    every device starts with that credential: the same salt and keys, as devices flashed from one image.
+    A password changed later derives with a salt of its own device. Not thread-safe (the event loop's).
+    """
+
+    def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
+        self._random_bytes = random_bytes
+        self._derived: dict[tuple[str, int], Credential] = {}
+
+    def __call__(self, password: str, iterations: int) -> Credential:
+        key = (password, iterations)
+        credential = self._derived.get(key)
+        if credential is None:
+            credential = credential_from_password(password, draw_user_salt(self._random_bytes), iterations)
+            self._derived[key] = credential
+        return credential
+
+    def __len__(self) -> int:
+        """Derivations run so far."""
+        return len(self._derived)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plain and 1-hash logins (POST /1024//0: username(16) | password field(16))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tap_emulator.config import AccessPolicy, Profile, SecurityMode
@@ -29,8 +30,9 @@ from tap_emulator.model import (
     ValueError_,
     ValueType,
 )
-from tap_emulator.security import Credential
+from tap_emulator.security import Credential, SeedCredentials, credential_from_password, draw_user_salt
 from tap_emulator.state import (
+    Change,
     DeviceState,
     DeviceValueWrite,
     InstanceRow,
@@ -65,6 +67,7 @@ __all__ = [
     "Caller",
     "ChangeEvent",
     "DeviceTree",
+    "FactoryState",
     "Lifecycle",
     "Offload",
     "Request",
@@ -127,6 +130,15 @@ def _outbox_payload(obj: ObjectDef, instance_id: int, inst: StoredInstance) -> d
     return public_payload(obj, instance_id, inst) if obj.synced else None
 
 
+@dataclass(frozen=True, slots=True)
+class FactoryState:
+    """What ``DeviceTree.factory_state`` computes: every change of a factory-fresh state, and its meta."""
+
+    changes: tuple[Change, ...]
+    meta: Mapping[str, str]
+    instance_writes: tuple[InstanceWrite, ...]  # the instance rows among ``changes`` (a reset announces them)
+
+
 def _value_type(value: object) -> ValueType:
     if isinstance(value, int) and not isinstance(value, bool):
         return ValueType.INTEGER
@@ -149,8 +161,14 @@ class DeviceTree:
         clock_ms: Callable[[], int],
         offload: Offload = run_in_thread,
         memory: MemoryRegion | None = None,
+        seed_credentials: SeedCredentials | None = None,
     ) -> None:
+        """``seed_credentials``: the credential a factory-fresh group gets for its password; by default
+        a salt of this device's own is drawn and derived (a fleet shares one, see SharedSeedCredentials)."""
         self.model = model
+        self.seed_credential: SeedCredentials = (
+            self._own_seed_credential if seed_credentials is None else seed_credentials
+        )
         # The emulated target's memory that variables address (the profile's region).
         self.memory = TargetMemory(memory or MemoryRegion())
         self.access = access
@@ -177,6 +195,9 @@ class DeviceTree:
         self.interface_object = self.interface.obj
         self.device_object = self.device.obj
         self.reload()
+
+    def _own_seed_credential(self, password: str, iterations: int) -> Credential:
+        return credential_from_password(password, draw_user_salt(self.random_bytes), iterations)
 
     def handler_of(self, kind: type[H]) -> H:
         """The handler of the given class; the model must hold its object."""
@@ -221,23 +242,36 @@ class DeviceTree:
     def is_fresh(self) -> bool:
         return not self._device_values and not any(self._instances.values())
 
+    def factory_state(
+        self, profile: Profile, previous: Mapping[tuple[int, int], InstanceRow] | None = None
+    ) -> FactoryState:
+        """The changes (and meta) that make a state factory-fresh from ``profile``, written nowhere.
+
+        The one rule of what a fresh device holds: ``seed`` writes it for this device, a fleet writes it
+        for many devices in one transaction (each with its own serial in ``profile``). ``previous``: the
+        instances the state holds now (a reset tombstones those the profile does not name); None for a
+        fresh state.
+        """
+        device_values, writes = self._factory_writes(profile, previous or {})
+        pages = self._factory_memory(profile)
+        meta = {"profile": profile.name, "serial_number": profile.device.serial_number}
+        return FactoryState((*device_values, *writes, *pages), meta, tuple(writes))
+
     def seed(self, profile: Profile, *, reset: bool = False) -> None:
         """Write the profile's factory state (on a fresh state, or as a factory reset).
 
         A reset announces every value and instance it rewrote, so observers of any face are told.
         """
         before = dict(self._device_values)
-        device_values, writes = self._factory_writes(profile, self._state.load().instances)
-        pages = self._factory_memory(profile)
-        meta = {"profile": profile.name, "serial_number": profile.device.serial_number}
+        factory = self.factory_state(profile, self._state.load().instances)
         if reset:
-            self._state.reset_sync([*device_values, *writes, *pages], meta)
+            self._state.reset_sync(list(factory.changes), factory.meta)
         else:
-            self._state.commit_sync([*device_values, *writes, *pages])
-            self._state.set_meta_sync(meta)
+            self._state.commit_sync(list(factory.changes))
+            self._state.set_meta_sync(factory.meta)
         self.reload()
         if reset:
-            self._announce_reset(before, writes)
+            self._announce_reset(before, list(factory.instance_writes))
 
     def _announce_reset(self, before: Mapping[tuple[int, int], Any], writes: list[InstanceWrite]) -> None:
         changed: dict[int, set[int]] = {}

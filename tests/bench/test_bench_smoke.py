@@ -33,6 +33,11 @@ METRICS = [
     "sync_lag_ratio",
     "http_native_devices_ratio",
     "http_seed_list_ratio",
+    *(
+        f"fleet_{count}_{metric}"
+        for count in (1_000, 10_000)
+        for metric in ("startup_s", "warm_startup_s", "rss_per_device_kb", "getname_ratio")
+    ),
 ]
 
 

@@ -8,7 +8,8 @@ What a group does beyond stored values, all of it here:
   announces, and a low-level write of salt or iteration changes only what is announced.
 - Rights: who may write at all (the profile's writers, by id or profile), what anonymous may read, and
   the rank rule between groups (a group changes only groups ranked below it; see `authorize`).
-- Factory state: the profile's groups, passwords derived with a drawn salt.
+- Factory state: the profile's groups, passwords derived as the tree's ``seed_credential`` says (a
+  salt drawn for the device; one shared by a fleet's devices).
 """
 
 from __future__ import annotations
@@ -234,8 +235,7 @@ class GroupHandler(ObjectHandler):
             if seed.key is not None:  # as the configurator writes it: the /1024//42 of the profile
                 credential = credential_from_key(seed.key, profile.security.hash_iteration)
             elif seed.password is not None:
-                salt = draw_user_salt(self.tree.random_bytes)
-                credential = credential_from_password(seed.password, salt, profile.security.hash_iteration)
+                credential = self.tree.seed_credential(seed.password, profile.security.hash_iteration)
             salt_value, iteration = _scram_fields(credential)
             values[self.resource("scram-user-salt").id] = salt_value
             values[self.resource("scram-user-iteration").id] = iteration
