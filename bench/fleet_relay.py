@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import random
 import resource
 import statistics
@@ -36,14 +35,13 @@ import aiomqtt
 
 from bench.results import MetricResult, Target
 from bench.runner import Settings
-from tap_emulator.app import open_device
+from tap_emulator.app import build_tap_face, open_device
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
 from tap_emulator.codec.mqtt_relay import RelayError, RelayMessage, decode, encode
 from tap_emulator.config import PROFILES_DIR, Profile, load_profile
 from tap_emulator.faces.mqtt import FleetRelay, relay_keys
 from tap_emulator.faces.mqtt.client import BrokerSettings
 from tap_emulator.faces.tap import TapFace
-from tap_emulator.security.lockout import LoginLimiter
 
 BROKER: Final = ("127.0.0.1", 1883)
 NET_KEY: Final = "testnetkey"  # the default profile's, and the SDK's default
@@ -73,16 +71,7 @@ class MemoryDevice:
             profile = replace(
                 self._profile, device=replace(self._profile.device, serial_number=self.serial_number)
             )
-            tree = open_device(profile, ":memory:")
-            security = profile.security
-            self._face = TapFace(
-                tree,
-                limiter=LoginLimiter(security.lockout),
-                clock=time.monotonic,
-                random_bytes=os.urandom,
-                lifetime_unit_seconds=security.session_lifetime_unit_seconds,
-                handshake_seconds=security.scram_handshake_seconds,
-            )
+            self._face = build_tap_face(open_device(profile, ":memory:"), profile)
         return self._face
 
     def close(self) -> None:

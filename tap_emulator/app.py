@@ -261,7 +261,9 @@ def load_device_profile(
     return profile
 
 
-def build_tap_face(tree: DeviceTree, profile: Profile, *, trace: Trace, faults: FaultInjector) -> TapFace:
+def build_tap_face(
+    tree: DeviceTree, profile: Profile, *, trace: Trace | None = None, faults: FaultInjector | None = None
+) -> TapFace:
     """What the Tap faces of one device (TCP, WebSocket, MQTT relay) share: its sessions and its one
     login limiter (so login lockouts are per device)."""
     from tap_emulator.faces.tap import TapFace
