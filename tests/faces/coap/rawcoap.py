@@ -93,6 +93,17 @@ class RawClient(asyncio.DatagramProtocol):
     async def receive(self, timeout: float = 5.0) -> Message:
         return decode(await asyncio.wait_for(self.received.get(), timeout))
 
+    async def response(self, timeout: float = 5.0) -> Message:
+        """The response to a CON request, piggybacked or separate: a slow answer (a durable write on a
+        loaded machine) gets aiocoap's empty ACK first and then a CON response, which is acknowledged."""
+        while True:
+            reply = await self.receive(timeout)
+            if reply.mtype == ACK and reply.code == 0:
+                continue
+            if reply.mtype == CON:
+                self.send(encode(ACK, 0, reply.mid))
+            return reply
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
