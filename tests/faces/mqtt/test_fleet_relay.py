@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from test_broker_outage import PrivateBroker
+from private_broker import PrivateBroker
 
 from bench.fleet_relay import (
     GET_NAME,
