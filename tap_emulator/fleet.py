@@ -683,7 +683,9 @@ class Fleet:
         )
         relay = FleetRelay(settings, clock=time.monotonic)
         relay.add_many(self.devices.values())
-        await relay.start(timeout=30 + len(self.devices) / 200)  # subscriptions go out in batches
+        # The subscriptions go out in batches once connected; a broker that cannot be reached fails the
+        # start after CONNECT_TIMEOUT, as serve's relay does.
+        await relay.start(timeout=30 + len(self.devices) / 200)
         self.relay = relay
         self._closers.append(relay.stop)
         self.timings["subscribe"] = time.perf_counter() - t

@@ -4,7 +4,8 @@ Covered: 200 devices on the relay answer getName and their own identity on rando
 keeps every device's state (a rename on one device survives, the others keep theirs); per-device CoAP
 and Tap TCP ports; a 2,000-device fleet synced into SQLite and into PostgreSQL, and a second process
 (``--first 2000``) adding 2,000 more to the same PostgreSQL store, all listed by ``store show``; the
-HTTP faces over the fleet's store; ports past the file limit refused before anything is made.
+HTTP faces over the fleet's store; ports past the file limit refused before anything is made; a broker
+that cannot be reached is exit 1 with one line, as for ``serve --mqtt``.
 """
 
 from __future__ import annotations
@@ -218,3 +219,29 @@ def test_ports_beyond_the_file_limit_are_refused_before_anything_starts(tmp_path
     assert "file descriptors" in done.stderr and "ulimit -n" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "state").exists()  # refused before the state file was made
+
+
+def test_an_unreachable_broker_is_exit_1_with_one_line_as_for_serve(tmp_path: Path) -> None:
+    """The start fails once no broker has accepted the connection within the relay's connect timeout,
+    as ``serve``'s does; the subscriptions' own allowance (30 s + N/200 s) is not waited for. The bound
+    of the run is below that allowance, so waiting it out fails the test."""
+    with socket.socket() as holder:  # bound, never listening: connections are refused
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "tap_emulator", "fleet", "--count", "50", "--state", ":memory:"),
+                *("--store", "off", "--mqtt", f"mqtt://127.0.0.1:{port}"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=25,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=False,
+        )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tap-emulator:")]
+    assert len(errors) == 1, done.stderr
+    assert f"MQTT broker 127.0.0.1:{port} not reachable" in errors[0]
+    assert "Traceback" not in done.stderr and done.stdout == ""

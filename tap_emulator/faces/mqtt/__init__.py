@@ -15,7 +15,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 
 from tap_emulator.codec.mqtt_relay import relay_key, relay_topics
-from tap_emulator.faces.mqtt.client import Backoff, BrokerSettings, MqttRelay
+from tap_emulator.faces.mqtt.client import CONNECT_TIMEOUT, Backoff, BrokerSettings, MqttRelay
 from tap_emulator.faces.mqtt.fleet import FleetRelay, RelayDevice, relay_keys
 from tap_emulator.faces.mqtt.relay import RelayEndpoint
 from tap_emulator.faces.tap.session import TapFace
@@ -108,7 +108,7 @@ class DeviceRelay:
         derived = relay_topics(self.serial, key)
         return settings.request_topic or derived.command, settings.response_topic or derived.answer
 
-    async def start(self, timeout: float = 5.0) -> None:
+    async def start(self, timeout: float = CONNECT_TIMEOUT) -> None:
         self._command, self._answer = await self._compute_topics()
         relay_ids = self.tree.interface.relay_resource_ids()
         interface_id = self.tree.interface_object.id
@@ -146,7 +146,7 @@ async def start_device_relay(
     *,
     broker: tuple[str, int] | None,
     clock: Callable[[], float],
-    timeout: float = 5.0,
+    timeout: float = CONNECT_TIMEOUT,
     backoff: Backoff | None = None,
 ) -> DeviceRelay:
     """Subscribe ``face``'s device to its command topic; ConnectionError if the broker cannot be reached."""

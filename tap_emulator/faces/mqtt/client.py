@@ -32,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tap_emulator.logsafety import RateLimitedLog
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_SUBSCRIBE_BATCH",
     "PAHO_LOGGER",
@@ -60,6 +61,9 @@ _paho_log.setLevel(logging.WARNING)
 _paho_log.addFilter(_RateLimitPaho())
 
 DEFAULT_MAX_IN_FLIGHT: Final = 256
+# Seconds a start waits for the broker to accept a connection (one device's whole start; a fleet's
+# subscriptions get longer once connected): a broker that cannot be reached fails the start this soon.
+CONNECT_TIMEOUT: Final = 5.0
 _MAX_QUEUED: Final = 1024  # messages aiomqtt holds before this face takes them
 _KEEPALIVE: Final = 30
 _ANSWER_WAIT: Final = 5.0  # the SDK's own request timeout: a later answer finds nobody waiting
@@ -144,6 +148,7 @@ class MqttRelay:
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._change = asyncio.Event()
+        self._accepted = asyncio.Event()  # a broker has accepted a connection (CONNACK) at least once
         self._subscribed = asyncio.Event()
         self._client: aiomqtt.Client | None = None  # the connection in use, while subscribed
         self.connections = 0  # successful subscriptions so far (1 + the reconnects)
@@ -153,12 +158,19 @@ class MqttRelay:
     def connected(self) -> bool:
         return self._subscribed.is_set()
 
-    async def start(self, timeout: float = 5.0) -> None:
-        """Connect and subscribe; raises ConnectionError if the first subscription is not made within
-        ``timeout`` (after that, outages are retried for ever)."""
+    async def start(self, timeout: float = CONNECT_TIMEOUT, *, connect_timeout: float | None = None) -> None:
+        """Connect and subscribe; raises ConnectionError if the broker has not accepted a connection
+        within ``connect_timeout`` (default ``timeout``) or the first subscription is not made within
+        ``timeout`` (after that, outages are retried for ever).
+
+        The two differ for a fleet: subscribing many topics takes a while once connected, but a broker
+        that cannot be reached is reported as soon as for one device."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt relay")
         try:
-            await asyncio.wait_for(self._subscribed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                if connect_timeout is not None and connect_timeout < timeout:
+                    await asyncio.wait_for(self._accepted.wait(), connect_timeout)
+                await self._subscribed.wait()
         except TimeoutError:
             await self.stop()
             settings = self._settings()
@@ -288,6 +300,7 @@ class MqttRelay:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         async with client:
+            self._accepted.set()
             # The snapshot and the start of `_late` in one step: a topic listed from now on is in one.
             self._late = []
             topics = list(self._router.subscriptions())

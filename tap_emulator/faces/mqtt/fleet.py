@@ -29,6 +29,7 @@ from typing import Final, Protocol
 
 from tap_emulator.codec.mqtt_relay import ANSWER, COMMAND, relay_key, relay_topics
 from tap_emulator.faces.mqtt.client import (
+    CONNECT_TIMEOUT,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_SUBSCRIBE_BATCH,
     Backoff,
@@ -203,13 +204,14 @@ class FleetRelay:
         self._changed(False, member.command)
         return True
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Connect and subscribe every device added so far; ConnectionError if that is not done within
-        ``timeout`` (after that, outages are retried for ever)."""
+    async def start(self, timeout: float = 30.0, *, connect_timeout: float | None = CONNECT_TIMEOUT) -> None:
+        """Connect and subscribe every device added so far; ConnectionError if the broker has not
+        accepted a connection within ``connect_timeout`` (None: ``timeout``) or the subscriptions are
+        not done within ``timeout`` (after that, outages are retried for ever)."""
         self._running = True
         self._changes.clear()  # the first connection subscribes what is listed then
         try:
-            await self.relay.start(timeout)
+            await self.relay.start(timeout, connect_timeout=connect_timeout)
         except BaseException:
             self._running = False
             raise

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from private_broker import HOST, PrivateBroker
 
 from tap_emulator.app import Emulator, ServeOptions, open_device
 from tap_emulator.codec.apdu import Method, TapRequest, decode_response, encode_request
@@ -29,50 +27,11 @@ from tap_emulator.security import USERNAME_LENGTH
 
 pytestmark = pytest.mark.timeout(90)
 
-HOST = "127.0.0.1"
 GROUP_OBJECT, CREATE, LOGIN_OBJECT, LOGIN = 1025, 0xFFFF, 1024, 0
 CREATED, CHANGED = 0x41, 0x44
 PORT, CURRENT_GROUP = 51, 7
 WRITES = 40
 KILL_AT, RESTART_AT = 12, 16
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateBroker:
-    def __init__(self, tmp_path: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            pytest.fail("the mosquitto binary is missing (Debian package mosquitto; .ci/run installs it)")
-        self.binary = binary
-        self.port = free_port()
-        self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\npersistence false\n")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    async def wait_listening(self) -> None:
-        async with asyncio.timeout(10):
-            while True:
-                with contextlib.suppress(OSError):
-                    _, writer = await asyncio.open_connection(HOST, self.port)
-                    writer.close()
-                    return
-                await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.process = None
 
 
 @pytest.fixture

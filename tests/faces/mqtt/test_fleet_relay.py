@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from test_broker_outage import PrivateBroker
+from private_broker import PrivateBroker
 
 from bench.fleet_relay import (
     GET_NAME,
@@ -339,5 +339,33 @@ async def test_a_device_added_while_the_connection_subscribes_is_subscribed_by_i
                 assert (await app.request(fleet.topics(late.serial_number), GET_NAME))[0] == CONTENT
                 assert (await app.request(fleet.topics(devices[0].serial_number), GET_NAME))[0] == CONTENT
             assert fleet.relay.connections == 1
+        finally:
+            await fleet.stop()
+
+
+async def test_the_connect_timeout_bounds_the_connection_not_the_subscriptions() -> None:
+    """A fleet's start: without a broker it fails after the connect timeout, however long its
+    subscriptions are allowed; once connected, SUBACKs slower than the connect timeout are waited for."""
+    require_broker()
+    with socket.socket() as holder:  # bound, never listening: connections are refused
+        holder.bind(("127.0.0.1", 0))
+        nobody = FleetRelay(broker_settings(port=holder.getsockname()[1]), clock=time.monotonic)
+        async with asyncio.timeout(30):  # far below the 600 s allowed for subscribing
+            with pytest.raises(ConnectionError, match="not reachable"):
+                await nobody.start(timeout=600, connect_timeout=0.3)
+    devices = await memory_fleet(3)
+    fleet = FleetRelay(broker_settings(), clock=time.monotonic)
+    fleet.add_many(devices)
+    subscribe_all = fleet.relay._subscribe_all
+
+    async def slow(client: aiomqtt.Client, topics: list[str]) -> None:
+        await asyncio.sleep(1.0)  # connected, subscribing for longer than the connect timeout
+        await subscribe_all(client, topics)
+
+    fleet.relay._subscribe_all = slow  # type: ignore[method-assign,assignment]
+    with closing(devices):
+        try:
+            await fleet.start(timeout=30, connect_timeout=0.3)
+            assert fleet.relay.connected and fleet.relay.connections == 1
         finally:
             await fleet.stop()
