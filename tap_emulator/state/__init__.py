@@ -46,6 +46,7 @@ __all__ = [
     "DeviceSeed",
     "DeviceState",
     "DeviceValueWrite",
+    "FleetFileError",
     "InstanceRow",
     "InstanceWrite",
     "MemoryPageWrite",
@@ -173,6 +174,10 @@ class StateError(Exception):
     def __init__(self, message: str, cause: str | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class FleetFileError(StateError):
+    """A fleet's state file opened as the file of one device (a fleet file names its devices by serial)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -719,7 +724,7 @@ class DeviceState:
             raise
         if fleet_device is not None:
             file.close()
-            raise StateError(
+            raise FleetFileError(
                 f"the state {file.path} holds a fleet of devices (such as {fleet_device!r}), not one device"
             )
         self._bind(file, ONE_DEVICE, True)

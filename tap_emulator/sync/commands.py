@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tap_emulator.state import DeviceState
+from tap_emulator.state import DeviceState, FleetFileError, StateFile
 from tap_emulator.state.outbox import BacklogStatus, backlog_status_sync
 from tap_emulator.store import (
     DeviceSnapshot,
@@ -66,6 +66,9 @@ def add_store_commands(
     show.add_argument("-q", "--quiet", action="store_true", help="only errors")
     status = actions.add_parser("status", help="backlog of a device's changes not yet in the store")
     common(status)
+    status.add_argument(
+        "--device", metavar="SERIAL", default=None, help="this device of a fleet's state file"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -74,7 +77,7 @@ def run_store_command(args: argparse.Namespace, default_state: Callable[[str], s
     if args.store_command == "show":
         text = asyncio.run(_show(args.store, args.device, args.json))
     else:
-        text = _status(args.state or default_state(args.profile), args.json)
+        text = _status(args.state or default_state(args.profile), args.json, args.device)
     print(text, end="")
     return 0
 
@@ -131,17 +134,31 @@ def format_snapshot(snapshots: list[DeviceSnapshot]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _status(path: str, as_json: bool) -> str:
+def _status(path: str, as_json: bool, device: str | None = None) -> str:
     if path == ":memory:" or not Path(path).is_file():
         raise CommandError(f"no state file at {path}")
-    state = DeviceState(path, clock=time.time, busy_timeout=STATUS_BUSY_TIMEOUT)
-    try:
-        status = backlog_status_sync(state)
-    finally:
-        state.close()
+    if device is None:
+        try:
+            state = DeviceState(path, clock=time.time, busy_timeout=STATUS_BUSY_TIMEOUT)
+        except FleetFileError as exc:
+            raise CommandError(f"{exc}: name one with --device SERIAL") from None
+        try:
+            status = backlog_status_sync(state)
+        finally:
+            state.close()
+    else:
+        file = StateFile(path, clock=time.time, busy_timeout=STATUS_BUSY_TIMEOUT)
+        try:
+            if device not in file.devices():
+                raise CommandError(f"no device {device!r} in the state file {path}")
+            status = backlog_status_sync(file.device(device))
+        finally:
+            file.close()
+    where = path if device is None else f"{path} device {device}"
     if as_json:
-        return json.dumps({"state": path, **status.as_dict()}, indent=2) + "\n"
-    return format_status(path, status, time.time())
+        fields = {"state": path, **({} if device is None else {"device": device}), **status.as_dict()}
+        return json.dumps(fields, indent=2) + "\n"
+    return format_status(where, status, time.time())
 
 
 def format_status(path: str, status: BacklogStatus, now: float) -> str:

@@ -14,6 +14,7 @@ from tap_emulator.app import Emulator, Endpoint, ServeOptions
 from tap_emulator.cli import main
 from tap_emulator.config import PROFILES_DIR
 from tap_emulator.model import Operation
+from tap_emulator.state import InstanceRow, InstanceWrite, StateFile
 from tap_emulator.sync import SyncSettings
 from tap_emulator.tree import MAINTENANCE, Request, Status
 
@@ -193,3 +194,35 @@ def test_bad_store_arguments_are_one_line_errors(
     assert message in captured.err and captured.err.count("\n") == 1
     assert "hunter2" not in captured.err
     assert not (tmp_path / "missing.sqlite3").exists()
+
+
+def test_status_of_a_fleet_file_names_its_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fleet's state file holds many devices: `store status --device SERIAL` shows one device's backlog,
+    without --device (or with a serial the file does not hold) it is a one-line error."""
+    path = tmp_path / "fleet.sqlite3"
+    fleet = StateFile(path, clock=time.time, owner=True)
+    try:
+        for serial, changes in (("EMU0000000001", 1), ("EMU0000000002", 3)):
+            fleet.device(serial).commit_sync(
+                InstanceWrite(
+                    InstanceRow(1025, 7, version, False, {0: f"name {version}"}),
+                    {"object_id": 1025, "instance_id": 7, "version": version},
+                )
+                for version in range(1, changes + 1)
+            )
+    finally:
+        fleet.close()
+    capsys.readouterr()
+    assert main(["store", "status", "--state", str(path), "--device", "EMU0000000002", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["device"], status["pending"], status["pending_instances"]) == ("EMU0000000002", 3, 1)
+    assert main(["store", "status", "--state", str(path), "--device", "EMU0000000001"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        f"state {path} device EMU0000000001" in text and "backlog: 1 pending change(s) of 1 group(s)" in text
+    )
+    assert main(["store", "status", "--state", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "holds a fleet of devices" in error and "--device SERIAL" in error and len(error.splitlines()) == 1
+    assert main(["store", "status", "--state", str(path), "--device", "EMU0000000009"]) == 1
+    assert "no device 'EMU0000000009'" in capsys.readouterr().err
