@@ -53,6 +53,8 @@ __all__ = [
     "Endpoint",
     "ServeOptions",
     "build_tap_face",
+    "call_maybe_async",
+    "close_in_reverse",
     "default_state_path",
     "format_address",
     "is_loopback",
@@ -282,6 +284,23 @@ def build_tap_face(
     )
 
 
+async def call_maybe_async(callback: Callable[[], object]) -> None:
+    """Call ``callback``; await what it returns when that is awaitable (closers and hooks are either)."""
+    result = callback()
+    if hasattr(result, "__await__"):
+        await result
+
+
+async def close_in_reverse(closers: list[Callable[[], object]], failure: str) -> None:
+    """Run and empty ``closers``, the last added first (each closes what opened after the ones before it);
+    one that fails is logged with ``failure`` and the others still run."""
+    while closers:
+        try:
+            await call_maybe_async(closers.pop())
+        except Exception:
+            log.exception(failure)
+
+
 class DeviceRuntime:
     """One running device's tree and faces, and what a reboot or factory reset does to them.
 
@@ -365,9 +384,7 @@ class DeviceRuntime:
     async def _restarted(self) -> None:
         for hook in list(self.restart_hooks):
             try:
-                result = hook()
-                if hasattr(result, "__await__"):
-                    await result
+                await call_maybe_async(hook)
             except Exception:
                 log.exception("a restart hook failed")
 
@@ -617,14 +634,7 @@ class Emulator(DeviceRuntime):
         if self.control is not None:
             self.control.close()  # the live page's event streams end before the HTTP server stops
         self.cancel_lifecycle_tasks()
-        while self._closers:
-            closer = self._closers.pop()
-            try:
-                result = closer()
-                if hasattr(result, "__await__"):
-                    await result
-            except Exception:
-                log.exception("error while stopping")
+        await close_in_reverse(self._closers, "error while stopping")
         self.trace.close()
 
 

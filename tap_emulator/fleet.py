@@ -43,6 +43,7 @@ from tap_emulator.app import (
     CoapAccess,
     DeviceRuntime,
     Endpoint,
+    close_in_reverse,
     format_address,
     is_loopback,
     load_device_profile,
@@ -731,14 +732,7 @@ class Fleet:
             task.cancel()
         for device in self.devices.values():
             device.cancel_lifecycle_tasks()
-        while self._closers:
-            closer = self._closers.pop()
-            try:
-                result = closer()
-                if hasattr(result, "__await__"):
-                    await result
-            except Exception:
-                log.exception("error while stopping the fleet")
+        await close_in_reverse(self._closers, "error while stopping the fleet")
         self.trace.close()
 
     # ------------------------------------------------------------------ views for tests and the bench
